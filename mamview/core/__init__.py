@@ -1,0 +1,1 @@
+"""Qt-free core of mamview: DICOM, cache, models, analytics. Never imports Qt."""

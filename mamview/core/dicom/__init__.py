@@ -1,0 +1,1 @@
+"""DICOM reading: header scan, view/laterality classification, pixel decode, display pipeline."""
