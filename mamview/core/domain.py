@@ -1,0 +1,157 @@
+"""Domain vocabulary shared by every layer: views, sides, scanned image headers, problems.
+
+Plain frozen dataclasses and string enums, so values can go into SQLite and JSON unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Laterality(StrEnum):
+    """Which breast an image shows."""
+
+    RIGHT = "R"
+    LEFT = "L"
+    BOTH = "B"
+    UNKNOWN = "U"
+
+
+class View(StrEnum):
+    """Mammographic projection (DICOM CID 4014)."""
+
+    CC = "CC"
+    MLO = "MLO"
+    ML = "ML"
+    LM = "LM"
+    LMO = "LMO"
+    FB = "FB"
+    XCCL = "XCCL"
+    XCCM = "XCCM"
+    SIO = "SIO"
+    ISO = "ISO"
+    SPECIMEN = "SPECIMEN"
+    UNKNOWN = "UNKNOWN"
+
+
+class Source(StrEnum):
+    """Which DICOM attribute decided a laterality, view or orientation (shown to the user)."""
+
+    IMAGE_LATERALITY = "ImageLaterality"
+    FRAME_LATERALITY = "FrameLaterality"
+    LATERALITY = "Laterality"
+    VIEW_CODE_SEQUENCE = "ViewCodeSequence"
+    VIEW_POSITION = "ViewPosition"
+    DESCRIPTION = "description"  # SeriesDescription / ProtocolName / ImageComments text
+    PATIENT_ORIENTATION = "PatientOrientation"
+    INTENSITY = "intensity"  # decided from the pixels, used only when tags are missing
+    NONE = "none"
+
+
+class PresentationIntent(StrEnum):
+    """PresentationIntentType (0008,0068)."""
+
+    FOR_PRESENTATION = "FOR PRESENTATION"
+    FOR_PROCESSING = "FOR PROCESSING"
+    UNKNOWN = ""
+
+
+# The four views a screening exam needs, keyed as they are shown (RCC, LCC, RMLO, LMLO).
+STANDARD_VIEWS: tuple[tuple[Laterality, View], ...] = (
+    (Laterality.RIGHT, View.CC),
+    (Laterality.LEFT, View.CC),
+    (Laterality.RIGHT, View.MLO),
+    (Laterality.LEFT, View.MLO),
+)
+
+
+def view_label(laterality: str, view: str) -> str:
+    """Short label such as 'RCC' or 'LMLO' ('?' for an unknown side or view)."""
+    side = laterality if laterality in ("R", "L", "B") else "?"
+    return side + (view if view and view != View.UNKNOWN else "?")
+
+
+@dataclass(frozen=True)
+class WindowPreset:
+    """One VOI window from the file (WindowCenter/Width pair or a VOI LUT Sequence item)."""
+
+    center: float | None
+    width: float | None
+    function: str = "LINEAR"  # LINEAR, LINEAR_EXACT or SIGMOID
+    explanation: str = ""
+    lut_index: int | None = None  # index into VOILUTSequence when this preset is a LUT
+
+
+@dataclass(frozen=True)
+class Classified:
+    """A decided value and the attribute that decided it."""
+
+    value: str
+    source: Source
+    detail: str = ""  # e.g. the raw code or text that matched
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a header-only scan learns about one DICOM file; enough to index it in the cache."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    modality: str
+    patient_id: str
+    patient_name: str = ""
+    patient_birth_date: str = ""  # YYYYMMDD or ""
+    issuer_of_patient_id: str = ""
+    study_date: str = ""  # YYYYMMDD or ""
+    study_time: str = ""
+    content_date: str = ""
+    accession_number: str = ""
+    study_description: str = ""
+    series_description: str = ""
+    manufacturer: str = ""
+    manufacturer_model: str = ""
+    rows: int = 0
+    columns: int = 0
+    bits_allocated: int = 0
+    bits_stored: int = 0
+    pixel_representation: int = 0
+    photometric: str = ""
+    number_of_frames: int = 1
+    presentation_intent: PresentationIntent = PresentationIntent.UNKNOWN
+    laterality: Classified = field(default_factory=lambda: Classified("U", Source.NONE))
+    view: Classified = field(default_factory=lambda: Classified("UNKNOWN", Source.NONE))
+    view_modifiers: tuple[str, ...] = ()  # e.g. ("spot compression",)
+    patient_orientation: tuple[str, ...] = ()  # e.g. ("P", "L")
+    image_type: tuple[str, ...] = ()
+    window_presets: tuple[WindowPreset, ...] = ()
+    pixel_spacing: tuple[float, float] | None = None  # ImagerPixelSpacing, else PixelSpacing (mm)
+    breast_implant_present: str = ""
+    burned_in_annotation: str = ""
+    lossy_compression: str = ""
+
+    @property
+    def label(self) -> str:
+        """'RCC', 'LMLO', '?MLO' …"""
+        return view_label(self.laterality.value, self.view.value)
+
+    @property
+    def is_standard_view(self) -> bool:
+        """True for an unmodified RCC/LCC/RMLO/LMLO (no spot, magnification, … modifier)."""
+        key = (self.laterality.value, self.view.value)
+        return not self.view_modifiers and key in {(s.value, v.value) for s, v in STANDARD_VIEWS}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A file that could not be used, and why (shown in `mamview problems` and the GUI)."""
+
+    path: str
+    reason: str  # short category: 'not DICOM', 'truncated', 'not a mammogram', …
+    detail: str = ""
