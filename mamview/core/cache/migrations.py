@@ -1,0 +1,124 @@
+"""Schema of the exam cache, as ordered migrations (sqlite-utils Migrations).
+
+Add a new function for every schema change; never edit an applied one.
+"""
+
+from __future__ import annotations
+
+import sqlite_utils
+
+migrations = sqlite_utils.Migrations("mamview.cache")
+
+
+@migrations()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    _run(
+        db,
+        """
+        CREATE TABLE patients (
+            patient_key TEXT PRIMARY KEY,      -- issuer|PatientID, stable across imports
+            patient_id TEXT NOT NULL,
+            issuer TEXT NOT NULL DEFAULT '',
+            name TEXT NOT NULL DEFAULT '',
+            birth_date TEXT NOT NULL DEFAULT ''
+        );
+        CREATE TABLE exams (
+            exam_key TEXT PRIMARY KEY,         -- patient_key|YYYY-MM-DD: same-day studies merge
+            patient_key TEXT NOT NULL REFERENCES patients(patient_key) ON DELETE CASCADE,
+            exam_date TEXT NOT NULL,           -- YYYY-MM-DD, '' when the files carry no date
+            study_uids TEXT NOT NULL DEFAULT '[]',
+            accession_numbers TEXT NOT NULL DEFAULT '[]',
+            description TEXT NOT NULL DEFAULT ''
+        );
+        CREATE INDEX exams_patient ON exams(patient_key, exam_date);
+        CREATE TABLE images (
+            sop_instance_uid TEXT PRIMARY KEY,
+            exam_key TEXT NOT NULL REFERENCES exams(exam_key) ON DELETE CASCADE,
+            patient_key TEXT NOT NULL,
+            path TEXT NOT NULL UNIQUE,
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            missing INTEGER NOT NULL DEFAULT 0, -- file deleted since it was indexed
+            study_uid TEXT NOT NULL,
+            series_uid TEXT NOT NULL,
+            sop_class_uid TEXT NOT NULL,
+            transfer_syntax_uid TEXT NOT NULL,
+            modality TEXT NOT NULL,
+            manufacturer TEXT NOT NULL DEFAULT '',
+            manufacturer_model TEXT NOT NULL DEFAULT '',
+            study_time TEXT NOT NULL DEFAULT '',
+            series_description TEXT NOT NULL DEFAULT '',
+            laterality TEXT NOT NULL,
+            laterality_source TEXT NOT NULL,
+            laterality_detail TEXT NOT NULL DEFAULT '',
+            view TEXT NOT NULL,
+            view_source TEXT NOT NULL,
+            view_detail TEXT NOT NULL DEFAULT '',
+            view_modifiers TEXT NOT NULL DEFAULT '[]',
+            is_standard INTEGER NOT NULL,      -- unmodified RCC/LCC/RMLO/LMLO
+            presentation_intent TEXT NOT NULL DEFAULT '',
+            patient_orientation TEXT NOT NULL DEFAULT '[]',
+            rows INTEGER NOT NULL,
+            columns INTEGER NOT NULL,
+            bits_stored INTEGER NOT NULL,
+            photometric TEXT NOT NULL,
+            window_presets TEXT NOT NULL DEFAULT '[]',
+            pixel_spacing TEXT NOT NULL DEFAULT '',
+            breast_implant_present TEXT NOT NULL DEFAULT '',
+            lossy_compression TEXT NOT NULL DEFAULT '',
+            decode_error TEXT NOT NULL DEFAULT ''
+        );
+        CREATE INDEX images_exam ON images(exam_key);
+        CREATE INDEX images_patient ON images(patient_key);
+        -- every file ever looked at, so an unchanged file (same size and mtime) is skipped
+        CREATE TABLE files (
+            path TEXT PRIMARY KEY,
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            outcome TEXT NOT NULL,             -- 'image' or 'problem'
+            sop_instance_uid TEXT NOT NULL DEFAULT ''
+        );
+        CREATE TABLE problems (
+            path TEXT PRIMARY KEY,
+            reason TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT ''
+        );
+        CREATE TABLE previews (
+            sop_instance_uid TEXT PRIMARY KEY REFERENCES images(sop_instance_uid) ON DELETE CASCADE,
+            file TEXT NOT NULL,                -- relative to the library's previews folder
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            flip_lr INTEGER NOT NULL,
+            flip_ud INTEGER NOT NULL,
+            orientation_source TEXT NOT NULL,
+            reduce_factor INTEGER NOT NULL,
+            source_size INTEGER NOT NULL,
+            source_mtime_ns INTEGER NOT NULL,
+            pipeline_version INTEGER NOT NULL
+        );
+        CREATE TABLE scores (
+            score_id INTEGER PRIMARY KEY,
+            cache_key TEXT NOT NULL UNIQUE,    -- model identity + input SOP UIDs + preprocessing
+            exam_key TEXT NOT NULL REFERENCES exams(exam_key) ON DELETE CASCADE,
+            model_id TEXT NOT NULL,
+            model_version TEXT NOT NULL,
+            weights_sha256 TEXT NOT NULL,
+            calibrator TEXT NOT NULL DEFAULT '',
+            preprocessing_version TEXT NOT NULL,
+            device TEXT NOT NULL DEFAULT '',
+            input_uids TEXT NOT NULL,          -- JSON list, in RCC, LCC, RMLO, LMLO order
+            status TEXT NOT NULL,              -- 'ok' or 'unscorable'
+            reason TEXT NOT NULL DEFAULT '',
+            risk TEXT NOT NULL DEFAULT '[]',   -- JSON list: cumulative risk, years 1..5 (fractions)
+            computed_at TEXT NOT NULL
+        );
+        CREATE INDEX scores_exam ON scores(exam_key, model_id);
+        """
+    )
+
+
+def _run(db: sqlite_utils.Database, script: str) -> None:
+    # executescript() would COMMIT first and break the migration's transaction
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)

@@ -1,0 +1,48 @@
+"""User settings (JSON in the library folder) with a schema_version for later migrations."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Settings:
+    """What a user can change; unknown keys in the file are ignored, missing ones defaulted."""
+
+    schema_version: int = SCHEMA_VERSION
+    model: str = "auto"  # 'auto' = best installed model, else a model id
+    device: str = "auto"  # auto | cpu | cuda | mps
+    thresholds_percent: list[float] = field(default_factory=lambda: [1.7, 3.0])
+    preview_height: int = 1024
+    pacs_nodes: list[dict] = field(default_factory=list)
+
+
+def load(path: str | os.PathLike) -> Settings:
+    """Read settings; a missing or unreadable file gives the defaults (never raises)."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return Settings()
+    if not isinstance(raw, dict):
+        return Settings()
+    known = {f.name for f in fields(Settings)}
+    values = {k: v for k, v in raw.items() if k in known}
+    values["schema_version"] = SCHEMA_VERSION
+    try:
+        return Settings(**values)
+    except TypeError:
+        return Settings()
+
+
+def save(settings: Settings, path: str | os.PathLike) -> None:
+    """Write settings atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(settings), indent=2), encoding="utf-8")
+    os.replace(tmp, path)
