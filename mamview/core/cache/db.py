@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Iterator
 
 import sqlite_utils
 
@@ -64,3 +66,24 @@ class ThreadLocalDatabase:
                 except sqlite3.ProgrammingError:
                     pass  # opened in another thread; sqlite refuses, the OS reclaims it
             self._all.clear()
+
+
+@contextlib.contextmanager
+def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """A write transaction that takes the write lock up front (BEGIN IMMEDIATE).
+
+    A deferred BEGIN that reads first and writes later fails at once with 'database is
+    locked' when another connection wrote in between; IMMEDIATE waits on the busy timeout.
+    """
+    if db.conn.in_transaction:
+        with db.atomic():  # nested: a savepoint inside the outer transaction
+            yield db
+        return
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.conn.rollback()
+        raise
+    else:
+        db.conn.execute("COMMIT")

@@ -14,6 +14,7 @@ from typing import Iterable
 
 import sqlite_utils
 
+from mamview.core.cache.db import write_transaction
 from mamview.core.domain import ImageHeader, Problem, STANDARD_VIEWS, view_label
 
 
@@ -106,7 +107,7 @@ def write_batch(
     """
     result = BatchResult()
     problem_stats = problem_stats or {}
-    with db.atomic():
+    with write_transaction(db):
         for h in headers:
             outcome = _write_image(db, h)
             if isinstance(outcome, Problem):
@@ -236,7 +237,7 @@ def known_files(db: sqlite_utils.Database) -> dict[str, tuple[int, int]]:
 def set_missing(db: sqlite_utils.Database, paths: Iterable[str], missing: bool = True) -> int:
     """Mark the images at `paths` as missing (file deleted) or present again; returns the count."""
     n = 0
-    with db.atomic():
+    with write_transaction(db):
         for p in paths:
             cur = db.execute(
                 "UPDATE images SET missing = ? WHERE path = ? AND missing != ?",
@@ -252,7 +253,7 @@ def set_missing(db: sqlite_utils.Database, paths: Iterable[str], missing: bool =
 
 def record_decode_error(db: sqlite_utils.Database, sop_uid: str, path: str, message: str) -> None:
     """Remember that an indexed image's pixels cannot be decoded, and list it as a problem."""
-    with db.atomic():
+    with write_transaction(db):
         db.execute(
             "UPDATE images SET decode_error = ? WHERE sop_instance_uid = ?", [message, sop_uid]
         )
@@ -398,7 +399,7 @@ def images_needing_previews(
 
 def save_preview_row(db: sqlite_utils.Database, row: dict) -> None:
     """Record a written preview file (one short transaction)."""
-    with db.atomic():
+    with write_transaction(db):
         db["previews"].upsert(row, pk="sop_instance_uid")
 
 

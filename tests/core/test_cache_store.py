@@ -1,0 +1,184 @@
+"""The exam cache on a real SQLite file: grouping, idempotency, duplicates, changes, deletions."""
+
+import json
+import threading
+
+import pytest
+
+from mamview.core.cache import store
+from mamview.core.cache.db import ThreadLocalDatabase, connect
+from mamview.core.domain import Classified, ImageHeader, Laterality, Problem, Source, View
+
+
+def header(path, sop, *, pid="P1", date="20240105", study="1.2.3", lat="R", view="CC",
+           size=100, mtime=1, modifiers=(), intent="FOR PRESENTATION", accession=""):
+    from mamview.core.domain import PresentationIntent
+
+    return ImageHeader(
+        path=str(path), size=size, mtime_ns=mtime, sop_instance_uid=sop,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.1.2", study_instance_uid=study,
+        series_instance_uid=study + ".1", transfer_syntax_uid="1.2.840.10008.1.2.1",
+        modality="MG", patient_id=pid, patient_name="DOE^JANE", study_date=date,
+        accession_number=accession, rows=10, columns=8, bits_stored=12,
+        photometric="MONOCHROME2", presentation_intent=PresentationIntent(intent),
+        laterality=Classified(lat, Source.IMAGE_LATERALITY),
+        view=Classified(view, Source.VIEW_CODE_SEQUENCE), view_modifiers=tuple(modifiers),
+    )
+
+
+def four_views(folder, pid="P1", date="20240105", study="1.2.3", prefix="9"):
+    return [
+        header(folder / f"{lat}{view}.dcm", f"{prefix}.{i}", pid=pid, date=date, study=study,
+               lat=lat, view=view)
+        for i, (lat, view) in enumerate([("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO")])
+    ]
+
+
+@pytest.fixture
+def db(tmp_path):
+    d = connect(tmp_path / "cache.sqlite")
+    yield d
+    d.close()
+
+
+def test_database_is_wal_and_migrated(db, tmp_path):
+    assert db.journal_mode == "wal"
+    assert {"patients", "exams", "images", "files", "problems", "previews", "scores"} <= set(
+        db.table_names()
+    )
+    # reopening applies nothing twice
+    again = connect(tmp_path / "cache.sqlite")
+    assert again.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 1
+    again.close()
+
+
+def test_same_day_studies_merge_into_one_exam(db, tmp_path):
+    hs = four_views(tmp_path)
+    # a scanner that puts each image in its own study, same day
+    split = [header(h.path, h.sop_instance_uid, study=f"1.2.3.{i}", lat=h.laterality.value,
+                    view=h.view.value, accession=f"A{i}") for i, h in enumerate(hs)]
+    store.write_batch(db, split, [])
+    exams = store.list_exams(db)
+    assert len(exams) == 1
+    assert exams[0]["exam_date"] == "2024-01-05"
+    assert len(exams[0]["study_uids"]) == 4 and len(exams[0]["accession_numbers"]) == 4
+    assert exams[0]["complete"]
+    assert [im["label"] for im in exams[0]["images"]] == ["RCC", "LCC", "RMLO", "LMLO"]
+
+
+def test_rewriting_the_same_headers_adds_nothing(db, tmp_path):
+    hs = four_views(tmp_path)
+    first = store.write_batch(db, hs, [])
+    before = store.counts(db)
+    second = store.write_batch(db, hs, [])
+    assert first.added == 4 and second.added == 0 and second.updated == 4
+    assert store.counts(db) == before
+
+
+def test_duplicate_sop_uid_in_another_existing_file_is_a_problem(db, tmp_path):
+    a = tmp_path / "a.dcm"
+    b = tmp_path / "b.dcm"
+    a.write_bytes(b"x")
+    b.write_bytes(b"x")
+    result = store.write_batch(db, [header(a, "1.1"), header(b, "1.1")], [])
+    assert result.added == 1 and len(result.duplicates) == 1
+    probs = store.list_problems(db)
+    assert probs == [{"path": str(b), "reason": "duplicate",
+                      "detail": f"same SOP Instance UID as {a}"}]
+    assert store.counts(db)["images"] == 1
+
+
+def test_moved_file_updates_the_path(db, tmp_path):
+    store.write_batch(db, [header(tmp_path / "old.dcm", "1.1")], [])
+    store.set_missing(db, [str(tmp_path / "old.dcm")])
+    store.write_batch(db, [header(tmp_path / "new.dcm", "1.1")], [])
+    (img,) = store.list_exams(db)[0]["images"]
+    assert img["path"] == str(tmp_path / "new.dcm") and not img["missing"]
+
+
+def test_file_replaced_by_another_instance_drops_the_old_one(db, tmp_path):
+    p = tmp_path / "x.dcm"
+    store.write_batch(db, [header(p, "1.1", date="20200101")], [])
+    store.write_batch(db, [header(p, "1.2", date="20210101", size=200)], [])
+    exams = store.list_exams(db)
+    assert [e["exam_date"] for e in exams] == ["2021-01-01"]  # the emptied exam is gone
+    assert store.counts(db)["images"] == 1
+
+
+def test_file_that_became_unreadable_leaves_the_cache(db, tmp_path):
+    p = tmp_path / "x.dcm"
+    store.write_batch(db, [header(p, "1.1")], [])
+    store.write_batch(db, [], [Problem(str(p), "truncated", "short")], {str(p): (5, 2)})
+    assert store.counts(db) == {"patients": 0, "exams": 0, "images": 0, "missing": 0,
+                                "problems": 1}
+    assert store.known_files(db)[str(p)] == (5, 2)
+
+
+def test_incomplete_exam_reasons(db, tmp_path):
+    hs = four_views(tmp_path)[:3]
+    hs.append(header(tmp_path / "spot.dcm", "9.9", lat="L", view="CC",
+                     modifiers=("spot compression",)))
+    store.write_batch(db, hs, [])
+    (exam,) = store.list_exams(db)
+    assert not exam["complete"]
+    assert exam["incomplete_reason"] == "missing LMLO"
+    spot = [im for im in exam["images"] if not im["is_standard"]]
+    assert spot[0]["view_modifiers"] == ["spot compression"]
+    assert exam["images"][-1]["sop_instance_uid"] == "9.9"  # extra views after standard ones
+
+
+def test_for_processing_exam_is_not_complete(db, tmp_path):
+    hs = [header(h.path, h.sop_instance_uid, lat=h.laterality.value, view=h.view.value,
+                 intent="FOR PROCESSING") for h in four_views(tmp_path)]
+    store.write_batch(db, hs, [])
+    (exam,) = store.list_exams(db)
+    assert (exam["complete"], exam["incomplete_reason"]) == (False, "only For Processing images")
+
+
+def test_patients_without_id_are_never_merged(db, tmp_path):
+    a = header(tmp_path / "a.dcm", "1.1", pid="", study="1.2.3")
+    b = header(tmp_path / "b.dcm", "1.2", pid="", study="1.2.4")
+    store.write_batch(db, [a, b], [])
+    assert store.counts(db)["patients"] == 2
+
+
+def test_preview_order_of_need(db, tmp_path):
+    store.write_batch(db, four_views(tmp_path / "old", date="20200101", prefix="1"), [])
+    store.write_batch(db, four_views(tmp_path / "new", date="20230101", prefix="2"), [])
+    store.write_batch(db, four_views(tmp_path / "b", pid="P2", prefix="3"), [])
+    todo = store.images_needing_previews(db, 1, first_patient="|P2")
+    assert [r["patient_key"] for r in todo[:4]] == ["|P2"] * 4
+    assert [r["exam_date"] for r in todo[4:]] == ["2023-01-01"] * 4 + ["2020-01-01"] * 4
+
+
+def test_one_connection_per_thread(tmp_path):
+    tl = ThreadLocalDatabase(tmp_path / "c.sqlite")
+    seen = {}
+
+    def work(name):
+        db = tl.get()
+        seen[name] = id(db)
+        store.write_batch(db, [header(tmp_path / f"{name}.dcm", f"1.{name}", pid=name)], [])
+
+    threads = [threading.Thread(target=work, args=(str(i),)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(seen.values())) == 4
+    assert store.counts(tl.get())["patients"] == 4
+    tl.close()
+
+
+def test_window_presets_round_trip(db, tmp_path):
+    from dataclasses import replace
+
+    from mamview.core.domain import WindowPreset
+
+    h = replace(header(tmp_path / "w.dcm", "1.1"),
+                window_presets=(WindowPreset(2000, 4000, "SIGMOID", "NORMAL"),))
+    store.write_batch(db, [h], [])
+    (img,) = store.list_exams(db)[0]["images"]
+    assert img["window_presets"] == [{"center": 2000, "width": 4000, "function": "SIGMOID",
+                                      "explanation": "NORMAL", "lut_index": None}]
+    assert json.loads(json.dumps(img))  # JSON-friendly for `mamview exams --json`
