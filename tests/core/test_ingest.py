@@ -1,0 +1,173 @@
+"""Import end to end on real DICOM files and a real SQLite cache."""
+
+import os
+import shutil
+import sqlite3
+
+import pytest
+
+from mamview.core.cache import store
+from mamview.core.cache.db import connect
+from mamview.core.ingest import run_import
+from mamview.core.paths import Library
+from tests.factories import (
+    write_corrupt_pixels_copy,
+    write_mammogram,
+    write_other_modality,
+    write_pdf,
+    write_tomosynthesis,
+    write_truncated_copy,
+)
+
+
+def consume(gen):
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            return stop.value, events
+
+
+def write_exam(folder, pid="P1", date="20240105", ts=None, **kw):
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for lat, view, orient in (("R", "CC", ("P", "L")), ("L", "CC", ("A", "R")),
+                              ("R", "MLO", ("P", "FL")), ("L", "MLO", ("A", "FR"))):
+        extra = {"transfer_syntax": ts} if ts else {}
+        out.append(write_mammogram(folder / f"{lat}{view}.dcm", patient_id=pid, study_date=date,
+                                   laterality=lat, view=view, orientation=orient, **extra, **kw))
+    return out
+
+
+def snapshot(db_path):
+    """Table contents without volatile columns, to compare two caches."""
+    con = sqlite3.connect(db_path)
+    out = {}
+    for table in ("patients", "exams", "images", "files", "problems", "previews"):
+        rows = con.execute(f"SELECT * FROM {table}").fetchall()
+        out[table] = sorted(map(repr, rows))
+    con.close()
+    return out
+
+
+@pytest.fixture
+def lib(tmp_path):
+    return Library(tmp_path / "lib")
+
+
+def test_mixed_folder_imports_every_mammogram_and_explains_the_rest(tmp_path, lib):
+    src = tmp_path / "in"
+    good = write_exam(src / "exam1")
+    write_other_modality(src / "other" / "ct.dcm", modality="CT")
+    write_other_modality(src / "other" / "mr.dcm", modality="MR")
+    write_other_modality(src / "other" / "us.dcm", modality="US")
+    write_pdf(src / "report.pdf")
+    (src / "empty.dcm").write_bytes(b"")
+    write_truncated_copy(good[0], src / "bad" / "truncated.dcm")
+    write_mammogram(src / "j2k" / "ok.dcm", patient_id="P2", transfer_syntax="1.2.840.10008.1.2.4.90")
+    other = write_mammogram(tmp_path / "scratch.dcm", patient_id="P3", laterality="L",
+                            transfer_syntax="1.2.840.10008.1.2.4.90")
+    write_corrupt_pixels_copy(other, src / "bad" / "corrupt.dcm")
+    write_tomosynthesis(src / "dbt.dcm")
+    before = {p: p.stat().st_mtime_ns for p in src.rglob("*") if p.is_file()}
+
+    summary, events = consume(run_import(lib, [src]))
+
+    # 4 views + the good J2K image + the corrupt one, indexed but marked undecodable
+    assert summary.totals["images"] == 6
+    assert summary.totals["patients"] == 3
+    db = connect(lib.database)
+    problems = {os.path.basename(p["path"]): p["reason"] for p in store.list_problems(db)}
+    assert problems == {
+        "ct.dcm": "not a mammogram", "mr.dcm": "not a mammogram", "us.dcm": "not a mammogram",
+        "report.pdf": "not DICOM", "empty.dcm": "empty file", "truncated.dcm": "truncated",
+        "corrupt.dcm": "corrupt pixel data", "dbt.dcm": "tomosynthesis",
+    }
+    assert all(p["detail"] or p["reason"] == "empty file" for p in store.list_problems(db))
+    # the user's files are untouched
+    assert before == {p: p.stat().st_mtime_ns for p in src.rglob("*") if p.is_file()}
+    assert summary.skipped["not a mammogram"] == 3
+    assert summary.previews == 5 and summary.preview_failures == 1
+
+
+def test_second_import_adds_nothing(tmp_path, lib):
+    write_exam(tmp_path / "in")
+    first, _ = consume(run_import(lib, [tmp_path / "in"]))
+    snap = snapshot(lib.database)
+    second, _ = consume(run_import(lib, [tmp_path / "in"]))
+    assert (first.added, second.added, second.updated, second.unchanged) == (4, 0, 0, 4)
+    assert second.previews == 0
+    assert snapshot(lib.database) == snap
+
+
+def test_changed_file_is_reread_and_deleted_file_noticed(tmp_path, lib):
+    files = write_exam(tmp_path / "in")
+    consume(run_import(lib, [tmp_path / "in"]))
+    # rewrite one file as another woman's image; delete another
+    write_mammogram(files[0], patient_id="P9", laterality="R", view="CC")
+    files[1].unlink()
+    summary, _ = consume(run_import(lib, [tmp_path / "in"]))
+    assert summary.updated == 0 and summary.added == 1 and summary.missing == 1
+    db = connect(lib.database)
+    assert {p["patient_id"] for p in store.list_patients(db)} == {"P1", "P9"}
+    missing = [p for p in store.list_problems(db) if p["reason"] == "file missing"]
+    assert [m["path"] for m in missing] == [str(files[1])]
+    (exam,) = store.list_exams(db, store.find_patient_keys(db, "P1"))
+    assert not exam["complete"]
+
+
+def test_interrupted_import_completes_to_the_same_database(tmp_path):
+    src = tmp_path / "in"
+    for i in range(6):
+        write_exam(src / f"w{i}" / "e1", pid=f"W{i}", date="20220301")
+        write_exam(src / f"w{i}" / "e2", pid=f"W{i}", date="20230301")
+
+    whole = Library(tmp_path / "whole")
+    consume(run_import(whole, [src]))
+
+    from mamview.core import ingest
+
+    cut = Library(tmp_path / "cut")
+    old = ingest.BATCH_SIZE
+    ingest.BATCH_SIZE = 10
+    try:
+        gen = run_import(cut, [src])
+        for ev in gen:  # stop as a killed process would, half-way through indexing
+            if getattr(ev, "phase", "") == "indexing" and ev.done >= 20:
+                break
+        gen.close()
+    finally:
+        ingest.BATCH_SIZE = old
+    partial = connect(cut.database)
+    assert 0 < store.counts(partial)["images"] < 48
+    partial.close()
+    consume(run_import(cut, [src]))
+
+    a, b = snapshot(whole.database), snapshot(cut.database)
+    # preview file names live under different library folders but are relative, so equal
+    assert a == b
+
+
+def test_duplicate_files_are_reported(tmp_path, lib):
+    files = write_exam(tmp_path / "in")
+    shutil.copy(files[0], tmp_path / "in" / "copy-of-rcc.dcm")
+    summary, _ = consume(run_import(lib, [tmp_path / "in"]))
+    assert summary.totals["images"] == 4
+    assert summary.skipped["duplicate"] == 1
+
+
+def test_missing_path_is_a_problem_not_a_crash(tmp_path, lib):
+    summary, events = consume(run_import(lib, [tmp_path / "does-not-exist"]))
+    assert summary.skipped["not found"] == 1
+
+
+def test_image_without_view_tags_is_unknown(tmp_path, lib):
+    write_mammogram(tmp_path / "in" / "x.dcm", with_view_code=False, view_position=False,
+                    laterality="R", view="CC", extra={"SeriesDescription": ""})
+    consume(run_import(lib, [tmp_path / "in"]))
+    db = connect(lib.database)
+    (exam,) = store.list_exams(db)
+    (img,) = exam["images"]
+    assert (img["view"], img["view_source"]) == ("UNKNOWN", "none")
+    assert img["laterality"] == "R"
