@@ -1,0 +1,39 @@
+"""Device selection: CUDA, then MPS, then CPU; explicit requests fail loudly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mamview.core.models import device as dev
+from mamview.core.models.base import ModelUnavailable
+
+
+def test_cpu_is_always_available():
+    assert dev.select_device("cpu") == torch.device("cpu")
+    assert dev.available_devices()[-1] == "cpu"
+
+
+def test_auto_prefers_cuda_then_mps(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(dev, "_mps_available", lambda: True)
+    assert dev.select_device("auto").type == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert dev.select_device("auto").type == "mps"
+    monkeypatch.setattr(dev, "_mps_available", lambda: False)
+    assert dev.select_device().type == "cpu"
+
+
+def test_unavailable_device_says_why(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(dev, "_mps_available", lambda: False)
+    with pytest.raises(ModelUnavailable, match="'cuda' is unavailable.*available: cpu"):
+        dev.select_device("cuda")
+    with pytest.raises(ModelUnavailable, match="MPS"):
+        dev.select_device("mps")
+    with pytest.raises(ValueError, match="unknown device"):
+        dev.select_device("tpu")
+
+
+def test_describe_cpu():
+    assert dev.describe_device("cpu") == f"CPU ({torch.get_num_threads()} threads)"
