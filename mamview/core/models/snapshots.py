@@ -113,7 +113,8 @@ class InertObject:
 
     def __setstate__(self, state: Any) -> None:
         slots = None
-        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], (dict, type(None))):
+        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], (dict,
+                                                                               type(None))):
             state, slots = state
         for part in (state, slots):
             if isinstance(part, dict):
@@ -204,8 +205,9 @@ def _rebuild_tensor(storage: Any, offset: int, size: Any, stride: Any, *_: Any) 
     return flat.as_strided(size, stride, flat.storage_offset() + offset)
 
 
-def _rebuild_tensor_v2(storage: Any, offset: int, size: Any, stride: Any, requires_grad: Any = False,
-                       backward_hooks: Any = None, metadata: Any = None) -> torch.Tensor:
+def _rebuild_tensor_v2(storage: Any, offset: int, size: Any, stride: Any,
+                       requires_grad: Any = False, backward_hooks: Any = None,
+                       metadata: Any = None) -> torch.Tensor:
     return _rebuild_tensor(storage, offset, size, stride)
 
 
@@ -358,7 +360,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         if self._persistent is None:
-            raise UnsafeSnapshotError(f"{self.where}: unexpected persistent id in a plain pickle")
+            raise SnapshotFormatError(f"{self.where}: unexpected persistent id in a plain pickle")
         return self._persistent(pid)
 
 
@@ -437,8 +439,9 @@ def _load_legacy(f: BinaryIO, where: str) -> Any:
     except Exception as exc:
         raise SnapshotFormatError(f"{where}: corrupt object stream ({exc})") from exc
     keys = safe_pickle_load(f, where)
-    if not isinstance(keys, (list, tuple)):
-        raise SnapshotFormatError(f"{where}: malformed storage key list")
+    if not isinstance(keys, (list, tuple)) or set(map(str, keys)) != set(roots):
+        # A referenced storage missing from the list would silently stay all zeros.
+        raise SnapshotFormatError(f"{where}: storage key list does not match the tensors")
     for key in keys:
         root = roots.get(str(key))
         if root is None:
@@ -522,6 +525,9 @@ def safe_torch_load(source: str | os.PathLike | bytes | BinaryIO, where: str = "
     if zipfile.is_zipfile(f):
         f.seek(start)
         return _load_zip(f, where)
+    f.seek(start)
+    if f.read(4) == b"PK\x03\x04":
+        raise SnapshotFormatError(f"{where}: damaged or truncated zip archive")
     f.seek(start)
     try:
         is_tar = tarfile.is_tarfile(f)  # type: ignore[arg-type]
@@ -635,31 +641,41 @@ class TransformerInfo:
     notes: list[str] = field(default_factory=list)
 
 
-ENCODER_DROPPED = ("pool.", "fc.", "prob_of_failure_layer.")
-TRANSFORMER_KEPT = ("mask_embedding.", "projection_layer.", "transformer.", "pool.",
-                    "prob_of_failure_layer.")
-TRANSFORMER_DROPPED = ("kept_images_vec", "pred_masked_img_fc.", "fc.")
+#: How official state-dict keys become MiraiNet keys: (snapshot, official prefix, our prefix).
+#: The first matching prefix wins; None drops heads the released inference computes and
+#: discards. A key matching no row is refused, so nothing unknown is silently ignored.
+OFFICIAL_KEY_MAPPING: tuple[tuple[str, str, str | None], ...] = (
+    ("encoder", "_model.downsampler.", "image_encoder.downsampler."),
+    ("encoder", "_model.layer", "image_encoder.layer"),
+    ("encoder", "_model.pool.", None),  # the encoder's own risk-factor heads
+    ("encoder", "_model.fc.", None),
+    ("encoder", "_model.prob_of_failure_layer.", None),
+    ("transformer", "mask_embedding.", "aggregator.mask_embedding."),
+    ("transformer", "projection_layer.", "aggregator.projection_layer."),
+    ("transformer", "transformer.", "aggregator.transformer."),
+    ("transformer", "pool.", "aggregator.pool."),
+    ("transformer", "prob_of_failure_layer.", "aggregator.prob_of_failure_layer."),
+    ("transformer", "kept_images_vec", None),  # all ones; only fixes the view count at 4
+    ("transformer", "pred_masked_img_fc.", None),  # training-time auxiliary head
+    ("transformer", "fc.", None),  # 612→2 classifier whose output is overwritten
+)
+
+
+def _map_key(part: str, key: str) -> str | None:
+    for snapshot, official, ours in OFFICIAL_KEY_MAPPING:
+        if snapshot == part and key.startswith(official):
+            return None if ours is None else ours + key[len(official):]
+    raise SnapshotFormatError(f"unexpected {part} key {key!r}")
 
 
 def map_encoder_key(key: str) -> str | None:
     """Official encoder key → MiraiNet key, or None for heads the inference discards."""
-    if not key.startswith("_model."):
-        raise SnapshotFormatError(f"unexpected encoder key {key!r}")
-    rest = key[len("_model."):]
-    if rest.startswith("downsampler.") or rest.startswith("layer"):
-        return "image_encoder." + rest
-    if rest.startswith(ENCODER_DROPPED):
-        return None
-    raise SnapshotFormatError(f"unexpected encoder key {key!r}")
+    return _map_key("encoder", key)
 
 
 def map_transformer_key(key: str) -> str | None:
     """Official transformer key → MiraiNet key, or None for parts unused at inference."""
-    if key.startswith(TRANSFORMER_KEPT):
-        return "aggregator." + key
-    if key == "kept_images_vec" or key.startswith(TRANSFORMER_DROPPED[1:]):
-        return None
-    raise SnapshotFormatError(f"unexpected transformer key {key!r}")
+    return _map_key("transformer", key)
 
 
 def read_encoder(obj: Any, where: str = "encoder") -> EncoderInfo:
@@ -790,7 +806,8 @@ def read_transformer(obj: Any, where: str = "transformer") -> TransformerInfo:
         raise SnapshotFormatError(f"{where}: hazard layer input {hazard.shape[1]} ≠ "
                                   f"{hidden} + risk factors")
     mask = state.get("prob_of_failure_layer.upper_triagular_mask")
-    if mask is not None and not torch.equal(mask.float(), torch.triu(torch.ones_like(mask.float()))):
+    if mask is not None and not torch.equal(mask.float(),
+                                            torch.triu(torch.ones_like(mask.float()))):
         notes.append("upper_triagular_mask is not the upper-triangular ones matrix; used as stored")
     time_w = state.get("transformer.time_embed.weight")
     if time_w is None:

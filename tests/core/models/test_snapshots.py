@@ -615,3 +615,50 @@ def test_state_cannot_shadow_setstate():
                b"ccollections\nOrderedDict\nq\x04sb.")
     obj = safe_pickle_load(io.BytesIO(payload))
     assert "__setstate__" not in obj.__dict__
+
+
+@pytest.mark.parametrize("part,key,want", [
+    ("encoder", "_model.downsampler.conv1.weight", "image_encoder.downsampler.conv1.weight"),
+    ("encoder", "_model.layer4_0.downsample.1.running_var",
+     "image_encoder.layer4_0.downsample.1.running_var"),
+    ("encoder", "_model.pool.density_fc.weight", None),
+    ("encoder", "_model.prob_of_failure_layer.hazard_fc.bias", None),
+    ("transformer", "transformer.transformer_layer_0.multihead_attention.query.weight",
+     "aggregator.transformer.transformer_layer_0.multihead_attention.query.weight"),
+    ("transformer", "pool.internal_pool.attention_fc.weight",
+     "aggregator.pool.internal_pool.attention_fc.weight"),
+    ("transformer", "prob_of_failure_layer.upper_triagular_mask",
+     "aggregator.prob_of_failure_layer.upper_triagular_mask"),
+    ("transformer", "kept_images_vec", None),
+    ("transformer", "pred_masked_img_fc.weight", None),
+])
+def test_official_key_mapping(part, key, want):
+    from mamview.core.models.snapshots import map_encoder_key, map_transformer_key
+    fn = map_encoder_key if part == "encoder" else map_transformer_key
+    assert fn(key) == want
+
+
+def test_unknown_keys_are_not_silently_dropped():
+    from mamview.core.models.snapshots import map_encoder_key, map_transformer_key
+    with pytest.raises(SnapshotFormatError):
+        map_transformer_key("prob_of_failure_layer_l.hazard_fc.weight")  # pred_both_sides
+    with pytest.raises(SnapshotFormatError):
+        map_encoder_key("layer1_0.conv1.weight")  # not under _model.
+
+
+def test_gpu_saved_storage_types_load_on_cpu():
+    from mamview.core.models.snapshots import RestrictedUnpickler
+    u = RestrictedUnpickler(io.BytesIO(b""))
+    assert u.find_class("torch.cuda", "FloatStorage").dtype == torch.float32
+    assert u.find_class("torch", "HalfStorage").dtype == torch.float16
+
+
+@pytest.mark.parametrize("fmt", ["legacy", "zip"])
+def test_truncated_files_are_format_errors(tmp_path, fmt):
+    path = tmp_path / "t.p"
+    torch.save({"w": torch.arange(1000.0)}, path, _use_new_zipfile_serialization=(fmt == "zip"))
+    data = path.read_bytes()
+    assert torch.equal(safe_torch_load(data)["w"], torch.arange(1000.0))
+    for cut in (len(data) - 100, len(data) // 2, 10):
+        with pytest.raises(SnapshotFormatError):
+            safe_torch_load(data[:cut])
