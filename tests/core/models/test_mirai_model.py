@@ -63,7 +63,8 @@ def test_hazard_layer_hand_computed():
     layer = CumulativeProbabilityLayer(3, 5)
     with torch.no_grad():
         layer.hazard_fc.weight.zero_()
-        layer.hazard_fc.bias.copy_(torch.tensor([0.5, -1.0, 0.25, 0.0, 2.0]))  # ReLU → 0.5,0,.25,0,2
+        # after ReLU the hazards are 0.5, 0, 0.25, 0, 2
+        layer.hazard_fc.bias.copy_(torch.tensor([0.5, -1.0, 0.25, 0.0, 2.0]))
         layer.base_hazard_fc.weight.zero_()
         layer.base_hazard_fc.bias.fill_(-3.0)
     out = layer(torch.randn(2, 3))
@@ -81,8 +82,8 @@ def test_embedding_order_is_view_time_side():
         t.embed_scale_fc.bias.zero_()
         t.embed_add_fc.weight.copy_(torch.eye(96))
         t.embed_add_fc.bias.zero_()
-    view, side, time = torch.tensor([[0, 1, 0, 1]]), torch.tensor([[1, 1, 0, 0]]), torch.zeros(1, 4,
-                                                                                          dtype=torch.long)
+    view, side = torch.tensor([[0, 1, 0, 1]]), torch.tensor([[1, 1, 0, 0]])
+    time = torch.zeros(1, 4, dtype=torch.long)
     out = t(torch.randn(1, 4, 96), view, side, time)
     for n in range(4):
         torch.testing.assert_close(out[0, n, :32], t.view_embed.weight[view[0, n]])
@@ -174,7 +175,8 @@ def test_forward_batch_matches_single_exams():
 
 def test_channels_last_gives_the_same_logits():
     net = random_net()
-    x, v, s = torch.randn(1, 4, 3, 64, 52), torch.tensor([[0, 0, 1, 1]]), torch.tensor([[1, 0, 1, 0]])
+    x = torch.randn(1, 4, 3, 64, 52)
+    v, s = torch.tensor([[0, 0, 1, 1]]), torch.tensor([[1, 0, 1, 0]])
     with torch.inference_mode():
         base = net(x, v, s)
         net = net.to(memory_format=torch.channels_last)
