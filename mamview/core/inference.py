@@ -1,0 +1,340 @@
+"""The inference service: one worker thread that scores exams and caches the results.
+
+Requests carry a generation id; cancelled generations are dropped before their exams are
+touched. The patient on screen goes first (a priority queue). Results, progress and errors
+come out as events, through a callback or a queue; the worker never touches a widget and
+never lets an exception die silently in the thread.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import queue
+import threading
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from mamview.core.cache import scores as score_store
+from mamview.core.cache import store
+from mamview.core.cache.db import connect
+from mamview.core.domain import STANDARD_VIEWS, view_label
+
+PRIORITY_ON_SCREEN = 0
+PRIORITY_BACKGROUND = 10
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class ExamScored:
+    generation: int
+    exam_key: str
+    risk: tuple[float, ...]  # cumulative risk fractions, years 1..5
+    model_id: str
+    model_label: str
+    cached: bool
+
+
+@dataclass(frozen=True)
+class ExamUnscorable:
+    generation: int
+    exam_key: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ScoreFailed:
+    generation: int
+    exam_key: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ScoreProgress:
+    generation: int
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class ServiceError:
+    """The service cannot score at all (e.g. the model could not be loaded)."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class GenerationDone:
+    generation: int
+
+
+Event = ExamScored | ExamUnscorable | ScoreFailed | ScoreProgress | ServiceError | GenerationDone
+
+
+# ---------------------------------------------------------------- loading one exam
+
+
+class Unscorable(Exception):
+    """An exam that cannot be scored; the message is the reason shown to the user."""
+
+
+def exam_inputs(db, exam_key: str) -> list[dict]:
+    """The four standard For Presentation images of an exam in RCC, LCC, RMLO, LMLO order.
+
+    Raises Unscorable with the reason when a view is missing, unusable or duplicated.
+    """
+    images = store.exam_images(db, exam_key)
+    ok, reason = store.exam_status(images)
+    if not ok:
+        raise Unscorable(reason)
+    chosen = []
+    for side, view in STANDARD_VIEWS:
+        label = view_label(side.value, view.value)
+        cands = [im for im in images if im["label"] == label and im["is_standard"]
+                 and not im["missing"] and not im["decode_error"]
+                 and im["presentation_intent"] != "FOR PROCESSING"]
+        # several images of one view (a repeat): the last one acquired is the one read
+        chosen.append(sorted(cands, key=lambda im: im["path"])[-1])
+    return chosen
+
+
+def load_view(row: dict, min_height: int | None):
+    """Decode one image for a model: modality LUT applied, MONOCHROME1 turned into
+    MONOCHROME2 (as the reference dcmtk conversion does), reduced decode when allowed."""
+    from mamview.core.dicom import display, pixels
+    from mamview.core.models.base import ViewImage
+
+    ds = pixels.read_dataset(row["path"])
+    if min_height:
+        arr, _ = pixels.decode_reduced(ds, min_height)
+    else:
+        arr = pixels.decode_full(ds)
+    params = display.display_params(ds)
+    arr = display.apply_modality(arr, params).astype(np.float64)
+    if params.photometric == "MONOCHROME1":
+        arr = arr.max() + arr.min() - arr
+    voi = str(getattr(ds, "VOILUTFunction", "LINEAR") or "LINEAR").upper()
+    return ViewImage(arr, row["laterality"], row["view"],
+                     "SIGMOID" if voi == "SIGMOID" else "LINEAR")
+
+
+def input_signature(db, rows: Sequence[dict]) -> list[tuple[str, int, int]]:
+    """(SOP UID, size, mtime) of each input, for the score cache key."""
+    out = []
+    for r in rows:
+        size, mtime = db.execute(
+            "SELECT size, mtime_ns FROM images WHERE sop_instance_uid = ?", [r["sop_instance_uid"]]
+        ).fetchone()
+        out.append((r["sop_instance_uid"], size, mtime))
+    return out
+
+
+# ---------------------------------------------------------------- the service
+
+
+class InferenceService:
+    """One background worker that scores exams with one model.
+
+    `model_loader(device)` builds the RiskModel on the worker thread (so a slow load never
+    blocks the caller). Events go to `on_event` (called on the worker thread: a GUI must hop
+    to its own thread) or, without a callback, to the `events` queue.
+    """
+
+    def __init__(
+        self,
+        database: str | os.PathLike,
+        model_loader: Callable[[object], object],
+        *,
+        device: str = "auto",
+        batch_size: int = 4,
+        cpu_threads: int | None = None,
+        on_event: Callable[[Event], None] | None = None,
+    ):
+        self.database = Path(database)
+        self._loader = model_loader
+        self._device_pref = device
+        self.batch_size = max(1, batch_size)
+        # leave a core to the GUI thread when running on the CPU
+        self.cpu_threads = cpu_threads or max(1, (os.cpu_count() or 2) - 1)
+        self.events: queue.Queue[Event] = queue.Queue()
+        self._emit = on_event or self.events.put
+        self._heap: list[tuple[int, int, int, str]] = []
+        self._cv = threading.Condition()
+        self._seq = itertools.count()
+        self._generations = itertools.count(1)
+        self._cancelled: set[int] = set()
+        self._pending: dict[int, list[int]] = {}  # generation → [done, total]
+        self._stop = False
+        self.model = None
+        self.device = None
+        self.device_label = ""
+        self._thread = threading.Thread(target=self._run, name="mamview-inference", daemon=True)
+        self._started = False
+
+    # -- public API (any thread)
+
+    def start(self) -> "InferenceService":
+        """Start the worker thread (idempotent)."""
+        if not self._started:
+            self._started = True
+            self._thread.start()
+        return self
+
+    def submit(self, exam_keys: Sequence[str], priority: int = PRIORITY_BACKGROUND) -> int:
+        """Queue exams for scoring; returns the request's generation id."""
+        gen = next(self._generations)
+        with self._cv:
+            self._pending[gen] = [0, len(exam_keys)]
+            for ek in exam_keys:
+                heapq.heappush(self._heap, (priority, next(self._seq), gen, ek))
+            if not exam_keys:
+                self._emit(GenerationDone(gen))
+            self._cv.notify()
+        self.start()
+        return gen
+
+    def cancel(self, generation: int) -> None:
+        """Drop the not-yet-scored exams of a request (e.g. the user switched patients)."""
+        with self._cv:
+            self._cancelled.add(generation)
+            self._heap = [item for item in self._heap if item[2] != generation]
+            heapq.heapify(self._heap)
+
+    def shutdown(self, timeout: float | None = 30) -> None:
+        """Stop after the batch in progress; queued work is dropped."""
+        with self._cv:
+            self._stop = True
+            self._heap.clear()
+            self._cv.notify()
+        if self._started:
+            self._thread.join(timeout)
+
+    def idle(self) -> bool:
+        """True when nothing is queued or running."""
+        with self._cv:
+            return not self._heap and not any(
+                d < t for g, (d, t) in self._pending.items() if g not in self._cancelled)
+
+    # -- worker thread
+
+    def _next_batch(self) -> list[tuple[int, str]]:
+        with self._cv:
+            while not self._heap and not self._stop:
+                self._cv.wait()
+            if self._stop:
+                return []
+            batch = []
+            while self._heap and len(batch) < self.batch_size:
+                _, _, gen, ek = heapq.heappop(self._heap)
+                if gen not in self._cancelled:
+                    batch.append((gen, ek))
+            return batch
+
+    def _run(self) -> None:
+        try:
+            import torch
+
+            from mamview.core.models.device import describe_device, select_device
+
+            self.device = select_device(self._device_pref)
+            if self.device.type == "cpu":
+                torch.set_num_threads(self.cpu_threads)
+            self.device_label = describe_device(self.device)
+            self.model = self._loader(self.device)
+        except Exception as exc:  # noqa: BLE001 - reported as an event, never lost in the thread
+            self._emit(ServiceError(f"the model could not be loaded: {exc}"))
+            with self._cv:
+                self._stop = True
+            return
+        db = connect(self.database, migrate=False)
+        try:
+            while True:
+                batch = self._next_batch()
+                if not batch:
+                    return
+                try:
+                    self._score_batch(db, batch)
+                except Exception as exc:  # noqa: BLE001
+                    for gen, ek in batch:
+                        self._emit(ScoreFailed(gen, ek, f"{type(exc).__name__}: {exc}"))
+                        self._advance(gen)
+                    traceback.print_exc()
+        finally:
+            db.close()
+
+    def _advance(self, gen: int) -> None:
+        with self._cv:
+            counts = self._pending.get(gen)
+            if counts is None:
+                return
+            counts[0] += 1
+            done, total = counts
+        self._emit(ScoreProgress(gen, done, total))
+        if done >= total:
+            self._emit(GenerationDone(gen))
+
+    def _score_batch(self, db, batch: list[tuple[int, str]]) -> None:
+        from mamview.core.models.base import ExamTensors, round_risks
+
+        model = self.model
+        ident = model.identity
+        todo = []  # (gen, exam_key, cache_key, rows, tensors)
+        for gen, ek in batch:
+            if gen in self._cancelled:
+                continue
+            try:
+                rows = exam_inputs(db, ek)
+                key = score_store.cache_key(ident, input_signature(db, rows))
+                hit = score_store.lookup(db, key)
+                if hit and hit["status"] == "ok":
+                    self._emit(ExamScored(gen, ek, tuple(hit["risk"]), ident.model_id,
+                                          ident.label, True))
+                    self._advance(gen)
+                    continue
+                views = [load_view(r, getattr(model, "decode_min_height", None)) for r in rows]
+                todo.append((gen, ek, key, rows, model.preprocess(views)))
+            except Unscorable as exc:
+                self._save_unscorable(db, ident, ek, str(exc))
+                self._emit(ExamUnscorable(gen, ek, str(exc)))
+                self._advance(gen)
+            except Exception as exc:  # noqa: BLE001 - one bad exam never stops the others
+                self._emit(ScoreFailed(gen, ek, f"{type(exc).__name__}: {exc}"))
+                self._advance(gen)
+        if not todo:
+            return
+        risks = model.predict(ExamTensors.collate([t[4] for t in todo]).to(self.device))
+        risks = round_risks(risks)
+        score_store.save(db, [
+            {
+                "cache_key": key, "exam_key": ek, "model_id": ident.model_id,
+                "model_version": ident.version, "weights_sha256": ident.weights_sha256,
+                "calibrator": f"{ident.calibrator_id}:{ident.calibrator_sha256}",
+                "preprocessing_version": ident.preprocessing_version,
+                "device": self.device_label,
+                "input_uids": [r["sop_instance_uid"] for r in rows],
+                "status": "ok", "reason": "", "risk": list(risk),
+            }
+            for (gen, ek, key, rows, _), risk in zip(todo, risks)
+        ])
+        for (gen, ek, *_), risk in zip(todo, risks):
+            self._emit(ExamScored(gen, ek, tuple(float(x) for x in risk), ident.model_id,
+                                  ident.label, False))
+            self._advance(gen)
+
+    def _save_unscorable(self, db, ident, exam_key: str, reason: str) -> None:
+        uids = sorted(r["sop_instance_uid"] for r in store.exam_images(db, exam_key))
+        key = score_store.cache_key(ident, [(u, 0, 0) for u in uids]) + ":unscorable"
+        score_store.save(db, [{
+            "cache_key": key, "exam_key": exam_key, "model_id": ident.model_id,
+            "model_version": ident.version, "weights_sha256": ident.weights_sha256,
+            "calibrator": f"{ident.calibrator_id}:{ident.calibrator_sha256}",
+            "preprocessing_version": ident.preprocessing_version, "device": "",
+            "input_uids": uids, "status": "unscorable", "reason": reason, "risk": [],
+        }])

@@ -1,0 +1,130 @@
+"""The inference service on a real cache with a small (random-weight) Mirai-architecture model."""
+
+import queue
+
+import pytest
+import torch
+
+from mamview.core.cache import scores
+from mamview.core.cache.db import connect
+from mamview.core.inference import (
+    ExamScored,
+    ExamUnscorable,
+    GenerationDone,
+    InferenceService,
+    ServiceError,
+)
+from mamview.core.ingest import run_import
+from mamview.core.models.base import ModelIdentity
+from mamview.core.models.mirai import MiraiCalibrator, MiraiConfig, MiraiNet, MiraiRiskModel
+from mamview.core.paths import Library
+from tests.core.test_ingest import consume, write_exam
+
+
+def tiny_model(device, version="t1"):
+    torch.manual_seed(0)
+    cfg = MiraiConfig(trunk_widths=(4, 8, 8, 8), input_height=64, input_width=52,
+                      transformer_hidden_dim=16, num_heads=2)
+    net = MiraiNet(cfg)
+    cal = MiraiCalibrator.from_alpha_beta([(0.0, 1.0)] * 5, calibrator_id="identity")
+    ident = ModelIdentity("tiny", "tiny test model", version, "w" + version, "identity",
+                          cal.sha256, "mirai-pydicom-minmax/1", False, "test model")
+    return MiraiRiskModel(net, cal, ident, device)
+
+
+def drain(svc, until_gen, timeout=60):
+    events = []
+    while True:
+        ev = svc.events.get(timeout=timeout)
+        events.append(ev)
+        if isinstance(ev, ServiceError):
+            raise AssertionError(ev.message)
+        if isinstance(ev, GenerationDone) and ev.generation == until_gen:
+            return events
+
+
+@pytest.fixture
+def library(tmp_path):
+    lib = Library(tmp_path / "lib")
+    write_exam(tmp_path / "in" / "a", pid="A", date="20230101")
+    write_exam(tmp_path / "in" / "b", pid="A", date="20240101")
+    files = write_exam(tmp_path / "in" / "c", pid="B", date="20240101")
+    files[3].unlink()  # B's exam lacks LMLO
+    consume(run_import(lib, [tmp_path / "in"], make_previews=False))
+    return lib
+
+
+def exam_keys(lib):
+    db = connect(lib.database)
+    keys = [r[0] for r in db.execute("SELECT exam_key FROM exams ORDER BY exam_key")]
+    db.close()
+    return keys
+
+
+def test_scores_complete_exams_once_and_explains_the_rest(library):
+    keys = exam_keys(library)
+    svc = InferenceService(library.database, tiny_model, device="cpu", batch_size=2)
+    try:
+        gen = svc.submit(keys)
+        events = drain(svc, gen)
+        scored = [e for e in events if isinstance(e, ExamScored)]
+        unscorable = [e for e in events if isinstance(e, ExamUnscorable)]
+        assert len(scored) == 2 and not any(e.cached for e in scored)
+        assert [u.reason for u in unscorable] == ["missing LMLO"]
+        for e in scored:
+            assert len(e.risk) == 5 and all(0 <= r <= 1 for r in e.risk)
+        # a second run computes nothing: every result comes from the cache
+        gen2 = svc.submit(keys)
+        again = [e for e in drain(svc, gen2) if isinstance(e, ExamScored)]
+        assert len(again) == 2 and all(e.cached for e in again)
+        assert {e.risk for e in again} == {e.risk for e in scored}
+    finally:
+        svc.shutdown()
+    db = connect(library.database)
+    rows = list(db.query("SELECT * FROM scores WHERE status = 'ok'"))
+    assert len(rows) == 2
+    assert all(r["model_id"] == "tiny" and r["device"].startswith("CPU") for r in rows)
+    assert all(len(scores._decode(r)["input_uids"]) == 4 for r in rows)
+
+
+def test_changed_model_recomputes(library):
+    keys = exam_keys(library)
+    for version, expect_cached in (("v1", False), ("v2", False), ("v2", True)):
+        svc = InferenceService(library.database, lambda d, v=version: tiny_model(d, v),
+                               device="cpu")
+        try:
+            gen = svc.submit(keys)
+            scored = [e for e in drain(svc, gen) if isinstance(e, ExamScored)]
+            assert scored and all(e.cached is expect_cached for e in scored)
+        finally:
+            svc.shutdown()
+
+
+def test_cancelled_generation_is_dropped(library):
+    keys = exam_keys(library)
+    svc = InferenceService(library.database, tiny_model, device="cpu", batch_size=1)
+    first = svc.submit(keys * 5)  # 15 exams
+    svc.cancel(first)
+    second = svc.submit(keys[:1])
+    try:
+        events = drain(svc, second)
+        from_first = [e for e in events if isinstance(e, (ExamScored, ExamUnscorable))
+                      and e.generation == first]
+        # at most the one exam the worker had already taken when the user moved on
+        assert len(from_first) <= 1
+        assert any(isinstance(e, ExamScored) and e.generation == second for e in events)
+    finally:
+        svc.shutdown()
+
+
+def test_model_that_fails_to_load_is_reported(library):
+    def broken(device):
+        raise RuntimeError("weights missing")
+
+    svc = InferenceService(library.database, broken, device="cpu")
+    svc.submit(exam_keys(library))
+    ev = svc.events.get(timeout=30)
+    assert isinstance(ev, ServiceError) and "weights missing" in ev.message
+    svc.shutdown()
+    with pytest.raises(queue.Empty):
+        svc.events.get(timeout=0.2)
