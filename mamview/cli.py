@@ -211,6 +211,100 @@ def cmd_demo(args, lib: paths.Library) -> int:
     return 0
 
 
+def cmd_score(args, lib: paths.Library) -> int:
+    from tqdm import tqdm
+
+    from mamview.core.cache import store
+    from mamview.core.inference import (ExamScored, ExamUnscorable, GenerationDone,
+                                        InferenceService, ScoreFailed, ServiceError)
+    from mamview.core.models import registry
+    from mamview.core.models.base import ModelUnavailable
+
+    db = _open_db(lib)
+    keys = None
+    if args.patient:
+        keys = store.find_patient_keys(db, args.patient)
+        if not keys:
+            raise CliError(f"no patient with ID {args.patient!r} in the library")
+    exams = [e["exam_key"] for e in store.list_exams(db, keys)]
+    db.close()
+    try:
+        entry = registry.resolve(lib, args.model)
+    except ModelUnavailable as exc:
+        raise CliError(str(exc)) from exc
+    if not exams:
+        print("No exams to score. Import files first.")
+        return 0
+    svc = InferenceService(lib.database, lambda dev: registry.load(entry, dev), device=args.device,
+                           batch_size=args.batch_size)
+    computed = cached = 0
+    unscorable: dict[str, int] = {}
+    failed = []
+    gen = svc.submit(exams)
+    try:
+        with tqdm(total=len(exams), desc=f"Scoring ({entry.model_id})", unit="exam",
+                  file=sys.stderr) as bar:
+            while True:
+                ev = svc.events.get()
+                if isinstance(ev, ServiceError):
+                    raise CliError(ev.message)
+                if isinstance(ev, ExamScored):
+                    cached += ev.cached
+                    computed += not ev.cached
+                    bar.update(1)
+                elif isinstance(ev, ExamUnscorable):
+                    unscorable[ev.reason] = unscorable.get(ev.reason, 0) + 1
+                    bar.update(1)
+                elif isinstance(ev, ScoreFailed):
+                    failed.append(ev)
+                    bar.update(1)
+                elif isinstance(ev, GenerationDone) and ev.generation == gen:
+                    break
+    except KeyboardInterrupt:
+        print("\nInterrupted; finished exams are kept and will not be computed again.",
+              file=sys.stderr)
+        return 130
+    finally:
+        svc.shutdown()
+    print(f"Model: {entry.name}" + (f" — {entry.label}" if entry.label else ""))
+    print(f"Device: {svc.device_label}")
+    print(f"Scored {computed + cached} exams ({computed} computed, {cached} already in the cache).")
+    for reason, n in sorted(unscorable.items()):
+        print(f"Not scored, {reason}: {n}")
+    for ev in failed:
+        print(f"Failed: {ev.exam_key}: {ev.message}")
+    return 1 if failed else 0
+
+
+def cmd_models(args, lib: paths.Library) -> int:
+    from mamview.core.models import registry
+
+    if args.action == "install":
+        from mamview.core.models.snapshots import UnsafeSnapshotError, convert_release
+
+        if not args.path:
+            raise CliError("models install needs the path of the release folder or zip")
+        try:
+            out = convert_release(args.path, lib.ensure().models)
+        except (UnsafeSnapshotError, ValueError, OSError) as exc:
+            raise CliError(f"could not install {args.path}: {exc}") from exc
+        print(f"Installed Mirai into {out}")
+        return 0
+    entries = registry.list_models(lib)
+    if args.json:
+        _print_json([vars(e) for e in entries])
+        return 0
+    for e in entries:
+        state = "available" if e.available else f"unavailable: {e.reason}"
+        print(f"{e.model_id:<6} {e.name:<34} {state}")
+        if e.available and e.label:
+            print(f"{'':<6} {e.label}")
+        if args.action == "info" and e.available:
+            print(f"{'':<6} folder: {e.folder}")
+            print((e.folder / "config.json").read_text())
+    return 0
+
+
 def cmd_bench(args, lib: paths.Library) -> int:
     from mamview import bench
 
@@ -262,6 +356,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--patients", type=int, default=20)
     s.add_argument("--size", choices=("small", "full"), default="small")
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("score", help="compute 1- to 5-year risk for every complete exam")
+    s.add_argument("--patient", metavar="ID", help="only this woman's exams")
+    s.add_argument("--model", default="auto", help="model id (default: best installed)")
+    s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    s.add_argument("--batch-size", type=int, default=4)
+    s.set_defaults(func=cmd_score)
+
+    s = sub.add_parser("models", help="list, install or describe risk models")
+    s.add_argument("action", choices=("list", "install", "info"))
+    s.add_argument("path", nargs="?", metavar="PATH", help="release folder or zip (install)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_models)
 
     s = sub.add_parser("bench", help="measure performance figures")
     bsub = s.add_subparsers(dest="bench", metavar="WHAT", required=True)

@@ -1,0 +1,77 @@
+"""Which risk models this installation has, and why a missing one is missing."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from mamview.core.models.base import ModelUnavailable
+from mamview.core.paths import Library, resources_dir
+
+DEMO_LABEL = "demo model — synthetic training data — not for clinical use"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model the registry knows about."""
+
+    model_id: str
+    name: str
+    folder: Path
+    available: bool
+    reason: str = ""  # why it is unavailable, in words a user can act on
+    clinically_validated: bool = False
+    label: str = ""
+
+
+def _entry(model_id: str, name: str, folder: Path, missing_hint: str) -> ModelEntry:
+    cfg = folder / "config.json"
+    if not cfg.is_file() or not (folder / "weights.pt").is_file():
+        return ModelEntry(model_id, name, folder, False, missing_hint)
+    try:
+        ident = json.loads(cfg.read_text())["identity"]
+    except (OSError, ValueError, KeyError) as exc:
+        return ModelEntry(model_id, name, folder, False, f"unreadable config.json: {exc}")
+    return ModelEntry(model_id, ident.get("name", name), folder, True, "",
+                      bool(ident.get("clinically_validated")), ident.get("label", ""))
+
+
+def list_models(lib: Library) -> list[ModelEntry]:
+    """Official Mirai (if installed) and the bundled demo model, best first."""
+    return [
+        _entry("mirai", "Mirai (official weights)", lib.models / "mirai",
+               "official weights not installed: run `mamview models install PATH` with the "
+               "release folder or zip"),
+        _entry("demo", "Mirai-architecture demo model", resources_dir() / "demo_model",
+               "the demo weights are not bundled in this build"),
+    ]
+
+
+def resolve(lib: Library, model_id: str = "auto") -> ModelEntry:
+    """The model to use: `auto` is the best available one. Raises ModelUnavailable."""
+    entries = list_models(lib)
+    if model_id in ("auto", "", None):
+        for e in entries:
+            if e.available:
+                return e
+        raise ModelUnavailable("no risk model is available",
+                               "; ".join(f"{e.model_id}: {e.reason}" for e in entries))
+    for e in entries:
+        if e.model_id == model_id:
+            if not e.available:
+                raise ModelUnavailable(f"model {model_id!r} is unavailable", e.reason)
+            return e
+    raise ModelUnavailable(f"unknown model {model_id!r}",
+                           "known: " + ", ".join(e.model_id for e in entries))
+
+
+def load(entry: ModelEntry, device):
+    """Build the RiskModel of a registry entry on `device`."""
+    from mamview.core.models.mirai import MiraiRiskModel
+
+    model = MiraiRiskModel.from_converted(entry.folder, device)
+    if entry.model_id == "demo":
+        # the demo network is small: a reduced-resolution decode (2× its input) loses nothing
+        model.decode_min_height = 2 * model.config.input_height
+    return model
