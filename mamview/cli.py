@@ -377,6 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--size", choices=("small", "full"), default="full")
     b.add_argument("--work", metavar="DIR", help="folder for the generated cohort (kept)")
     b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    b = bsub.add_parser("infer", help="seconds per exam on CPU (and GPU where present)")
+    b.add_argument("--height", type=int, default=2048)
+    b.add_argument("--width", type=int, default=1664)
+    b.add_argument("--batch", type=int, nargs="+", default=None,
+                   help="batch sizes (default: 1 on CPU; 1 8 32 on GPU)")
+    b.add_argument("--repeats", type=int, default=2)
+    b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     s.set_defaults(func=cmd_bench)
     return p
 
