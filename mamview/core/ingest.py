@@ -87,10 +87,11 @@ def find_files(paths: Iterable[str | os.PathLike]) -> tuple[list[str], list[Prob
         path = path.resolve()
         if path.is_dir():
             for root, dirs, files in os.walk(path):
-                dirs.sort()
+                # hidden files and folders (.DS_Store, .git, our cohort marker) are not exams
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 for name in files:
-                    if name.upper() == "DICOMDIR":
-                        continue  # an index: the files it names are in the walk anyway
+                    if name.upper() == "DICOMDIR" or name.startswith("."):
+                        continue  # DICOMDIR is an index: the files it names are in the walk
                     found.add(os.path.join(root, name))
         elif path.name.upper() == "DICOMDIR":
             try:
