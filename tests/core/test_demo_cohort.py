@@ -191,3 +191,37 @@ def test_cli_demo_data_then_import(tmp_path, capsys):
     text = capsys.readouterr().out
     assert '"label": "RCC"' in text and '"view_source": "ViewCodeSequence"' in text
     assert main(["--home", str(tmp_path / "h"), "exams", "NOBODY"]) == 2
+
+
+def test_killed_import_process_completes_to_the_same_database(cohort, imported, tmp_path):
+    """SIGKILL a real `mamview import` half-way; running it again gives the same cache."""
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    from tests.core.test_ingest import snapshot
+
+    out, s = cohort
+    home = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "mamview", "--home", str(home), "import", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    n = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            con = sqlite3.connect(home / "cache.sqlite", timeout=1)
+            n = con.execute("SELECT count(*) FROM previews").fetchone()[0]
+            con.close()
+        except sqlite3.Error:
+            n = 0
+        if n >= s.images // 3:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert 0 < n < s.images, "the import was not caught half-way"
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    lib, _ = imported
+    assert snapshot(home / "cache.sqlite") == snapshot(lib.database)
