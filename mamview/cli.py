@@ -34,6 +34,18 @@ def _open_db(lib: paths.Library):
     return connect(lib.database)
 
 
+def _patient_keys(db, patient_id: str | None) -> list[str] | None:
+    """Cache keys of the woman with this PatientID (None: everyone); CliError if unknown."""
+    from mamview.core.cache import store
+
+    if not patient_id:
+        return None
+    keys = store.find_patient_keys(db, patient_id)
+    if not keys:
+        raise CliError(f"no patient with ID {patient_id!r} in the library")
+    return keys
+
+
 def _drive(gen, *, quiet: bool = False):
     """Run an import-style event generator with a tqdm bar per phase; return its result."""
     from tqdm import tqdm
@@ -155,12 +167,7 @@ def cmd_exams(args, lib: paths.Library) -> int:
     from mamview.core.cache import store
 
     db = _open_db(lib)
-    keys = None
-    if args.patient:
-        keys = store.find_patient_keys(db, args.patient)
-        if not keys:
-            raise CliError(f"no patient with ID {args.patient!r} in the library")
-    exams = store.list_exams(db, keys)
+    exams = store.list_exams(db, _patient_keys(db, args.patient))
     if args.json:
         for e in exams:
             e["images"] = [
@@ -221,12 +228,7 @@ def cmd_score(args, lib: paths.Library) -> int:
     from mamview.core.models.base import ModelUnavailable
 
     db = _open_db(lib)
-    keys = None
-    if args.patient:
-        keys = store.find_patient_keys(db, args.patient)
-        if not keys:
-            raise CliError(f"no patient with ID {args.patient!r} in the library")
-    exams = [e["exam_key"] for e in store.list_exams(db, keys)]
+    exams = [e["exam_key"] for e in store.list_exams(db, _patient_keys(db, args.patient))]
     db.close()
     try:
         entry = registry.resolve(lib, args.model)

@@ -136,6 +136,18 @@ def input_signature(db, rows: Sequence[dict]) -> list[tuple[str, int, int]]:
     return out
 
 
+def _score_row(ident, key: str, exam_key: str, device: str, uids: list[str], status: str,
+               reason: str, risk: list[float]) -> dict:
+    """A scores-table row with the model's full provenance."""
+    return {
+        "cache_key": key, "exam_key": exam_key, "model_id": ident.model_id,
+        "model_version": ident.version, "weights_sha256": ident.weights_sha256,
+        "calibrator": f"{ident.calibrator_id}:{ident.calibrator_sha256}",
+        "preprocessing_version": ident.preprocessing_version, "device": device,
+        "input_uids": uids, "status": status, "reason": reason, "risk": risk,
+    }
+
+
 # ---------------------------------------------------------------- the service
 
 
@@ -312,15 +324,8 @@ class InferenceService:
         risks = model.predict(ExamTensors.collate([t[4] for t in todo]).to(self.device))
         risks = round_risks(risks)
         score_store.save(db, [
-            {
-                "cache_key": key, "exam_key": ek, "model_id": ident.model_id,
-                "model_version": ident.version, "weights_sha256": ident.weights_sha256,
-                "calibrator": f"{ident.calibrator_id}:{ident.calibrator_sha256}",
-                "preprocessing_version": ident.preprocessing_version,
-                "device": self.device_label,
-                "input_uids": [r["sop_instance_uid"] for r in rows],
-                "status": "ok", "reason": "", "risk": list(risk),
-            }
+            _score_row(ident, key, ek, self.device_label,
+                       [r["sop_instance_uid"] for r in rows], "ok", "", list(risk))
             for (gen, ek, key, rows, _), risk in zip(todo, risks)
         ])
         for (gen, ek, *_), risk in zip(todo, risks):
@@ -331,10 +336,4 @@ class InferenceService:
     def _save_unscorable(self, db, ident, exam_key: str, reason: str) -> None:
         uids = sorted(r["sop_instance_uid"] for r in store.exam_images(db, exam_key))
         key = score_store.cache_key(ident, [(u, 0, 0) for u in uids]) + ":unscorable"
-        score_store.save(db, [{
-            "cache_key": key, "exam_key": exam_key, "model_id": ident.model_id,
-            "model_version": ident.version, "weights_sha256": ident.weights_sha256,
-            "calibrator": f"{ident.calibrator_id}:{ident.calibrator_sha256}",
-            "preprocessing_version": ident.preprocessing_version, "device": "",
-            "input_uids": uids, "status": "unscorable", "reason": reason, "risk": [],
-        }])
+        score_store.save(db, [_score_row(ident, key, exam_key, "", uids, "unscorable", reason, [])])
