@@ -212,7 +212,8 @@ def cmd_demo(args, lib: paths.Library) -> int:
     if not (out / "images.csv").exists():
         print(f"Generating a synthetic demo cohort of {args.patients} women in {out} …")
         generate_cohort(out, n_patients=args.patients, size=args.size, seed=0)
-    summary = _drive(run_import(lib, [out]))
+    # the patient folders only: the ground-truth CSVs beside them are not images to report
+    summary = _drive(run_import(lib, sorted(p for p in out.iterdir() if p.is_dir())))
     _print_summary(summary)
     print("\nSynthetic data, not patients. Try `mamview patients` and `mamview exams DEMO0001`.")
     return 0
