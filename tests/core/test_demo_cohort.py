@@ -2,6 +2,7 @@
 
 import csv
 import hashlib
+import json
 import math
 
 import numpy as np
@@ -225,3 +226,15 @@ def test_killed_import_process_completes_to_the_same_database(cohort, imported, 
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     lib, _ = imported
     assert snapshot(home / "cache.sqlite") == snapshot(lib.database)
+
+
+def test_cli_demo_loads_the_cohort_into_the_library(tmp_path, capsys):
+    home = str(tmp_path / "h")
+    assert main(["--home", home, "demo", "--patients", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "Library: 3 patients" in out and "Skipped" not in out
+    assert main(["--home", home, "problems"]) == 0
+    assert "No problems recorded." in capsys.readouterr().out
+    assert main(["--home", home, "patients", "--json"]) == 0
+    assert [p["patient_id"] for p in json.loads(capsys.readouterr().out)] == [
+        "DEMO0001", "DEMO0002", "DEMO0003"]
