@@ -159,7 +159,8 @@ def _index(
         result = store.write_batch(db, batch_headers, batch_problems, problem_stats)
         summary.added += result.added
         summary.updated += result.updated
-        summary.skipped["duplicate"] += len(result.duplicates)
+        if result.duplicates:
+            summary.skipped["duplicate"] += len(result.duplicates)
         duplicates.extend(result.duplicates)
         batch_headers.clear()
         batch_problems.clear()

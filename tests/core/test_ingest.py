@@ -171,3 +171,15 @@ def test_image_without_view_tags_is_unknown(tmp_path, lib):
     (img,) = exam["images"]
     assert (img["view"], img["view_source"]) == ("UNKNOWN", "none")
     assert img["laterality"] == "R"
+
+
+def test_dicomdir_imports_the_files_it_names(tmp_path, lib):
+    from tests.factories import write_dicomdir
+
+    dicomdir = write_dicomdir(tmp_path / "cd")
+    summary, _ = consume(run_import(lib, [dicomdir]))
+    assert summary.totals["images"] == 2 and not summary.skipped
+    db = connect(lib.database)
+    (exam,) = store.list_exams(db)
+    assert sorted(im["label"] for im in exam["images"]) == ["LCC", "RCC"]
+    assert all(str(tmp_path / "cd") in im["path"] for im in exam["images"])
