@@ -581,9 +581,23 @@ class MiraiRiskModel(RiskModel):
         return self.calibrator(probs)
 
 
-def check_preprocessing_version(identity: ModelIdentity) -> None:
-    """Refuse a model whose preprocessing differs from the code that will feed it."""
-    if identity.preprocessing_version != PREPROCESSING_VERSION:
+def demo_preprocessing_version(config: MiraiConfig) -> str:
+    """Preprocessing of a reduced model such as the bundled demo: the same stages, fed by a
+    reduced decode (at least 2× the input height, as `registry.load` sets) at a smaller size."""
+    return (f"{PREPROCESSING_VERSION}+reduced-decode-2x"
+            f"+input-{config.input_height}x{config.input_width}")
+
+
+def check_preprocessing_version(identity: ModelIdentity,
+                                config: MiraiConfig | None = None) -> None:
+    """Refuse a model whose preprocessing differs from the code that will feed it.
+
+    With `config`, the reduced-decode variant for that config's input size is accepted too.
+    """
+    accepted = {PREPROCESSING_VERSION}
+    if config is not None:
+        accepted.add(demo_preprocessing_version(config))
+    if identity.preprocessing_version not in accepted:
         raise ModelUnavailable(
             f"model expects preprocessing {identity.preprocessing_version!r}, this build "
-            f"implements {PREPROCESSING_VERSION!r}", "convert the weights again")
+            f"implements {' or '.join(sorted(accepted))!r}", "convert the weights again")

@@ -1082,7 +1082,7 @@ def load_converted(directory: str | os.PathLike) -> tuple[MiraiNet, MiraiCalibra
         raise
     except Exception as exc:
         raise ModelUnavailable(f"model folder {directory} is unreadable: {exc}") from exc
-    check_preprocessing_version(identity)
+    check_preprocessing_version(identity, config)
     net = MiraiNet(config)
     try:
         net.load_state_dict(state, strict=True)
