@@ -97,9 +97,7 @@ def exam_inputs(db, exam_key: str) -> list[dict]:
     chosen = []
     for side, view in STANDARD_VIEWS:
         label = view_label(side.value, view.value)
-        cands = [im for im in images if im["label"] == label and im["is_standard"]
-                 and not im["missing"] and not im["decode_error"]
-                 and im["presentation_intent"] != "FOR PROCESSING"]
+        cands = [im for im in images if im["label"] == label and store.is_scorable_view(im)]
         # several images of one view (a repeat): the last one acquired is the one read
         chosen.append(sorted(cands, key=lambda im: im["path"])[-1])
     return chosen
@@ -125,15 +123,9 @@ def load_view(row: dict, min_height: int | None):
                      "SIGMOID" if voi == "SIGMOID" else "LINEAR")
 
 
-def input_signature(db, rows: Sequence[dict]) -> list[tuple[str, int, int]]:
+def input_signature(rows: Sequence[dict]) -> list[tuple[str, int, int]]:
     """(SOP UID, size, mtime) of each input, for the score cache key."""
-    out = []
-    for r in rows:
-        size, mtime = db.execute(
-            "SELECT size, mtime_ns FROM images WHERE sop_instance_uid = ?", [r["sop_instance_uid"]]
-        ).fetchone()
-        out.append((r["sop_instance_uid"], size, mtime))
-    return out
+    return [(r["sop_instance_uid"], r["size"], r["mtime_ns"]) for r in rows]
 
 
 def _score_row(ident, key: str, exam_key: str, device: str, uids: list[str], status: str,
@@ -303,7 +295,7 @@ class InferenceService:
                 continue
             try:
                 rows = exam_inputs(db, ek)
-                key = score_store.cache_key(ident, input_signature(db, rows))
+                key = score_store.cache_key(ident, input_signature(rows))
                 hit = score_store.lookup(db, key)
                 if hit and hit["status"] == "ok":
                     self._emit(ExamScored(gen, ek, tuple(hit["risk"]), ident.model_id,

@@ -133,7 +133,8 @@ def _write_image(db: sqlite_utils.Database, h: ImageHeader) -> str | Problem:
     if old_at_path and old_at_path[0] != h.sop_instance_uid:
         _delete_images(db, [old_at_path[0]])
     same_uid = db.execute(
-        "SELECT path, missing FROM images WHERE sop_instance_uid = ?", [h.sop_instance_uid]
+        "SELECT path, missing, exam_key FROM images WHERE sop_instance_uid = ?",
+        [h.sop_instance_uid],
     ).fetchone()
     if same_uid and same_uid[0] != h.path and not same_uid[1]:
         return Problem(h.path, "duplicate", f"same SOP Instance UID as {same_uid[0]}")
@@ -175,13 +176,9 @@ def _write_image(db: sqlite_utils.Database, h: ImageHeader) -> str | Problem:
                 [json.dumps(studies), json.dumps(accessions), ekey],
             )
     verb = "updated" if same_uid else "added"
-    if same_uid:
-        old_exam = db.execute(
-            "SELECT exam_key FROM images WHERE sop_instance_uid = ?", [h.sop_instance_uid]
-        ).fetchone()[0]
     db["images"].upsert(row, pk="sop_instance_uid")
-    if same_uid and old_exam != ekey:
-        _drop_empty_exams(db, [old_exam])
+    if same_uid and same_uid[2] != ekey:
+        _drop_empty_exams(db, [same_uid[2]])
     db.execute(
         "INSERT OR REPLACE INTO files (path, size, mtime_ns, outcome, sop_instance_uid) "
         "VALUES (?, ?, ?, 'image', ?)",
@@ -304,7 +301,8 @@ def find_patient_keys(db: sqlite_utils.Database, ident: str) -> list[str]:
 _IMAGE_COLUMNS = (
     "sop_instance_uid, path, laterality, laterality_source, view, view_source, view_modifiers, "
     "is_standard, presentation_intent, missing, decode_error, transfer_syntax_uid, photometric, "
-    "rows, columns, manufacturer, study_uid, series_uid, patient_orientation, window_presets"
+    "rows, columns, manufacturer, study_uid, series_uid, patient_orientation, window_presets, "
+    "size, mtime_ns"
 )
 
 
@@ -324,14 +322,15 @@ def exam_images(db: sqlite_utils.Database, exam_key: str) -> list[dict]:
     return rows
 
 
+def is_scorable_view(image: dict) -> bool:
+    """A standard, present, decodable, For Presentation image (an `exam_images` row)."""
+    return (image["is_standard"] and not image["missing"] and not image["decode_error"]
+            and image["presentation_intent"] != "FOR PROCESSING")
+
+
 def exam_status(images: list[dict]) -> tuple[bool, str]:
     """Whether an exam has the four standard For Presentation views; else the reason."""
-    usable = {
-        r["label"]
-        for r in images
-        if r["is_standard"] and not r["missing"] and not r["decode_error"]
-        and r["presentation_intent"] != "FOR PROCESSING"
-    }
+    usable = {r["label"] for r in images if is_scorable_view(r)}
     needed = [view_label(s.value, v.value) for s, v in STANDARD_VIEWS]
     absent = [lab for lab in needed if lab not in usable]
     if not absent:
