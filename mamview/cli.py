@@ -6,6 +6,7 @@ GUI commands import the Qt layer lazily so the headless commands work without a 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -388,7 +389,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=2)
     b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     s.set_defaults(func=cmd_bench)
+
+    # each area registers its own commands, so they can grow without touching this file
+    for name in _EXTENSIONS:
+        importlib.import_module(name).register(sub, bsub, p)
     return p
+
+
+_EXTENSIONS = ("mamview.cli_gui", "mamview.cli_net", "mamview.cli_analytics")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
