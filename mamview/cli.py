@@ -204,82 +204,6 @@ def cmd_problems(args, lib: paths.Library) -> int:
     return 0
 
 
-def cmd_demo(args, lib: paths.Library) -> int:
-    from mamview.core.demo_data import generate_cohort
-    from mamview.core.ingest import run_import
-
-    lib.ensure()
-    out = lib.home / "demo-cohort"
-    if not (out / "images.csv").exists():
-        print(f"Generating a synthetic demo cohort of {args.patients} women in {out} …")
-        generate_cohort(out, n_patients=args.patients, size=args.size, seed=0)
-    # the patient folders only: the ground-truth CSVs beside them are not images to report
-    summary = _drive(run_import(lib, sorted(p for p in out.iterdir() if p.is_dir())))
-    _print_summary(summary)
-    print("\nSynthetic data, not patients. Try `mamview patients` and `mamview exams DEMO0001`.")
-    return 0
-
-
-def cmd_score(args, lib: paths.Library) -> int:
-    from tqdm import tqdm
-
-    from mamview.core.cache import store
-    from mamview.core.inference import (ExamScored, ExamUnscorable, GenerationDone,
-                                        InferenceService, ScoreFailed, ServiceError)
-    from mamview.core.models import registry
-    from mamview.core.models.base import ModelUnavailable
-
-    db = _open_db(lib)
-    exams = [e["exam_key"] for e in store.list_exams(db, _patient_keys(db, args.patient))]
-    db.close()
-    try:
-        entry = registry.resolve(lib, args.model)
-    except ModelUnavailable as exc:
-        raise CliError(str(exc)) from exc
-    if not exams:
-        print("No exams to score. Import files first.")
-        return 0
-    svc = InferenceService(lib.database, lambda dev: registry.load(entry, dev), device=args.device,
-                           batch_size=args.batch_size)
-    computed = cached = 0
-    unscorable: dict[str, int] = {}
-    failed = []
-    gen = svc.submit(exams)
-    try:
-        with tqdm(total=len(exams), desc=f"Scoring ({entry.model_id})", unit="exam",
-                  file=sys.stderr) as bar:
-            while True:
-                ev = svc.events.get()
-                if isinstance(ev, ServiceError):
-                    raise CliError(ev.message)
-                if isinstance(ev, ExamScored):
-                    cached += ev.cached
-                    computed += not ev.cached
-                    bar.update(1)
-                elif isinstance(ev, ExamUnscorable):
-                    unscorable[ev.reason] = unscorable.get(ev.reason, 0) + 1
-                    bar.update(1)
-                elif isinstance(ev, ScoreFailed):
-                    failed.append(ev)
-                    bar.update(1)
-                elif isinstance(ev, GenerationDone) and ev.generation == gen:
-                    break
-    except KeyboardInterrupt:
-        print("\nInterrupted; finished exams are kept and will not be computed again.",
-              file=sys.stderr)
-        return 130
-    finally:
-        svc.shutdown()
-    print(f"Model: {entry.name}" + (f" — {entry.label}" if entry.label else ""))
-    print(f"Device: {svc.device_label}")
-    print(f"Scored {computed + cached} exams ({computed} computed, {cached} already in the cache).")
-    for reason, n in sorted(unscorable.items()):
-        print(f"Not scored, {reason}: {n}")
-    for ev in failed:
-        print(f"Failed: {ev.exam_key}: {ev.message}")
-    return 1 if failed else 0
-
-
 def cmd_models(args, lib: paths.Library) -> int:
     from mamview.core.models import registry
 
@@ -355,18 +279,6 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("problems", help="list files that were skipped, and why")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_problems)
-
-    s = sub.add_parser("demo", help="generate the synthetic demo cohort into the library and load it")
-    s.add_argument("--patients", type=int, default=20)
-    s.add_argument("--size", choices=("small", "full"), default="small")
-    s.set_defaults(func=cmd_demo)
-
-    s = sub.add_parser("score", help="compute 1- to 5-year risk for every complete exam")
-    s.add_argument("--patient", metavar="ID", help="only this woman's exams")
-    s.add_argument("--model", default="auto", help="model id (default: best installed)")
-    s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    s.add_argument("--batch-size", type=int, default=4)
-    s.set_defaults(func=cmd_score)
 
     s = sub.add_parser("models", help="list, install or describe risk models")
     s.add_argument("action", choices=("list", "install", "info"))
