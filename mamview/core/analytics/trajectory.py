@@ -1,0 +1,353 @@
+"""Per-woman change metrics of a 5-year risk trajectory (pure functions).
+
+Formulas follow /work/shared/reference/risk-science.md §6: exams k = 1…n at dates t_k (decimal
+years), risks r_k in percent.
+
+- change since prior  Δ = r_n − r_{n−1} (percentage points, pp)
+- rate per year       v = Δ / (t_n − t_{n−1}) (pp/yr); on the log scale g = Δln r / Δt (1/yr)
+- trend slope         OLS and Theil–Sen of r on t, only when n ≥ 3 and the exams span ≥ 2 years
+- acceleration        (v_n − v_{n−1}) / ((t_n − t_{n−2}) / 2) (pp/yr², exploratory)
+- ratio to baseline   r_n / median(r_1 … r_{n−1})
+- first crossing of each threshold, stratum transitions, screening gaps, vendor/model changes.
+
+No validated alert rule exists for any of these; flags are descriptive, configurable, and
+labelled "research use, not validated" wherever they are shown. Nothing here reads files except
+`points_for_patient`, which reads the cache.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Sequence
+
+RESEARCH_LABEL = "research use, not validated"
+DAYS_PER_YEAR = 365.25
+
+
+@dataclass(frozen=True)
+class ScorePoint:
+    """One scored exam of one woman."""
+
+    exam_date: datetime.date
+    risk_percent: float  # 5-year cumulative risk, in percent
+    model_id: str
+    exam_key: str = ""
+    vendor: str | None = None
+    yearly_percent: tuple[float, ...] = ()  # cumulative risk by year 1..5, percent
+
+
+@dataclass(frozen=True)
+class FlagRules:
+    """Configurable flag rules (research use, not validated).
+
+    `rising_rate_per_year` = 1.1 pp/yr: the seed study's mixed-model mean slope was 1.13 pp/yr
+    in women who developed cancer and 0.09 pp/yr in cancer-free women (risk-science.md §1.4);
+    "rising" therefore means "rising at least as fast as the cancer group's mean", a descriptive
+    label, not a validated alert. `rising_ratio_to_baseline` = 1.5: a score 50% above her own
+    earlier median (no published value; shown only as a flag reason). `gap_years` = 2.5: the
+    BCSC's biennial interval is 19–30 months, so a longer interval is a gap in screening.
+    """
+
+    thresholds_percent: tuple[float, ...] = (1.7, 3.0)
+    rising_rate_per_year: float = 1.1
+    rising_ratio_to_baseline: float = 1.5
+    gap_years: float = 2.5
+    min_exams_for_slope: int = 3
+    min_span_years_for_slope: float = 2.0
+    label: str = RESEARCH_LABEL
+
+
+@dataclass(frozen=True)
+class StratumTransition:
+    """A move between risk strata from one exam to the next."""
+
+    exam_date: datetime.date
+    from_stratum: str
+    to_stratum: str
+
+
+@dataclass(frozen=True)
+class Gap:
+    """An interval between consecutive exams longer than `FlagRules.gap_years`."""
+
+    start: datetime.date
+    end: datetime.date
+    years: float
+
+
+@dataclass(frozen=True)
+class TrajectoryReport:
+    """Change metrics of one woman's trajectory; None where a metric is not defined."""
+
+    points: tuple[ScorePoint, ...]  # sorted by date
+    change_since_prior: float | None  # pp
+    rate_per_year: float | None  # pp/yr
+    log_rate_per_year: float | None  # 1/yr (×100 ≈ % per year)
+    slope_ols: float | None  # pp/yr; only when >= 3 exams over >= 2 years
+    slope_theil_sen: float | None
+    acceleration: float | None  # pp/yr², exploratory
+    ratio_to_baseline: float | None
+    crossings: dict[float, datetime.date | None]  # first upward crossing per threshold
+    stratum_transitions: tuple[StratumTransition, ...]
+    gaps: tuple[Gap, ...]
+    notes: tuple[str, ...]  # vendor/model changes, dropped points, above threshold at start
+    flags: tuple[str, ...]  # e.g. "crossed 1.7%", "rising"
+    rising: bool
+    crossed_any: bool
+    rules: FlagRules = field(default_factory=FlagRules)
+
+    @property
+    def latest(self) -> ScorePoint | None:
+        """The newest scored exam."""
+        return self.points[-1] if self.points else None
+
+    def display_rows(self) -> list[tuple[str, str]]:
+        """(label, value text) pairs for a side panel; every number with its unit."""
+        rows: list[tuple[str, str]] = []
+        last = self.latest
+        if last is None:
+            return [("5-year risk", "no scored exam")]
+        rows.append(("Latest 5-year risk",
+                     f"{last.risk_percent:.1f}% ({last.exam_date.isoformat()}, model {last.model_id})"))
+        rows.append(("Scored exams", str(len(self.points))))
+        rows.append(("Change since prior", _fmt(self.change_since_prior, "{:+.2f} pp")))
+        rate = _fmt(self.rate_per_year, "{:+.2f} pp/yr")
+        if self.log_rate_per_year is not None:
+            rate += f" ({self.log_rate_per_year * 100:+.0f}%/yr on the log scale)"
+        rows.append(("Rate per year", rate))
+        rows.append(("Trend slope (OLS)", _fmt(self.slope_ols, "{:+.2f} pp/yr",
+                                               "needs ≥3 exams over ≥2 years")))
+        rows.append(("Trend slope (Theil–Sen)", _fmt(self.slope_theil_sen, "{:+.2f} pp/yr",
+                                                     "needs ≥3 exams over ≥2 years")))
+        rows.append(("Acceleration (exploratory)", _fmt(self.acceleration, "{:+.2f} pp/yr²")))
+        rows.append(("Ratio to own baseline", _fmt(self.ratio_to_baseline, "{:.2f}×")))
+        for thr, when in self.crossings.items():
+            rows.append((f"First crossing of {thr:g}%", when.isoformat() if when else "—"))
+        if self.stratum_transitions:
+            rows.append(("Stratum changes", "; ".join(
+                f"{t.exam_date.isoformat()}: {t.from_stratum} → {t.to_stratum}"
+                for t in self.stratum_transitions)))
+        if self.gaps:
+            rows.append(("Screening gaps", "; ".join(
+                f"{g.start.isoformat()} – {g.end.isoformat()} ({g.years:.1f} y)" for g in self.gaps)))
+        for note in self.notes:
+            rows.append(("Note", note))
+        rows.append((f"Flags ({self.rules.label})", ", ".join(self.flags) if self.flags else "none"))
+        return rows
+
+    def as_dict(self) -> dict:
+        """A JSON-serialisable copy (dates as ISO strings)."""
+        return {
+            "points": [
+                {"exam_date": p.exam_date.isoformat(), "risk_percent": p.risk_percent,
+                 "model_id": p.model_id, "exam_key": p.exam_key, "vendor": p.vendor,
+                 "yearly_percent": list(p.yearly_percent)}
+                for p in self.points
+            ],
+            "change_since_prior_pp": self.change_since_prior,
+            "rate_pp_per_year": self.rate_per_year,
+            "log_rate_per_year": self.log_rate_per_year,
+            "slope_ols_pp_per_year": self.slope_ols,
+            "slope_theil_sen_pp_per_year": self.slope_theil_sen,
+            "acceleration_pp_per_year2": self.acceleration,
+            "ratio_to_baseline": self.ratio_to_baseline,
+            "crossings": {f"{k:g}": (v.isoformat() if v else None)
+                          for k, v in self.crossings.items()},
+            "stratum_transitions": [
+                {"exam_date": t.exam_date.isoformat(), "from": t.from_stratum, "to": t.to_stratum}
+                for t in self.stratum_transitions
+            ],
+            "gaps": [{"start": g.start.isoformat(), "end": g.end.isoformat(),
+                      "years": round(g.years, 3)} for g in self.gaps],
+            "notes": list(self.notes),
+            "flags": list(self.flags),
+            "flags_label": self.rules.label,
+            "rising": self.rising,
+            "crossed_any": self.crossed_any,
+        }
+
+
+def _fmt(value: float | None, pattern: str, missing: str = "—") -> str:
+    return missing if value is None else pattern.format(value)
+
+
+# ---------------------------------------------------------------- metrics (pure)
+
+
+def decimal_years(d: datetime.date, origin: datetime.date) -> float:
+    """Years from `origin` to `d` (365.25-day years)."""
+    return (d - origin).days / DAYS_PER_YEAR
+
+
+def ols_slope(t: Sequence[float], r: Sequence[float]) -> float | None:
+    """β = Σ(t−t̄)(r−r̄) / Σ(t−t̄)²; None when all t are equal."""
+    n = len(t)
+    if n < 2:
+        return None
+    tm, rm = sum(t) / n, sum(r) / n
+    sxx = sum((x - tm) ** 2 for x in t)
+    if sxx <= 0:
+        return None
+    return sum((x - tm) * (y - rm) for x, y in zip(t, r)) / sxx
+
+
+def theil_sen_slope(t: Sequence[float], r: Sequence[float]) -> float | None:
+    """Median of the pairwise slopes (pairs with equal t are skipped)."""
+    slopes = [(r[j] - r[i]) / (t[j] - t[i])
+              for i in range(len(t)) for j in range(i + 1, len(t)) if t[j] != t[i]]
+    return statistics.median(slopes) if slopes else None
+
+
+def stratum(risk_percent: float, thresholds: Sequence[float]) -> str:
+    """'low' below the first threshold, 'high' at or above the last, else 'intermediate'
+    (for more than two thresholds: '≥X%')."""
+    ths = sorted(thresholds)
+    if not ths or risk_percent < ths[0]:
+        return "low"
+    if risk_percent >= ths[-1]:
+        return "high"
+    if len(ths) == 2:
+        return "intermediate"
+    above = [x for x in ths if risk_percent >= x]
+    return f"≥{above[-1]:g}%"
+
+
+def _usable(p: ScorePoint) -> bool:
+    return isinstance(p.risk_percent, (int, float)) and math.isfinite(p.risk_percent) \
+        and p.risk_percent > 0 and isinstance(p.exam_date, datetime.date)
+
+
+def analyze(points: Sequence[ScorePoint], rules: FlagRules = FlagRules()) -> TrajectoryReport:
+    """Change metrics, events and flags of one woman's scored exams (any order).
+
+    Points without a usable score (NaN, ≤ 0) are left out with a note. Two exams on the same
+    day give no rate (division by zero), and a note.
+    """
+    notes: list[str] = []
+    good = sorted((p for p in points if _usable(p)), key=lambda p: p.exam_date)
+    dropped = len(points) - len(good)
+    if dropped:
+        notes.append(f"{dropped} exam{'s' if dropped > 1 else ''} without a usable score left out")
+    thresholds = tuple(sorted(rules.thresholds_percent))
+    n = len(good)
+    r = [p.risk_percent for p in good]
+    t = [decimal_years(p.exam_date, good[0].exam_date) for p in good] if good else []
+
+    change = rate = log_rate = slope = ts = accel = ratio = None
+    if n >= 2:
+        change = r[-1] - r[-2]
+        dt = t[-1] - t[-2]
+        if dt > 0:
+            rate = change / dt
+            log_rate = (math.log(r[-1]) - math.log(r[-2])) / dt
+        else:
+            notes.append("the last two exams share a date: no rate per year")
+        ratio = r[-1] / statistics.median(r[:-1])
+    if n >= rules.min_exams_for_slope and t and t[-1] - t[0] >= rules.min_span_years_for_slope:
+        slope = ols_slope(t, r)
+        ts = theil_sen_slope(t, r)
+    if n >= 3:
+        dt1, dt2 = t[-1] - t[-2], t[-2] - t[-3]
+        if dt1 > 0 and dt2 > 0:
+            v1, v0 = (r[-1] - r[-2]) / dt1, (r[-2] - r[-3]) / dt2
+            accel = (v1 - v0) / ((t[-1] - t[-3]) / 2)
+
+    crossings: dict[float, datetime.date | None] = {}
+    for thr in thresholds:
+        crossings[thr] = next((good[k].exam_date for k in range(1, n)
+                               if r[k - 1] < thr <= r[k]), None)
+        if n and r[0] >= thr:
+            notes.append(f"at or above {thr:g}% from the first scored exam")
+
+    transitions = []
+    for k in range(1, n):
+        a, b = stratum(r[k - 1], thresholds), stratum(r[k], thresholds)
+        if a != b:
+            transitions.append(StratumTransition(good[k].exam_date, a, b))
+
+    gaps = tuple(Gap(good[k - 1].exam_date, good[k].exam_date, t[k] - t[k - 1])
+                 for k in range(1, n) if t[k] - t[k - 1] > rules.gap_years)
+
+    for k in range(1, n):
+        prev, cur = good[k - 1], good[k]
+        if prev.vendor and cur.vendor and prev.vendor != cur.vendor:
+            notes.append(f"scanner vendor changed on {cur.exam_date.isoformat()} "
+                         f"({prev.vendor} → {cur.vendor}): scores may jump for that reason")
+        if prev.model_id != cur.model_id:
+            notes.append(f"model changed on {cur.exam_date.isoformat()} "
+                         f"({prev.model_id} → {cur.model_id}): scores are not comparable")
+
+    flags: list[str] = []
+    for thr, when in crossings.items():
+        if when is not None:
+            flags.append(f"crossed {thr:g}%")
+    trend = slope if slope is not None else rate
+    rising = trend is not None and trend >= rules.rising_rate_per_year
+    if rising:
+        flags.append("rising")
+    if ratio is not None and ratio >= rules.rising_ratio_to_baseline:
+        flags.append(f"≥{rules.rising_ratio_to_baseline:g}× own baseline")
+    return TrajectoryReport(
+        points=tuple(good), change_since_prior=change, rate_per_year=rate,
+        log_rate_per_year=log_rate, slope_ols=slope, slope_theil_sen=ts, acceleration=accel,
+        ratio_to_baseline=ratio, crossings=crossings, stratum_transitions=tuple(transitions),
+        gaps=gaps, notes=tuple(notes), flags=tuple(flags), rising=rising,
+        crossed_any=any(v is not None for v in crossings.values()), rules=rules,
+    )
+
+
+# ---------------------------------------------------------------- reading the cache
+
+
+def points_for_patient(db, patient_key: str, model_id: str | None = None) -> list[ScorePoint]:
+    """The woman's exams that have an 'ok' score, as ScorePoints (oldest first).
+
+    Without `model_id`, the model that scored most of her exams is used (ties: the newest
+    score), so one trajectory never silently mixes models.
+    """
+    from mamview.core.cache import scores as score_store
+
+    exams = list(db.query(
+        "SELECT exam_key, exam_date FROM exams WHERE patient_key = ? AND exam_date != '' "
+        "ORDER BY exam_date", [patient_key]))
+    if not exams:
+        return []
+    keys = [e["exam_key"] for e in exams]
+    if model_id is None:
+        marks = ",".join("?" * len(keys))
+        row = db.execute(
+            f"SELECT model_id FROM scores WHERE status = 'ok' AND exam_key IN ({marks}) "
+            "GROUP BY model_id ORDER BY count(DISTINCT exam_key) DESC, max(computed_at) DESC "
+            "LIMIT 1", keys).fetchone()
+        if row is None:
+            return []
+        model_id = row[0]
+    scored = score_store.for_exams(db, keys, model_id)
+    vendors = _exam_vendors(db, keys)
+    out = []
+    for e in exams:
+        s = scored.get(e["exam_key"])
+        if not s or s["status"] != "ok" or len(s["risk"]) < 5:
+            continue
+        try:
+            when = datetime.date.fromisoformat(e["exam_date"])
+        except ValueError:
+            continue
+        yearly = tuple(round(float(x) * 100, 4) for x in s["risk"])
+        out.append(ScorePoint(when, yearly[4], s["model_id"], e["exam_key"],
+                              vendors.get(e["exam_key"]), yearly))
+    return out
+
+
+def _exam_vendors(db, exam_keys: Sequence[str]) -> dict[str, str | None]:
+    """The most common Manufacturer of each exam's images (None if unrecorded)."""
+    out: dict[str, str | None] = {}
+    for ek in exam_keys:
+        row = db.execute(
+            "SELECT manufacturer FROM images WHERE exam_key = ? AND manufacturer != '' "
+            "GROUP BY manufacturer ORDER BY count(*) DESC, manufacturer LIMIT 1", [ek]).fetchone()
+        out[ek] = row[0] if row else None
+    return out
