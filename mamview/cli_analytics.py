@@ -21,6 +21,18 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction,
     s.add_argument("--batch-size", type=int, default=4)
     s.set_defaults(func=cmd_score)
 
+    s = sub.add_parser("trajectory", help="change metrics of one woman's (or every woman's) "
+                       "risk trajectory")
+    s.add_argument("patient", nargs="?", metavar="PATIENT", help="PatientID")
+    s.add_argument("--all", action="store_true", help="every woman in the library")
+    s.add_argument("--model", default=None, help="model id (default: the one that scored most "
+                   "of her exams)")
+    fmt = s.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print JSON")
+    fmt.add_argument("--csv", action="store_true",
+                     help="print CSV: one row per scored exam with the metrics as of that exam")
+    s.set_defaults(func=cmd_trajectory)
+
 
 def cmd_score(args, lib: Library) -> int:
     from tqdm import tqdm
@@ -80,3 +92,62 @@ def cmd_score(args, lib: Library) -> int:
     for ev in failed:
         print(f"Failed: {ev.exam_key}: {ev.message}")
     return 1 if failed else 0
+
+
+# ---------------------------------------------------------------- trajectory
+
+
+def _model_label(lib: Library, model_id: str) -> str:
+    """The registry's label of a model (the demo model's 'not for clinical use')."""
+    from mamview.core.models import registry
+
+    for e in registry.list_models(lib):
+        if e.model_id == model_id:
+            return e.label or ("" if e.clinically_validated else "not clinically validated")
+    return registry.DEMO_LABEL if model_id == "demo" else ""
+
+
+def cmd_trajectory(args, lib: Library) -> int:
+    from mamview.core.analytics import trajectory as tj
+    from mamview.core.analytics.export import trajectory_rows, write_csv
+
+    if bool(args.patient) == bool(args.all):
+        raise cli.CliError("name one PATIENT or use --all")
+    db = cli._open_db(lib)
+    try:
+        if args.all:
+            people = [(r["patient_key"], r["patient_id"]) for r in
+                      db.query("SELECT patient_key, patient_id FROM patients ORDER BY patient_id")]
+        else:
+            people = [(k, args.patient) for k in cli._patient_keys(db, args.patient)]
+        results = []
+        for key, pid in people:
+            points = tj.points_for_patient(db, key, args.model)
+            results.append((pid, tj.analyze(points)))
+    finally:
+        db.close()
+    labels = {mid: _model_label(lib, mid)
+              for _, rep in results for mid in {p.model_id for p in rep.points}}
+    if args.csv:
+        write_csv(sys.stdout, [row for pid, rep in results
+                               for row in trajectory_rows(pid, rep.points, labels)])
+        return 0
+    if args.json:
+        out = []
+        for pid, rep in results:
+            d = rep.as_dict()
+            d["patient_id"] = pid
+            d["model_labels"] = {m: labels[m] for m in {p.model_id for p in rep.points}}
+            out.append(d)
+        cli._print_json(out if args.all else out[0])
+        return 0
+    for pid, rep in results:
+        print(f"Patient {pid}")
+        for mid in sorted({p.model_id for p in rep.points}):
+            if labels.get(mid):
+                print(f"  Model {mid}: {labels[mid]}")
+        for label, value in rep.display_rows():
+            print(f"  {label + ':':<36} {value}")
+        if not rep.points:
+            print("  Run `mamview score` to compute risks.")
+    return 0

@@ -1,0 +1,65 @@
+"""A small real cache for analytics tests: DICOM files written with pydicom, imported by
+run_import, scores saved through the scores table exactly as the inference service does."""
+
+from __future__ import annotations
+
+import pytest
+
+from mamview.core import paths
+from mamview.core.cache import scores as score_store
+from mamview.core.cache import store
+from mamview.core.cache.db import connect
+from mamview.core.ingest import run_import
+from tests.factories import write_mammogram
+
+VIEWS = (("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO"))
+
+
+def drain(gen):
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def write_exam(folder, patient_id, date, manufacturer="ACME"):
+    """Four standard views of one exam; returns their paths."""
+    return [write_mammogram(folder / patient_id / date / f"{lat}{view}.dcm",
+                            patient_id=patient_id, study_date=date, laterality=lat, view=view,
+                            shape=(64, 52), manufacturer=manufacturer)
+            for lat, view in VIEWS]
+
+
+def save_score(db, exam_key, risk_fractions, model_id="demo", status="ok", when=None):
+    """A scores-table row with provenance, as core.inference writes it."""
+    uids = [im["sop_instance_uid"] for im in store.exam_images(db, exam_key)]
+    row = {
+        "cache_key": f"{model_id}:{exam_key}:{status}:{when}", "exam_key": exam_key,
+        "model_id": model_id, "model_version": "1", "weights_sha256": "ab" * 32,
+        "calibrator": "none:", "preprocessing_version": "p1", "device": "cpu",
+        "input_uids": uids, "status": status, "reason": "" if status == "ok" else "missing LMLO",
+        "risk": list(risk_fractions),
+    }
+    if when:
+        row["computed_at"] = when
+    score_store.save(db, [row])
+
+
+@pytest.fixture
+def scored_library(home, tmp_path):
+    """Woman P7: exams 2019, 2020 (other vendor), 2022 (no score), 2023; 5-year risks
+    2.0, 2.2, —, 3.5 % by the demo model."""
+    src = tmp_path / "files"
+    dates = ["20190301", "20200310", "20220301", "20230315"]
+    for d in dates:
+        write_exam(src, "P7", d, manufacturer="OTHER" if d == "20200310" else "ACME")
+    lib = paths.library(home)
+    drain(run_import(lib, [src], make_previews=False))
+    db = connect(lib.database)
+    keys = {e["exam_date"]: e["exam_key"] for e in store.list_exams(db)}
+    for d, r5 in (("2019-03-01", 0.020), ("2020-03-10", 0.022), ("2023-03-15", 0.035)):
+        save_score(db, keys[d], [r5 / 5 * k for k in range(1, 6)])
+    save_score(db, keys["2022-03-01"], [], status="unscorable")
+    db.close()
+    return lib, keys
