@@ -1,0 +1,437 @@
+"""The risk-trajectory chart: one woman's 5-year risk over her exams (pyqtgraph).
+
+x is the exam date (or, for a de-identified export, years relative to the latest exam); y is
+the model's 5-year risk in percent on a log axis, so the index-exam spikes (15 %) do not flatten
+the 1–3 % range where most women sit. Reference lines and the cancer-free band come from
+`/work/shared/reference/risk-science.md` §6 (NCCN 2026, USPSTF 2019, Lehman et al. 2026).
+
+The chart holds no domain logic: it draws the ChartPoints it is given and says which exam was
+clicked (`examClicked`). Live updates arrive through `update_point` from the GUI thread.
+"""
+
+from __future__ import annotations
+
+import calendar
+import html
+import datetime
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+
+from mamview.core.models.registry import DEMO_LABEL
+
+SCORED, PENDING, UNSCORABLE = "scored", "pending", "unscorable"
+
+# Reading-room palette: near-black background, low-glare greys, one warm and one cool accent.
+BACKGROUND = "#101214"
+FOREGROUND = "#b8bec6"
+GRID_ALPHA = 0.12
+LINE_COLOR = "#e8c15a"      # the trajectory (amber)
+POINT_COLOR = "#f2d27a"
+PENDING_COLOR = "#8fa3b8"
+UNSCORABLE_COLOR = "#6b7078"
+CURRENT_COLOR = "#ff8a3d"
+PRIOR_COLOR = "#4fc3f7"
+NCCN_COLOR = "#d9534f"
+HIGH_COLOR = "#b0407a"
+BAND_COLOR = (80, 170, 120, 55)
+
+# y range of the log axis (percent): Mirai's calibrated range is about 0.84–29.5 %.
+Y_MIN_PERCENT, Y_MAX_PERCENT = 0.5, 40.0
+# Exams without a score sit in a lane at the bottom of the plot, below every real value.
+LANE_PERCENT = 0.58
+Y_TICKS_PERCENT = (0.5, 1, 1.7, 3, 5, 10, 20)
+
+NCCN_PERCENT = 1.7
+HIGH_PERCENT = 3.0
+BAND_PERCENT = (1.8, 2.2)
+NCCN_LABEL = 'NCCN 2026 "increased risk" (1.7%)'
+HIGH_LABEL = "3% (USPSTF 2019 risk-reducing medication; top stratum in Mirai studies)"
+BAND_LABEL = "1.8–2.2%: median in women who stayed cancer-free (Lehman et al., Radiology 2026)"
+# short labels drawn on the plot; the full wording is in the legend under it
+NCCN_SHORT, HIGH_SHORT = "1.7% NCCN", "3%"
+
+_SECONDS_PER_YEAR = 365.25 * 86400
+
+
+@dataclass(frozen=True)
+class ChartPoint:
+    """One exam on the chart; `risk_percent` is the 5-year risk when `state` is 'scored'."""
+
+    exam_key: str
+    exam_date: datetime.date
+    state: str  # 'scored' | 'pending' | 'unscorable'
+    risk_percent: float | None = None
+    yearly_percent: tuple[float, ...] = ()  # cumulative risk, years 1..5, percent
+    model_label: str = ""
+    reason: str | None = None  # why an exam could not be scored
+
+
+def date_to_x(d: datetime.date) -> float:
+    """Seconds since the epoch (UTC midnight) — the unit pyqtgraph's DateAxisItem expects."""
+    return float(calendar.timegm(d.timetuple()))
+
+
+def years_between(d: datetime.date, anchor: datetime.date) -> float:
+    """(d − anchor) in years (negative for an exam before the anchor)."""
+    return (d - anchor).days / 365.25
+
+
+def format_relative_years(years: float) -> str:
+    """'latest exam' for 0, else e.g. '−2.0 y' (for de-identified captions and axes)."""
+    if abs(years) < 0.05:
+        return "latest exam"
+    return f"{years:+.1f} y".replace("-", "−")
+
+
+def tooltip_text(p: ChartPoint, relative_to: datetime.date | None = None) -> str:
+    """What hovering a point shows: date, 5-year risk, yearly probabilities, model, reason."""
+    when = (format_relative_years(years_between(p.exam_date, relative_to))
+            if relative_to else p.exam_date.isoformat())
+    lines = [f"Exam {when}"]
+    if p.state == SCORED and p.risk_percent is not None:
+        lines.append(f"5-year risk {p.risk_percent:.1f}%")
+        if p.yearly_percent:
+            lines.append("Yearly (cumulative): " + " · ".join(
+                f"{i + 1}y {v:.2f}%" for i, v in enumerate(p.yearly_percent)))
+    elif p.state == PENDING:
+        lines.append("Not scored yet (waiting for the model)")
+    else:
+        lines.append("Not scorable: " + (p.reason or "reason unknown"))
+    if p.model_label:
+        lines.append("Model: " + p.model_label)
+    return "\n".join(lines)
+
+
+class _PercentLogAxis(pg.AxisItem):
+    """Left axis in log mode whose ticks read '1.7%', '3%' … instead of powers of ten."""
+
+    def __init__(self, **kw):
+        super().__init__("left", **kw)
+        major = [(math.log10(v), f"{v:g}%") for v in Y_TICKS_PERCENT]
+        self.setTicks([major, []])
+
+
+class _RelativeYearsAxis(pg.AxisItem):
+    """Bottom axis for exports in relative time: '−4 y' … '0 (latest)'."""
+
+    def tickStrings(self, values, scale, spacing):  # noqa: N802 (pyqtgraph API)
+        out = []
+        for v in values:
+            years = v / _SECONDS_PER_YEAR
+            out.append("latest" if abs(years) < 1e-6 else f"{years:+g} y".replace("-", "−"))
+        return out
+
+    def tickValues(self, minVal, maxVal, size):  # noqa: N802 (pyqtgraph API)
+        lo, hi = minVal / _SECONDS_PER_YEAR, maxVal / _SECONDS_PER_YEAR
+        step = 1 if hi - lo <= 8 else 2
+        first = math.ceil(lo / step) * step
+        vals = [y * _SECONDS_PER_YEAR for y in np.arange(first, hi + 1e-9, step)]
+        return [(step * _SECONDS_PER_YEAR, vals)]
+
+
+class TrajectoryChart(QWidget):
+    """5-year risk over exam dates, with reference lines, the cancer-free band and live points.
+
+    `relative_years=True` draws x as years before the latest exam (de-identified exports).
+    """
+
+    examClicked = Signal(str)  # exam_key of the clicked point
+
+    def __init__(self, parent: QWidget | None = None, *, relative_years: bool = False):
+        super().__init__(parent)
+        self.relative_years = relative_years
+        self._points: dict[str, ChartPoint] = {}
+        self._current: str | None = None
+        self._prior: str | None = None
+        self._model_label = ""
+        self._is_demo = False
+        self._thresholds: tuple[float, ...] = (NCCN_PERCENT, HIGH_PERCENT)
+        self._anchor: datetime.date | None = None  # latest exam date (relative mode)
+        self._build()
+
+    # ---- construction -------------------------------------------------------------------
+    def _build(self) -> None:
+        self.setStyleSheet(f"background: {BACKGROUND}; color: {FOREGROUND};")
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(4, 4, 4, 4)
+        lay.setSpacing(2)
+
+        self.title_label = QLabel("5-year risk")
+        self.title_label.setStyleSheet(f"color: {FOREGROUND}; font-weight: 600; padding: 2px 4px;")
+        lay.addWidget(self.title_label)
+
+        self.demo_banner = QLabel("DEMO — " + DEMO_LABEL)
+        self.demo_banner.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.demo_banner.setWordWrap(True)
+        self.demo_banner.setStyleSheet(
+            "background: #5a3d00; color: #ffd27a; font-weight: 700; padding: 3px 6px;"
+            "border: 1px solid #b07a10; border-radius: 3px;")
+        self.demo_banner.setVisible(False)
+        lay.addWidget(self.demo_banner)
+
+        left = _PercentLogAxis(pen=FOREGROUND, textPen=FOREGROUND)
+        bottom = (_RelativeYearsAxis("bottom", pen=FOREGROUND, textPen=FOREGROUND)
+                  if self.relative_years
+                  else pg.DateAxisItem("bottom", utcOffset=0, pen=FOREGROUND, textPen=FOREGROUND))
+        self.plot_widget = pg.PlotWidget(background=BACKGROUND,
+                                         axisItems={"left": left, "bottom": bottom})
+        lay.addWidget(self.plot_widget, 1)
+        self.legend_label = QLabel()
+        self.legend_label.setWordWrap(True)
+        self.legend_label.setTextFormat(Qt.TextFormat.RichText)
+        self.legend_label.setStyleSheet(f"color: {FOREGROUND}; font-size: 8pt; padding: 0 4px;")
+        lay.addWidget(self.legend_label)
+        self.plot_item = pi = self.plot_widget.getPlotItem()
+        pi.setLogMode(x=False, y=True)
+        pi.showGrid(x=True, y=True, alpha=GRID_ALPHA)
+        pi.setMenuEnabled(False)
+        pi.hideButtons()
+        pi.setLabel("left", "5-year risk", color=FOREGROUND)
+        pi.setLabel("bottom", "years relative to latest exam" if self.relative_years
+                    else "exam date", color=FOREGROUND)
+        vb = pi.getViewBox()
+        vb.setMouseEnabled(x=False, y=False)  # a reading aid, not a data explorer
+        vb.setYRange(math.log10(Y_MIN_PERCENT), math.log10(Y_MAX_PERCENT), padding=0)
+
+        # cancer-free band (drawn first, behind everything)
+        self.band = pg.LinearRegionItem(
+            values=[math.log10(v) for v in BAND_PERCENT], orientation="horizontal",
+            movable=False, brush=pg.mkBrush(*BAND_COLOR), pen=pg.mkPen(None))
+        self.band.setZValue(-10)
+        self.band.setToolTip(BAND_LABEL)
+        pi.addItem(self.band)
+
+        self.threshold_lines: list[pg.InfiniteLine] = []
+        self.current_line = self._vline(CURRENT_COLOR, "current")
+        self.prior_line = self._vline(PRIOR_COLOR, "prior")
+
+        self.line = pg.PlotDataItem(pen=pg.mkPen(LINE_COLOR, width=2))
+        pi.addItem(self.line)
+
+        tip = self._tip
+        self.scored_scatter = pg.ScatterPlotItem(
+            size=11, pen=pg.mkPen("#1a1a1a", width=1), brush=pg.mkBrush(POINT_COLOR),
+            symbol="o", hoverable=True, tip=tip, hoverSize=14)
+        self.pending_scatter = pg.ScatterPlotItem(
+            size=11, pen=pg.mkPen(PENDING_COLOR, width=2), brush=pg.mkBrush(None),
+            symbol="o", hoverable=True, tip=tip)
+        self.unscorable_scatter = pg.ScatterPlotItem(
+            size=11, pen=pg.mkPen(UNSCORABLE_COLOR, width=2), brush=pg.mkBrush(UNSCORABLE_COLOR),
+            symbol="x", hoverable=True, tip=tip)
+        self.highlight_scatter = pg.ScatterPlotItem(size=20, brush=pg.mkBrush(None))
+        for item in (self.highlight_scatter, self.scored_scatter, self.pending_scatter,
+                     self.unscorable_scatter):
+            pi.addItem(item)
+        for item in (self.scored_scatter, self.pending_scatter, self.unscorable_scatter):
+            item.sigClicked.connect(self._on_clicked)
+        self.highlight_scatter.setZValue(5)
+        self.scored_scatter.setZValue(10)
+
+        self.empty_text = pg.TextItem("No exams", color=FOREGROUND, anchor=(0.5, 0.5))
+        pi.addItem(self.empty_text, ignoreBounds=True)
+        self._set_thresholds(self._thresholds)
+        self._redraw()
+
+    def _vline(self, color: str, label: str) -> pg.InfiniteLine:
+        line = pg.InfiniteLine(angle=90, movable=False,
+                               pen=pg.mkPen(color, width=1, style=Qt.PenStyle.DashLine),
+                               label=label, labelOpts={"position": 0.96, "color": color,
+                                                       "anchors": [(0, 0), (0, 0)]})
+        line.setVisible(False)
+        line.setZValue(-5)
+        self.plot_item.addItem(line, ignoreBounds=True)
+        return line
+
+    def _set_thresholds(self, thresholds) -> None:
+        for line in self.threshold_lines:
+            self.plot_item.removeItem(line)
+        self.threshold_lines = []
+        for value in thresholds:
+            value = float(value)
+            if not Y_MIN_PERCENT < value < Y_MAX_PERCENT:
+                continue  # a threshold outside the axis cannot be drawn honestly
+            color, text, short = _threshold_style(value)
+            # the lowest line's label goes under it, clear of the cancer-free band above
+            anchor = (0, 0) if value == min(thresholds) else (0, 1)
+            line = pg.InfiniteLine(
+                pos=math.log10(value), angle=0, movable=False,
+                pen=pg.mkPen(color, width=1.5, style=Qt.PenStyle.DashLine),
+                label=short, labelOpts={"position": 0.01, "color": color,
+                                        "anchors": [anchor, anchor]})
+            line.threshold_percent = value
+            line.setToolTip(text)
+            line.setZValue(-4)
+            self.plot_item.addItem(line, ignoreBounds=True)
+            self.threshold_lines.append(line)
+        self._thresholds = tuple(float(t) for t in thresholds)
+        self.legend_label.setText(legend_html(self._thresholds))
+
+    # ---- public API ---------------------------------------------------------------------
+    def set_patient(self, points: list[ChartPoint], model_label: str, is_demo: bool,
+                    thresholds=(NCCN_PERCENT, HIGH_PERCENT)) -> None:
+        """Show one woman's exams (any order); replaces whatever was shown."""
+        self._points = {p.exam_key: p for p in points}
+        self._model_label = model_label or ""
+        self._is_demo = bool(is_demo)
+        self._current = self._prior = None
+        if tuple(float(t) for t in thresholds) != self._thresholds:
+            self._set_thresholds(thresholds)
+        self.demo_banner.setVisible(self._is_demo)
+        self.title_label.setText(
+            "5-year risk" + (f" — {self._model_label}" if self._model_label else ""))
+        self._redraw(rescale=True)
+
+    def update_point(self, point: ChartPoint) -> None:
+        """Add or replace one exam's point (e.g. pending → scored when its score arrives)."""
+        known = point.exam_key in self._points
+        self._points[point.exam_key] = point
+        self._redraw(rescale=not known)
+
+    def set_current(self, current_key: str | None, prior_key: str | None) -> None:
+        """Highlight the exam hung as current (orange) and as prior (blue)."""
+        self._current, self._prior = current_key, prior_key
+        self._draw_highlights()
+
+    # ---- read-back helpers (tests, export) -----------------------------------------------
+    def points(self) -> list[ChartPoint]:
+        """The points shown, oldest first."""
+        return sorted(self._points.values(), key=lambda p: (p.exam_date, p.exam_key))
+
+    def scatter_for(self, state: str) -> pg.ScatterPlotItem:
+        """The scatter item that draws exams in `state`."""
+        return {SCORED: self.scored_scatter, PENDING: self.pending_scatter,
+                UNSCORABLE: self.unscorable_scatter}[state]
+
+    def tooltip_for(self, exam_key: str) -> str:
+        """The tooltip text of one exam's point."""
+        return tooltip_text(self._points[exam_key], self._anchor if self.relative_years else None)
+
+    @property
+    def is_demo(self) -> bool:
+        return self._is_demo
+
+    @property
+    def thresholds(self) -> tuple[float, ...]:
+        return self._thresholds
+
+    # ---- drawing ----------------------------------------------------------------------------
+    def x_of(self, d: datetime.date) -> float:
+        """The x coordinate of an exam date in this chart's mode."""
+        if self.relative_years and self._anchor is not None:
+            return years_between(d, self._anchor) * _SECONDS_PER_YEAR
+        return date_to_x(d)
+
+    def _redraw(self, rescale: bool = False) -> None:
+        pts = self.points()
+        self._anchor = pts[-1].exam_date if pts else None
+        scored = [p for p in pts if p.state == SCORED and p.risk_percent is not None
+                  and p.risk_percent > 0]
+        pending = [p for p in pts if p.state == PENDING]
+        unscorable = [p for p in pts if p.state not in (SCORED, PENDING)
+                      or (p.state == SCORED and not (p.risk_percent and p.risk_percent > 0))]
+
+        def spots(ps, lane: bool):
+            return [{"pos": (self.x_of(p.exam_date),
+                             math.log10(LANE_PERCENT if lane else _clip(p.risk_percent))),
+                     "data": p.exam_key} for p in ps]
+
+        self.scored_scatter.setData(spots(scored, False))
+        self.pending_scatter.setData(spots(pending, True))
+        self.unscorable_scatter.setData(spots(unscorable, True))
+        if scored:
+            self.line.setData([self.x_of(p.exam_date) for p in scored],
+                              [_clip(p.risk_percent) for p in scored])
+        else:
+            self.line.setData([], [])
+        self.empty_text.setVisible(not pts)
+        if rescale:
+            self._rescale(pts)
+        self._draw_highlights()
+
+    def _rescale(self, pts: list[ChartPoint]) -> None:
+        vb = self.plot_item.getViewBox()
+        if pts:
+            xs = [self.x_of(p.exam_date) for p in pts]
+            lo, hi = min(xs), max(xs)
+        else:
+            lo = hi = 0.0 if self.relative_years else date_to_x(datetime.date.today())
+        span = max(hi - lo, _SECONDS_PER_YEAR)
+        # room on the left for the reference labels, a little on the right for the last point
+        lo, hi = lo - 0.12 * span, hi + 0.08 * span
+        vb.setXRange(lo, hi, padding=0)
+        vb.setYRange(math.log10(Y_MIN_PERCENT), math.log10(Y_MAX_PERCENT), padding=0)
+        self.empty_text.setPos((lo + hi) / 2, math.log10(3.0))
+
+    def _draw_highlights(self) -> None:
+        spots = []
+        for key, color, line in ((self._current, CURRENT_COLOR, self.current_line),
+                                 (self._prior, PRIOR_COLOR, self.prior_line)):
+            p = self._points.get(key) if key else None
+            line.setVisible(p is not None)
+            if p is None:
+                continue
+            x = self.x_of(p.exam_date)
+            line.setPos(x)
+            y = (math.log10(_clip(p.risk_percent)) if p.state == SCORED and p.risk_percent
+                 else math.log10(LANE_PERCENT))
+            spots.append({"pos": (x, y), "pen": pg.mkPen(color, width=2.5), "data": key})
+        self.highlight_scatter.setData(spots)
+
+    def _tip(self, x, y, data):
+        p = self._points.get(data)
+        return tooltip_text(p, self._anchor if self.relative_years else None) if p else ""
+
+    def _on_clicked(self, _item, spots, _ev=None) -> None:
+        if len(spots):
+            self.examClicked.emit(str(spots[0].data()))
+
+
+def _threshold_style(value: float) -> tuple[str, str, str]:
+    """(colour, full wording, short on-plot label) of a threshold line."""
+    if math.isclose(value, NCCN_PERCENT):
+        return NCCN_COLOR, NCCN_LABEL, NCCN_SHORT
+    if math.isclose(value, HIGH_PERCENT):
+        return HIGH_COLOR, HIGH_LABEL, HIGH_SHORT
+    return "#c0a060", f"{value:g}% (threshold from settings)", f"{value:g}%"
+
+
+def legend_lines(thresholds=(NCCN_PERCENT, HIGH_PERCENT)) -> list[tuple[str, str]]:
+    """(colour, text) of every legend entry, in drawing order; also used by the export."""
+    out = [(_threshold_style(float(t))[0], "- - " + _threshold_style(float(t))[1])
+           for t in thresholds if Y_MIN_PERCENT < float(t) < Y_MAX_PERCENT]
+    out.append(("#50aa78", "▬ " + BAND_LABEL))
+    out.append((PENDING_COLOR, "○ not scored yet   × not scorable (reason in the tooltip)"))
+    return out
+
+
+def legend_html(thresholds) -> str:
+    """The legend under the plot as rich text."""
+    return "&nbsp;&nbsp; ".join(
+        f'<span style="color:{c}">{html.escape(t)}</span>' for c, t in legend_lines(thresholds))
+
+
+def _clip(percent: float | None) -> float:
+    """Keep a value inside the drawable log range (the tooltip still shows the true value)."""
+    return min(max(float(percent or LANE_PERCENT), Y_MIN_PERCENT * 1.05), Y_MAX_PERCENT * 0.98)
+
+
+def demo_points(today: datetime.date | None = None) -> list[ChartPoint]:
+    """A worked example (the RSNA case: 2.0 → 2.1 → 3.4 → 3.6 → 15.3 %) for previews."""
+    base = today or datetime.date(2022, 6, 1)
+    values = [(-7, 2.0), (-4, 2.1), (-3, 3.4), (-1, 3.6), (0, 15.3)]
+    out = []
+    for yrs, r in values:
+        d = base.replace(year=base.year + yrs)
+        out.append(ChartPoint(f"ex{d.year}", d, SCORED, r,
+                              tuple(round(r * f, 2) for f in (0.2, 0.4, 0.6, 0.8, 1.0)),
+                              DEMO_LABEL))
+    return out
+
+
+__all__ = ["ChartPoint", "TrajectoryChart", "tooltip_text", "date_to_x", "demo_points",
+           "SCORED", "PENDING", "UNSCORABLE"]
