@@ -1,0 +1,387 @@
+"""What a tumour-board figure says, decided without Qt: title lines, tile captions, chart points,
+change-metric rows, provenance, disclaimer, and the file metadata — optionally de-identified.
+
+The Qt layer (`mamview.qt.export`) only draws an `ExportContent`; every string it draws comes
+from here (plus the chart's numeric axes and fixed legend), so a test can check that a
+de-identified figure carries no name, ID or birth date by reading `ExportContent.drawn_text()`.
+
+De-identification: the name, PatientID and birth date are replaced by a pseudonym and an age in
+years (capped at "90+", as HIPAA Safe Harbor does); every date becomes years relative to the
+woman's latest exam; exam keys, accession numbers and SOP UIDs are never written. A last scrub
+pass removes any identifier that reached a string by another route (e.g. a metric note).
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import secrets
+from dataclasses import dataclass, field
+
+from mamview import __version__
+from mamview.core.domain import STANDARD_VIEWS, view_label
+
+SCORED, PENDING, UNSCORABLE = "scored", "pending", "unscorable"
+DISCLAIMER = ("This score is not a diagnosis. It estimates 5-year breast-cancer risk from the "
+              "images alone and must be read with the radiologist's interpretation.")
+METRICS_HEADING = "Change metrics — research use, not validated"
+STANDARD_LABELS = tuple(view_label(s.value, v.value) for s, v in STANDARD_VIEWS)
+_ISO_DATE = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})\b")
+_REMOVED = "[removed]"
+
+
+@dataclass(frozen=True)
+class ExportPoint:
+    """One exam on the exported chart. `exam_date` is None when the content is de-identified."""
+
+    label: str  # safe to draw: 'exam 3 of 6'
+    exam_date: datetime.date | None
+    years_from_latest: float  # ≤ 0
+    state: str  # scored | pending | unscorable
+    risk_percent: float | None = None
+    yearly_percent: tuple[float, ...] = ()
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class TileCaption:
+    """One tile of the hanging: `tile_key` ('<exam_key>|RCC') matches the tile image handed in by
+    the window and is never drawn or written; `caption` is what the figure shows."""
+
+    tile_key: str
+    caption: str
+    exam_index: int  # index into ExportContent.chart_points
+
+
+@dataclass(frozen=True)
+class ExportContent:
+    """Everything a tumour-board figure shows and writes, ready to draw."""
+
+    title_lines: tuple[str, ...]
+    tiles: tuple[TileCaption, ...]
+    grid: tuple[int, int]  # rows, columns of the tile area
+    chart_points: tuple[ExportPoint, ...]
+    current_index: int | None  # into chart_points
+    prior_index: int | None
+    relative_years: bool  # draw x as years relative to the latest exam
+    model_name: str
+    model_label: str  # DEMO_LABEL for the demo model
+    is_demo: bool
+    model_line: str
+    thresholds: tuple[float, ...]
+    metrics_heading: str
+    metrics_rows: tuple[tuple[str, str], ...]
+    flags: tuple[str, ...]
+    provenance: tuple[str, ...]
+    disclaimer: str
+    deidentified: bool
+    metadata: dict[str, str] = field(default_factory=dict)  # PNG text chunks / PDF info
+
+    def drawn_text(self) -> list[str]:
+        """Every string the figure draws or writes (besides numeric chart axes and the legend)."""
+        out = list(self.title_lines) + [t.caption for t in self.tiles]
+        out += [p.label for p in self.chart_points] + [p.reason or "" for p in self.chart_points]
+        out += [self.model_line, self.model_name, self.model_label, self.metrics_heading]
+        out += [f"{a}: {b}" for a, b in self.metrics_rows] + list(self.flags)
+        out += list(self.provenance) + [self.disclaimer]
+        out += [f"{k}: {v}" for k, v in self.metadata.items()]
+        return [s for s in out if s]
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def parse_date(text: str) -> datetime.date | None:
+    """'2024-01-31' or '20240131' → date; anything else → None."""
+    t = (text or "").strip()
+    try:
+        if len(t) == 8 and t.isdigit():
+            return datetime.date(int(t[:4]), int(t[4:6]), int(t[6:]))
+        return datetime.date.fromisoformat(t) if t else None
+    except ValueError:
+        return None
+
+
+def years_between(d: datetime.date, anchor: datetime.date) -> float:
+    """(d − anchor) in years (negative before the anchor)."""
+    return (d - anchor).days / 365.25
+
+
+def format_relative_years(years: float) -> str:
+    """'latest exam' for 0, else e.g. '−2.0 y' (years relative to the latest exam)."""
+    if abs(years) < 0.05:
+        return "latest exam"
+    return f"{years:+.1f} y".replace("-", "−")
+
+
+def format_name(dicom_name: str) -> str:
+    """'DOE^JANE^^^' → 'DOE, JANE' (as radiology lists show names)."""
+    parts = [p.strip() for p in (dicom_name or "").split("^")]
+    family, given = (parts + ["", ""])[:2]
+    return ", ".join(p for p in (family, given) if p) or "(no name)"
+
+
+def age_years(birth: datetime.date | None, on: datetime.date | None) -> str:
+    """Completed years on a date; '90+' above 89 (Safe Harbor); '' when unknown."""
+    if birth is None or on is None or on < birth:
+        return ""
+    age = on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))
+    return "90+" if age > 89 else str(age)
+
+
+def new_pseudonym() -> str:
+    """A random case label, not derived from any identifier (so it cannot be reversed)."""
+    alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+    return "Case " + "".join(secrets.choice(alphabet) for _ in range(5))
+
+
+def identifier_strings(patient: dict) -> list[str]:
+    """The strings a de-identified figure must not contain: name (whole and parts ≥ 3
+    letters), PatientID, issuer|ID key, birth date in DICOM and ISO form."""
+    out = []
+    name = (patient.get("name") or "").strip()
+    if name:
+        out.append(name)
+        out.append(format_name(name))
+        out += [p for p in re.split(r"[\^\s,]+", name) if len(p) >= 3]
+    for key in ("patient_id", "patient_key"):
+        v = (patient.get(key) or "").strip()
+        if v:
+            out.append(v)
+    birth = parse_date(patient.get("birth_date") or "")
+    if birth:
+        out += [birth.strftime("%Y%m%d"), birth.isoformat(), birth.strftime("%d.%m.%Y"),
+                birth.strftime("%m/%d/%Y")]
+    return sorted(set(out), key=len, reverse=True)
+
+
+def scrub(text: str, identifiers: list[str], anchor: datetime.date | None) -> str:
+    """Dates → years relative to `anchor`; identifiers → '[removed]' (case-insensitive)."""
+    if anchor is not None:
+        def rel(m: re.Match) -> str:
+            d = parse_date(m.group(0))
+            return format_relative_years(years_between(d, anchor)) if d else _REMOVED
+        text = _ISO_DATE.sub(rel, text)
+    for ident in identifiers:
+        text = re.sub(re.escape(ident), _REMOVED, text, flags=re.IGNORECASE)
+    return text
+
+
+# ---------------------------------------------------------------------------- layout
+
+
+def layout_exams(layout: str, exams: list[dict], current_key: str | None,
+                 prior_key: str | None) -> tuple[list[tuple[str, str]], tuple[int, int]]:
+    """The tiles of a hanging as (exam_key, view label) in drawing order, and the grid.
+
+    '4up' (default): current exam, CC row over MLO row. '8up' / 'prior': prior row above the
+    current row. 'timeline:LMLO' (any standard view): that view on every exam, oldest first.
+    """
+    name = (layout or "4up").lower()
+    keys = [e["exam_key"] for e in exams]
+    current = current_key if current_key in keys else (keys[-1] if keys else None)
+    if current is None:
+        return [], (1, 1)
+    if name.startswith("timeline"):
+        view = name.split(":", 1)[1].upper() if ":" in name else "LMLO"
+        view = view if view in STANDARD_LABELS else "LMLO"
+        tiles = [(k, view) for k in keys]
+        return tiles, (1, max(1, len(tiles)))
+    if ("8" in name or "prior" in name) and prior_key in keys and prior_key != current:
+        tiles = [(prior_key, lab) for lab in STANDARD_LABELS]
+        tiles += [(current, lab) for lab in STANDARD_LABELS]
+        return tiles, (2, 4)
+    return [(current, lab) for lab in STANDARD_LABELS], (2, 2)
+
+
+# ---------------------------------------------------------------------------- content
+
+
+def _model_names(model_id: str, lib) -> tuple[str, str]:
+    """(human name, label) of a model id, from the registry; the id itself if unknown."""
+    from mamview.core.models import registry
+
+    try:
+        from mamview.core.paths import library
+        for e in registry.list_models(lib or library()):
+            if e.model_id == model_id:
+                label = e.label or (registry.DEMO_LABEL if model_id == "demo" else "")
+                return e.name, label
+    except Exception:  # an unreadable registry must not stop an export
+        pass
+    return model_id, (registry.DEMO_LABEL if model_id == "demo" else "")
+
+
+def build_export_content(db, patient_key: str, current_key: str | None, prior_key: str | None,
+                         layout: str = "4up", deidentify: bool = False, *,
+                         model_id: str | None = None, thresholds=(1.7, 3.0),
+                         pseudonym: str | None = None, report=None, lib=None,
+                         now: datetime.datetime | None = None) -> ExportContent:
+    """Read one woman's exams and scores from the cache and decide what the figure shows.
+
+    `report` is the `TrajectoryReport` the window already shows (computed here when None).
+    Raises ValueError for an unknown patient.
+    """
+    from mamview.core.analytics import trajectory
+    from mamview.core.cache import scores as score_store
+    from mamview.core.cache import store
+
+    rows = list(db.query("SELECT * FROM patients WHERE patient_key = ?", [patient_key]))
+    if not rows:
+        raise ValueError(f"no patient with key {patient_key!r} in the library")
+    patient = rows[0]
+    exams = [e for e in store.list_exams(db, [patient_key])]
+    dated = [(parse_date(e["exam_date"]), e) for e in exams]
+    anchor = max((d for d, _ in dated if d), default=None)
+
+    thresholds = tuple(float(t) for t in thresholds)
+    points = trajectory.points_for_patient(db, patient_key, model_id)
+    if model_id is None:
+        model_id = points[0].model_id if points else _latest_model(db, [e["exam_key"] for e in exams])
+    if report is None:
+        report = trajectory.analyze(points, trajectory.FlagRules(thresholds_percent=thresholds))
+    score_rows = score_store.for_exams(db, [e["exam_key"] for e in exams], model_id) \
+        if model_id else {}
+
+    # chart points, oldest first; an exam without a date cannot be placed on a time axis
+    chart: list[ExportPoint] = []
+    index_of: dict[str, int] = {}
+    placed = [(d, e) for d, e in dated if d]
+    for i, (d, e) in enumerate(placed):
+        s = score_rows.get(e["exam_key"])
+        rel = years_between(d, anchor)
+        when = format_relative_years(rel) if deidentify else d.isoformat()
+        label = f"exam {i + 1} of {len(placed)} ({when})"
+        if s and s["status"] == "ok" and len(s["risk"]) >= 5:
+            yearly = tuple(round(float(x) * 100, 2) for x in s["risk"])
+            pt = ExportPoint(label, None if deidentify else d, rel, SCORED, yearly[4], yearly)
+        elif s:
+            pt = ExportPoint(label, None if deidentify else d, rel, UNSCORABLE,
+                             reason=s.get("reason") or "not scorable")
+        elif not e["complete"]:
+            pt = ExportPoint(label, None if deidentify else d, rel, UNSCORABLE,
+                             reason=e["incomplete_reason"])
+        else:
+            pt = ExportPoint(label, None if deidentify else d, rel, PENDING,
+                             reason="not scored yet")
+        index_of[e["exam_key"]] = i
+        chart.append(pt)
+
+    def when_text(exam_key: str | None) -> str:
+        if exam_key not in index_of:
+            return "—"
+        p = chart[index_of[exam_key]]
+        return format_relative_years(p.years_from_latest) if deidentify else p.exam_date.isoformat()
+
+    def risk_text(exam_key: str) -> str:
+        p = chart[index_of[exam_key]] if exam_key in index_of else None
+        if p is None or p.state != SCORED:
+            return "not scored" if p is None or p.state == PENDING else "not scorable"
+        return f"5-yr risk {p.risk_percent:.1f}%"
+
+    tiles_order, grid = layout_exams(layout, [e for _, e in placed] or exams,
+                                     current_key, prior_key)
+    current_key = tiles_order[-1][0] if tiles_order and current_key not in index_of else current_key
+    tiles = tuple(
+        TileCaption(f"{ek}|{lab}", f"{lab} · {when_text(ek)} · {risk_text(ek)}",
+                    index_of.get(ek, -1))
+        for ek, lab in tiles_order)
+
+    model_name, model_label = _model_names(model_id, lib) if model_id else ("no model", "")
+    is_demo = model_id == "demo"
+    model_line = f"Model: {model_name}" + (f" — {model_label}" if model_label else "")
+
+    # title
+    birth = parse_date(patient.get("birth_date") or "")
+    if deidentify:
+        who = pseudonym or new_pseudonym()
+        age = age_years(birth, anchor)
+        first = f"{who} (de-identified)" + (f" · age {age} at latest exam" if age else "")
+        second = (f"Current exam: {when_text(current_key)} · prior: {when_text(prior_key)} · "
+                  "dates shown as years relative to the latest exam")
+    else:
+        who = format_name(patient.get("name", ""))
+        first = f"{who} · ID {patient.get('patient_id', '')}" + (
+            f" · born {birth.isoformat()}" if birth else "")
+        second = f"Current exam: {when_text(current_key)} · prior: {when_text(prior_key)}"
+    title = ("Serial screening mammograms and image-based 5-year risk", first, second)
+
+    # metrics
+    metric_rows = tuple((str(a), str(b)) for a, b in report.display_rows()) if report else ()
+    flags = tuple(str(f) for f in getattr(report, "flags", ()) or ())
+
+    # provenance of the scores drawn
+    provenance = _provenance(score_rows, model_id, model_name, now)
+
+    ids = identifier_strings(patient) if deidentify else []
+    meta = {
+        "Title": f"mamview risk trajectory — {who}",
+        "Software": f"mamview {__version__}",
+        "Model": model_line,
+        "Disclaimer": DISCLAIMER,
+        "Provenance": " | ".join(provenance),
+        "Deidentified": "yes" if deidentify else "no",
+    }
+    if not deidentify:
+        meta["Patient"] = f"{who} (ID {patient.get('patient_id', '')})"
+
+    content = ExportContent(
+        title_lines=title, tiles=tiles, grid=grid, chart_points=tuple(chart),
+        current_index=index_of.get(current_key), prior_index=index_of.get(prior_key),
+        relative_years=deidentify, model_name=model_name, model_label=model_label,
+        is_demo=is_demo, model_line=model_line, thresholds=thresholds,
+        metrics_heading=METRICS_HEADING, metrics_rows=metric_rows, flags=flags,
+        provenance=provenance, disclaimer=DISCLAIMER, deidentified=deidentify, metadata=meta)
+    return _scrubbed(content, ids, anchor) if deidentify else content
+
+
+def _latest_model(db, exam_keys: list[str]) -> str | None:
+    if not exam_keys:
+        return None
+    marks = ",".join("?" * len(exam_keys))
+    row = db.execute(f"SELECT model_id FROM scores WHERE exam_key IN ({marks}) "
+                     "ORDER BY computed_at DESC LIMIT 1", exam_keys).fetchone()
+    return row[0] if row else None
+
+
+def _provenance(score_rows: dict, model_id: str | None, model_name: str,
+                now: datetime.datetime | None) -> tuple[str, ...]:
+    """Lines naming exactly what produced the scores: weights, calibrator, preprocessing."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    ok = [s for s in score_rows.values() if s["status"] == "ok"]
+    lines = []
+    if not ok:
+        lines.append(f"No scores from {model_name} for this woman yet.")
+    else:
+        def distinct(key: str) -> str:
+            return ", ".join(sorted({str(s.get(key) or "—") for s in ok}))
+        lines.append(f"{model_name} (id {model_id}, version {distinct('model_version')}, "
+                     f"weights sha256 {', '.join(sorted({s['weights_sha256'][:12] for s in ok}))}…)")
+        lines.append(f"Calibrator {distinct('calibrator')}; preprocessing "
+                     f"{distinct('preprocessing_version')}; device {distinct('device')}")
+        computed = sorted(s["computed_at"][:10] for s in ok)
+        lines.append(f"{len(ok)} exam score(s), computed {computed[0]}"
+                     + (f" to {computed[-1]}" if computed[-1] != computed[0] else "")
+                     + "; input SOP instance UIDs are recorded in the library's scores table")
+    lines.append(f"Exported {now.strftime('%Y-%m-%d %H:%M UTC')} by mamview {__version__}")
+    return tuple(lines)
+
+
+def _scrubbed(c: ExportContent, ids: list[str], anchor) -> ExportContent:
+    """A copy of the content in which no identifier or calendar date of an exam survives."""
+    from dataclasses import replace
+
+    s = lambda t: scrub(t, ids, anchor)  # noqa: E731
+    return replace(
+        c,
+        title_lines=tuple(s(t) for t in c.title_lines),
+        tiles=tuple(replace(t, caption=s(t.caption)) for t in c.tiles),
+        chart_points=tuple(replace(p, label=s(p.label), reason=s(p.reason) if p.reason else None)
+                           for p in c.chart_points),
+        metrics_rows=tuple((s(a), s(b)) for a, b in c.metrics_rows),
+        flags=tuple(s(f) for f in c.flags),
+        # provenance and metadata carry only model facts and the export/compute time, which
+        # are not the woman's dates; identifiers are still scrubbed from them
+        provenance=tuple(scrub(t, ids, None) for t in c.provenance),
+        metadata={k: scrub(v, ids, None) for k, v in c.metadata.items()},
+    )
