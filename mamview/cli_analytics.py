@@ -33,6 +33,23 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction,
                      help="print CSV: one row per scored exam with the metrics as of that exam")
     s.set_defaults(func=cmd_trajectory)
 
+    s = sub.add_parser("cohort", help="cohort study: trajectories of cases vs controls before "
+                       "the index exam, mixed model, AUCs, figure and CSVs")
+    s.add_argument("--outcomes", required=True, metavar="FILE.csv",
+                   help="patient_id, diagnosis_date (empty for cancer-free women)")
+    s.add_argument("--out", default="cohort-report", metavar="DIR",
+                   help="folder for the CSVs, figure and JSON (default: ./cohort-report)")
+    s.add_argument("--model", default=None,
+                   help="model whose cached scores to use (default: the one with most scores)")
+    s.add_argument("--scores", metavar="FILE.csv",
+                   help="use this per-exam table (patient_id, exam_date, risk_percent or "
+                   "risk_5y_percent) instead of the library's cached scores")
+    s.add_argument("--max-women-mixed", type=int, default=5000,
+                   help="above this, the mixed model uses all cases and a random sample of "
+                   "controls")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.set_defaults(func=cmd_cohort)
+
 
 def cmd_score(args, lib: Library) -> int:
     from tqdm import tqdm
@@ -151,3 +168,98 @@ def cmd_trajectory(args, lib: Library) -> int:
         if not rep.points:
             print("  Run `mamview score` to compute risks.")
     return 0
+
+
+# ---------------------------------------------------------------- cohort
+
+
+def _default_model(db) -> str | None:
+    row = db.execute("SELECT model_id FROM scores WHERE status = 'ok' GROUP BY model_id "
+                     "ORDER BY count(*) DESC LIMIT 1").fetchone()
+    return row[0] if row else None
+
+
+def cmd_cohort(args, lib: Library) -> int:
+    from tqdm import tqdm
+
+    from mamview.core.analytics import cohort
+
+    try:
+        outcomes = cohort.read_outcomes(args.outcomes)
+        if args.scores:
+            scores = cohort.read_score_table(args.scores)
+            model = f"scores from {Path(args.scores).name} (not computed by mamview)"
+        else:
+            db = cli._open_db(lib)
+            try:
+                model_id = args.model or _default_model(db)
+                if not model_id:
+                    raise cli.CliError("no scores in the library: run `mamview score` first, "
+                                       "or pass a table with --scores")
+                with tqdm(desc="Reading scores", unit="score", file=sys.stderr) as bar:
+                    scores = cohort.scores_from_cache(db, model_id, bar.update)
+            finally:
+                db.close()
+            label = _model_label(lib, model_id)
+            model = model_id + (f" — {label}" if label else "")
+        stages = ["aligning exams to index", "yearly medians", "mixed model (percent scale)",
+                  "mixed model (log scale)", "discrimination", "writing outputs"]
+        with tqdm(total=len(stages), desc="Cohort analysis", unit="step", file=sys.stderr) as bar:
+            def step(label):
+                bar.set_postfix_str(label)
+                if label in stages and stages.index(label) > 0:
+                    bar.update(1)
+
+            report = cohort.run_cohort(scores, outcomes, args.out, model=model,
+                                       max_women_mixed=args.max_women_mixed, progress=step)
+            bar.update(bar.total - bar.n)
+    except cohort.CohortError as exc:
+        raise cli.CliError(str(exc)) from exc
+    if args.json:
+        cli._print_json(report.as_dict())
+        return 0
+    _print_cohort(report)
+    return 0
+
+
+def _print_cohort(report) -> None:
+    print(f"Model: {report.model}")
+    print(f"Women: {report.women} ({report.cases} cases, {report.controls} controls), "
+          f"{report.exams} exams")
+    for reason, n in report.excluded.items():
+        print(f"  excluded: {reason}: {n}")
+    print("\nMedian 5-year risk (IQR) by years before the index exam:")
+    print(f"  {'years':>5}  {'cases':>22}  {'controls':>22}")
+    by = {(y["group"], y["year"]): y for y in report.yearly}
+    for year in sorted({y["year"] for y in report.yearly}, reverse=True):
+        cells = []
+        for g in ("cases", "controls"):
+            y = by.get((g, year))
+            cells.append(f"{y['median']:.2f} ({y['q1']:.2f}–{y['q3']:.2f}) n={y['n']}" if y else "-")
+        print(f"  {-year:>5}  {cells[0]:>22}  {cells[1]:>22}")
+    for scale, m in report.mixed_models.items():
+        print(f"\nMixed model ({m['scale']}; random intercept and slope per woman; "
+              f"{m['women']} women):")
+        for g in ("cases", "controls"):
+            lo, hi = m[f"slope_{g}_ci"]
+            print(f"  slope {g:<8} {m[f'slope_{g}']:+.3f} {m['slope_unit']} (95% CI {lo:+.3f} "
+                  f"to {hi:+.3f})")
+        print(f"  difference      {m['slope_difference']:+.3f} (p = {m['slope_difference_p']:.2g})"
+              + ("" if m["converged"] else "  [did not converge]"))
+        if m["note"]:
+            print(f"  {m['note']}")
+    print("\nDiscrimination (AUC, DeLong 95% CI):")
+    names = {"index_score": "index score", "change_2y": "change over 2 years",
+             "index_score_same_women": "index score (same women)", "both": "both (cross-validated)"}
+    for key, a in report.auc.items():
+        if a["auc"] is None:
+            print(f"  {names.get(key, key):<28} not estimable ({a['n_cases']} cases, "
+                  f"{a['n_controls']} controls)")
+            continue
+        print(f"  {names.get(key, key):<28} {a['auc']:.3f} ({a['ci'][0]:.3f}–{a['ci'][1]:.3f}); "
+              f"{a['n_cases']} cases / {a['n_controls']} controls")
+    for note in report.notes:
+        print(f"Note: {note}")
+    if report.files:
+        print("\nWrote: " + ", ".join(Path(p).name for p in report.files.values())
+              + f" in {Path(report.files['results_csv']).parent}")
