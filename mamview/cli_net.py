@@ -1,11 +1,246 @@
-"""Command-line commands of the net area; `mamview.cli` calls :func:`register`."""
+"""Command-line commands of the net area; `mamview.cli` calls :func:`register`.
+
+`mamview listen` (headless DICOM node), `mamview echo`, `mamview fetch-priors`,
+`mamview bench net`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+
+from mamview.core.paths import Library
+
+DEFAULT_PORT = 11112
+DEFAULT_AE = "MAMVIEW"
 
 
 def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction,
              parser: argparse.ArgumentParser) -> None:
     """Add this area's commands to `sub`, its benchmarks to `bench` (`mamview bench …`);
     `parser` is the top level (for defaults such as what a bare `mamview` runs)."""
+    s = sub.add_parser("listen", help="run as a DICOM storage node: receive, index and score "
+                                      "mammograms (headless; Ctrl-C stops)")
+    s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
+    s.add_argument("--ae-title", default=DEFAULT_AE, help=f"our AE title (default {DEFAULT_AE})")
+    s.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")
+    s.add_argument("--allow-ae", action="append", default=[], metavar="AE",
+                   help="accept only this calling AE title (repeatable)")
+    s.add_argument("--allow-host", action="append", default=[], metavar="HOST",
+                   help="accept only this peer address, network (10.0.0.0/24) or name (repeatable)")
+    s.add_argument("--no-score", action="store_true", help="do not score complete exams")
+    s.add_argument("--model", default=None, help="model id (default: the settings' model)")
+    s.add_argument("--device", default=None, choices=("auto", "cpu", "cuda", "mps"))
+    s.add_argument("--quiet", action="store_true", help="log to the log file only")
+    s.set_defaults(func=cmd_listen)
+
+    s = sub.add_parser("echo", help="test a DICOM node with C-ECHO")
+    s.add_argument("node", metavar="AE@HOST:PORT", help="the node, or the name of a PACS in the settings")
+    s.add_argument("--our-ae", default=DEFAULT_AE, help=f"our AE title (default {DEFAULT_AE})")
+    s.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    s.set_defaults(func=cmd_echo)
+
+    s = sub.add_parser("fetch-priors", help="bring a woman's earlier studies from a PACS "
+                                            "(C-FIND, C-MOVE to our node)")
+    s.add_argument("patient", metavar="PATIENT", help="PatientID")
+    s.add_argument("--pacs", required=True, metavar="AE@HOST:PORT",
+                   help="the PACS, or the name of a PACS in the settings")
+    s.add_argument("--our-ae", default=DEFAULT_AE,
+                   help=f"our AE title, known to the PACS as a move destination (default {DEFAULT_AE})")
+    s.add_argument("--port", type=int, default=DEFAULT_PORT,
+                   help="port of our storage node; one is started there for the transfer when "
+                        f"none runs (default {DEFAULT_PORT})")
+    s.add_argument("--host", default="0.0.0.0", help="address the temporary node listens on")
+    s.add_argument("--move-destination", metavar="AE", help="send to this AE instead of ours")
+    s.add_argument("--all-modalities", action="store_true", help="not only MG studies")
+    s.add_argument("--score", action="store_true", help="score the fetched exams on arrival")
+    s.add_argument("--timeout", type=float, default=30.0,
+                   help="network timeout in seconds (default 30)")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s.set_defaults(func=cmd_fetch_priors)
+
+    b = bench.add_parser("net", help="instances/s received and indexed from dcmtk storescu on "
+                                     "loopback")
+    b.add_argument("--patients", type=int, default=6)
+    b.add_argument("--size", choices=("small", "full"), default="small")
+    b.add_argument("--no-previews", action="store_true", help="index headers only")
+    b.add_argument("--work", metavar="DIR", help="folder for the cohort and the scratch library (kept)")
+    b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    b.set_defaults(func=cmd_bench_net)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _console_log(quiet: bool) -> logging.Handler | None:
+    """Node log lines on stderr (they also go to the library's log file)."""
+    if quiet:
+        return None
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logging.getLogger("mamview.net").addHandler(h)
+    return h
+
+
+def _node(text: str, lib: Library):
+    from mamview import cli
+    from mamview.core import settings as settings_mod
+    from mamview.core.net.nodes import resolve_node
+
+    try:
+        return resolve_node(text, settings_mod.load(lib.settings_file))
+    except ValueError as exc:
+        raise cli.CliError(str(exc)) from exc
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_listen(args, lib: Library) -> int:
+    import signal
+    import threading
+
+    from mamview import cli
+    from mamview.core import settings as settings_mod
+    from mamview.core.net.scp import StorageNode
+
+    st = settings_mod.load(lib.settings_file)
+    try:
+        lib.ensure()
+        node = StorageNode(lib, ae_title=args.ae_title, port=args.port, host=args.host,
+                           allowed_aes=args.allow_ae or None, allowed_hosts=args.allow_host or None,
+                           score=not args.no_score, model=args.model or st.model,
+                           device=args.device or st.device)
+    except ValueError as exc:
+        raise cli.CliError(str(exc)) from exc
+    except OSError as exc:
+        raise cli.CliError(f"the library folder {lib.home} is not usable: {exc}") from exc
+    handler = _console_log(args.quiet)
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    old = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        try:
+            node.start()
+        except OSError as exc:
+            raise cli.CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
+                               f"(another program may use the port; ports below 1024 need "
+                               f"privileges)") from exc
+        print(f"mamview DICOM node {node.ae_title} listening on {args.host}:{node.bound_port}; "
+              f"library {lib.home}; log {lib.logs / 'dicom-node.log'}. Ctrl-C stops.",
+              file=sys.stderr, flush=True)
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        print("Stopping: indexing what was received …", file=sys.stderr, flush=True)
+        node.stop()
+        s = node.stats
+        print(f"Received {s.received} instances ({s.duplicates} already held, {s.failed} refused), "
+              f"{s.exams_complete} exams complete, {s.exams_scored} scored.", file=sys.stderr)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        if handler is not None:
+            logging.getLogger("mamview.net").removeHandler(handler)
+
+
+def cmd_echo(args, lib: Library) -> int:
+    from mamview import cli
+    from mamview.core.net.nodes import echo
+
+    node = _node(args.node, lib)
+    try:
+        result = echo(node, args.our_ae, timeout=args.timeout)
+    except ValueError as exc:  # our AE title
+        raise cli.CliError(str(exc)) from exc
+    if not result.ok:
+        raise cli.CliError(result.message)
+    print(result.message)
+    return 0
+
+
+def cmd_fetch_priors(args, lib: Library) -> int:
+    from tqdm import tqdm
+
+    from mamview import cli
+    from mamview.core.net.nodes import NetError
+    from mamview.core.net.qr import fetch_priors
+    from mamview.core.net.scp import StorageNode
+
+    pacs = _node(args.pacs, lib)
+    try:
+        node = StorageNode(lib, ae_title=args.our_ae, port=args.port, host=args.host,
+                           score=args.score)
+    except ValueError as exc:
+        raise cli.CliError(str(exc)) from exc
+    cli._open_db(lib).close()
+    try:
+        node.start()
+        own = True
+    except OSError:
+        own = False  # a node (`mamview listen`, the GUI) already holds the port: it receives
+        print(f"Port {args.port} is in use: assuming a mamview node listens there as "
+              f"{args.our_ae}.", file=sys.stderr)
+    bar = tqdm(desc=f"Fetching priors of {args.patient}", unit="study", file=sys.stderr,
+               disable=args.json)
+
+    def progress(done, total, study):
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        summary = fetch_priors(lib, args.patient, pacs, args.our_ae,
+                               move_destination=args.move_destination, progress=progress,
+                               modality=None if args.all_modalities else "MG",
+                               timeout=args.timeout)
+        if own and not node.wait_idle(timeout=max(60.0, args.timeout * 4)):
+            print("Indexing is still running; the files are in the inbox and will be indexed "
+                  "at the next start.", file=sys.stderr)
+    except NetError as exc:
+        raise cli.CliError(str(exc)) from exc
+    except ValueError as exc:
+        raise cli.CliError(str(exc)) from exc
+    finally:
+        bar.close()
+        if own:
+            node.stop()
+    if args.json:
+        d = dict(vars(summary))
+        d["ok"] = summary.ok
+        cli._print_json(d)
+    else:
+        print(f"{pacs}: {summary.studies_found} studies of {args.patient}; "
+              f"{summary.already_in_library} already in the library, "
+              f"{summary.studies_fetched} fetched ({summary.instances_moved} images) "
+              f"in {summary.seconds:.1f} s.")
+        for msg in summary.failures:
+            print(f"  failed: {msg}")
+        if own and summary.instances_moved:
+            s = node.stats
+            print(f"Stored {s.received} new images ({s.duplicates} already held, "
+                  f"{s.failed} refused).")
+    return 0 if summary.ok else 1
+
+
+def cmd_bench_net(args, lib: Library) -> int:
+    import json
+    from pathlib import Path
+
+    from mamview import cli
+    from mamview.core.net.bench import bench_net, table
+
+    try:
+        fig = bench_net(args.patients, args.size, work=args.work,
+                        make_previews=not args.no_previews)
+    except RuntimeError as exc:
+        raise cli.CliError(str(exc)) from exc
+    print(table(fig))
+    if args.json:
+        Path(args.json).write_text(json.dumps(fig, indent=2))
+    return 0

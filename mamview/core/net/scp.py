@@ -1,0 +1,702 @@
+"""The storage node: a C-STORE receiver that files mammograms into the library and scores them.
+
+Each received instance is written atomically into the library's inbox (a temporary file in
+`inbox/.incoming`, fsync, then `os.replace` to `inbox/<PatientID>/<StudyInstanceUID>/<SOP>.dcm`),
+so no half-written file is ever visible. Received files are indexed in batches by the core
+import (`core.ingest.run_import`) on one indexer thread: when an association ends, when a
+batch fills, or after a short window. Exams that have their four standard views are queued for
+scoring on the node's own `InferenceService` (its model loads when the first exam needs it).
+
+Every handler returns a DICOM status instead of raising: a bad instance gets a failure status
+and the association goes on. At start the inbox is re-indexed, so nothing received before a
+crash or power cut is lost. Events are plain frozen dataclasses passed to `on_event` (on a
+worker thread; a GUI must hop to its own thread) and written to `<library>/logs/dicom-node.log`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import re
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from mamview.core.net.nodes import check_ae_title
+
+log = logging.getLogger("mamview.net")
+
+LOG_FILE_NAME = "dicom-node.log"
+INCOMING = ".incoming"  # hidden: the import's folder walk never sees half-received files
+
+MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
+MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
+STORAGE_SOP_CLASSES = (MG_FOR_PRESENTATION, MG_FOR_PROCESSING)
+
+# stored as received: the decoders (pylibjpeg, GDCM) read all of these
+TRANSFER_SYNTAXES = (
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old modalities)
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-lossless
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+)
+
+# C-STORE statuses (PS3.4 B.2.3)
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+NOT_OUR_SOP_CLASS = 0xA900  # Data Set does not match SOP Class
+CANNOT_UNDERSTAND = 0xC000
+
+FLUSH_COUNT = 64  # index after this many new files…
+FLUSH_WINDOW_S = 1.0  # …or this long after the first unindexed one, or when an association ends
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class NodeStarted:
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class NodeStopped:
+    ae_title: str
+    port: int
+
+
+@dataclass(frozen=True)
+class InstanceStored:
+    sop_instance_uid: str
+    patient_id: str
+    study_instance_uid: str
+    path: str
+    calling_ae: str
+    duplicate: bool  # True: already in the library, nothing written
+
+
+@dataclass(frozen=True)
+class InstanceFailed:
+    sop_instance_uid: str
+    calling_ae: str
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class AssociationRefused:
+    calling_ae: str
+    address: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class BatchIndexed:
+    files: int
+    added: int
+    skipped: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ExamComplete:
+    exam_key: str
+    patient_id: str
+    exam_date: str
+
+
+@dataclass(frozen=True)
+class ExamScored:
+    exam_key: str
+    risk: tuple[float, ...]  # cumulative risk fractions, years 1..5
+    model_id: str
+    model_label: str
+    cached: bool
+
+
+@dataclass(frozen=True)
+class ExamNotScored:
+    exam_key: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class NodeError:
+    message: str
+
+
+NodeEvent = (NodeStarted | NodeStopped | InstanceStored | InstanceFailed | AssociationRefused
+             | BatchIndexed | ExamComplete | ExamScored | ExamNotScored | NodeError)
+
+
+@dataclass
+class NodeStats:
+    """Counters since start (read them any time; updated under the node's lock)."""
+
+    received: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    refused: int = 0
+    indexed: int = 0
+    exams_complete: int = 0
+    exams_scored: int = 0
+
+
+# ---------------------------------------------------------------- helpers
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(text: str, fallback: str) -> str:
+    """A folder or file name made of letters, digits and ._- only (never hidden, never '..')."""
+    name = _SAFE.sub("_", (text or "").strip())[:64].strip("._") or fallback
+    return name
+
+
+def _host_matcher(allowed: Iterable[str]) -> list:
+    """Networks (an address is a /32 or /128) of the allowed peers; host names are resolved now."""
+    nets = []
+    for h in allowed:
+        try:
+            nets.append(ipaddress.ip_network(h, strict=False))
+            continue
+        except ValueError:
+            pass
+        try:
+            infos = socket.getaddrinfo(h, None)
+        except OSError as exc:
+            raise ValueError(f"allowed host {h!r} is not an address, network or known name: "
+                             f"{exc}") from None
+        nets.extend(ipaddress.ip_network(i[4][0]) for i in infos)
+    return nets
+
+
+def _make_server_class():
+    from pynetdicom.transport import ThreadedAssociationServer
+
+    class _GuardedServer(ThreadedAssociationServer):
+        """Refuses connections from peers outside the node's address allow-list."""
+
+        node: "StorageNode | None" = None
+
+        def verify_request(self, request, client_address) -> bool:
+            node = self.node
+            return node is None or node._peer_allowed(client_address)
+
+    return _GuardedServer
+
+
+# ---------------------------------------------------------------- the node
+
+
+class StorageNode:
+    """A DICOM Storage SCP (and Verification SCP) that files mammograms into a library.
+
+    `allowed_aes` / `allowed_hosts`: when given, only these calling AE titles / peer addresses
+    (IPs, networks such as 10.0.0.0/24, or host names) may associate. `score`: queue complete
+    exams for scoring with `model` on `device`. `on_event(event)` receives `NodeEvent`s on
+    worker threads.
+    """
+
+    def __init__(self, lib, ae_title: str = "MAMVIEW", port: int = 11112, host: str = "0.0.0.0",
+                 allowed_aes: Iterable[str] | None = None,
+                 allowed_hosts: Iterable[str] | None = None, score: bool = True,
+                 model: str = "auto", device: str = "auto",
+                 on_event: Callable[[object], None] | None = None, make_previews: bool = True):
+        self.lib = lib
+        self.ae_title = check_ae_title(ae_title)
+        self.port = int(port)
+        self.host = host
+        self.allowed_aes = [check_ae_title(a) for a in allowed_aes or []]
+        self._allowed_nets = _host_matcher(allowed_hosts or [])
+        self.score = score
+        self.model = model
+        self.device = device
+        self.make_previews = make_previews
+        self._on_event = on_event
+        self.stats = NodeStats()
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
+        self._pending: list[str] = []  # received, not yet indexed
+        self._first_pending_at = 0.0
+        self._flush_now = False
+        self._indexing = False
+        self._reindexed = False
+        self._stopping = False
+        self._received_uids: set[str] = set()
+        self._local = threading.local()
+        self._server = None
+        self._ae = None
+        self._indexer: threading.Thread | None = None
+        self._service = None
+        self._model_entry = None
+        self._service_broken = False
+        self._log_handler: logging.Handler | None = None
+
+    # -- public API
+
+    @property
+    def bound_port(self) -> int | None:
+        """The TCP port the node listens on (useful with port=0), None when stopped."""
+        return self._server.server_address[1] if self._server else None
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> "StorageNode":
+        """Open the port and start the indexer (which first re-indexes the inbox).
+
+        Raises OSError when the port cannot be opened (in use, no permission)."""
+        from pynetdicom import AE, evt
+        from pynetdicom.sop_class import Verification
+
+        if self._server is not None:
+            return self
+        self.lib.ensure()
+        self._incoming.mkdir(parents=True, exist_ok=True)
+        self._clear_incoming()
+        self._open_log()
+        from mamview.core.cache.db import connect
+
+        connect(self.lib.database).close()  # create / migrate before any reader opens it
+
+        ae = AE(ae_title=self.ae_title)
+        ae.maximum_pdu_size = 131072  # fewer, larger PDUs: dcmtk peers send up to this
+        ae.network_timeout = 60
+        ae.acse_timeout = 30
+        ae.dimse_timeout = 60
+        ae.maximum_associations = 16
+        if self.allowed_aes:
+            ae.require_calling_aet = self.allowed_aes
+        ae.add_supported_context(Verification)
+        for uid in STORAGE_SOP_CLASSES:
+            ae.add_supported_context(uid, list(TRANSFER_SYNTAXES))
+        handlers = [
+            (evt.EVT_C_STORE, self._handle_store),
+            (evt.EVT_RELEASED, self._association_ended),
+            (evt.EVT_ABORTED, self._association_ended),
+            (evt.EVT_REJECTED, self._association_rejected),
+        ]
+        server = ae.make_server((self.host, self.port), ae_title=self.ae_title,
+                                evt_handlers=handlers, server_class=_make_server_class())
+        server.node = self
+        self.port = server.server_address[1]  # the real port when 0 (any free one) was asked
+        threading.Thread(target=server.serve_forever, name=f"mamview-scp-{self.port}",
+                         daemon=True).start()
+        ae._servers.append(server)  # so ae.shutdown() stops it, as start_server would
+        self._ae, self._server = ae, server
+        self._stopping = False
+        self._indexer = threading.Thread(target=self._index_loop, name="mamview-scp-indexer",
+                                         daemon=True)
+        self._indexer.start()
+        self._emit(NodeStarted(self.ae_title, self.host, self.bound_port),
+                   f"listening as {self.ae_title} on {self.host}:{self.bound_port}"
+                   + (f", calling AEs {', '.join(self.allowed_aes)}" if self.allowed_aes else "")
+                   + (f", peers {', '.join(map(str, self._allowed_nets))}"
+                      if self._allowed_nets else ""))
+        return self
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Wait until everything received is indexed and queued exams are scored.
+
+        Returns False if that did not happen within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            self._flush_now = True
+            self._cv.notify_all()
+        while time.monotonic() < deadline:
+            with self._cv:
+                files_done = self._reindexed and not self._pending and not self._indexing
+                if self._pending:
+                    self._flush_now = True
+                    self._cv.notify_all()
+            svc = self._service
+            if files_done and (svc is None or self._service_broken or svc.idle()):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Close the port, index what was received, stop scoring (queued exams are dropped;
+        they are picked up again at the next start)."""
+        if self._server is None:
+            return
+        port = self.bound_port
+        try:
+            self._ae.shutdown()  # closes the port and the open associations
+        except Exception as exc:  # noqa: BLE001 - stopping must not fail halfway
+            log.warning("while closing the port: %s", exc)
+        self._server = None
+        with self._cv:
+            self._stopping = True
+            self._flush_now = True
+            self._cv.notify_all()
+        if self._indexer is not None:
+            self._indexer.join(timeout)
+        if self._service is not None:
+            self._service.shutdown(timeout)
+            self._service = None
+        self._emit(NodeStopped(self.ae_title, port or 0), "stopped")
+        self._close_log()
+
+    def __enter__(self) -> "StorageNode":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- events and log
+
+    def _emit(self, event, message: str, level: int = logging.INFO) -> None:
+        log.log(level, "[%s:%s] %s", self.ae_title, self.port, message)
+        if self._on_event is not None:
+            try:
+                self._on_event(event)
+            except Exception:  # noqa: BLE001 - a broken listener must not break the node
+                log.exception("event listener failed")
+
+    def _open_log(self) -> None:
+        handler = logging.FileHandler(self.lib.logs / LOG_FILE_NAME, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.addFilter(lambda rec: f"[{self.ae_title}:{self.port}]" in rec.getMessage())
+        log.addHandler(handler)
+        if log.level == logging.NOTSET or log.level > logging.INFO:
+            log.setLevel(logging.INFO)
+        self._log_handler = handler
+
+    def _close_log(self) -> None:
+        if self._log_handler is not None:
+            log.removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
+
+    # -- association guards
+
+    def _peer_allowed(self, client_address) -> bool:
+        if not self._allowed_nets:
+            return True
+        try:
+            addr = ipaddress.ip_address(client_address[0])
+        except ValueError:
+            addr = None
+        if addr is not None and getattr(addr, "ipv4_mapped", None):
+            addr = addr.ipv4_mapped
+        if addr is not None and any(addr.version == n.version and addr in n
+                                    for n in self._allowed_nets):
+            return True
+        with self._lock:
+            self.stats.refused += 1
+        self._emit(AssociationRefused("", str(client_address[0]), "address not allowed"),
+                   f"refused a connection from {client_address[0]}: address not allowed",
+                   logging.WARNING)
+        return False
+
+    def _association_rejected(self, event) -> None:
+        calling = event.assoc.requestor.ae_title
+        with self._lock:
+            self.stats.refused += 1
+        self._emit(AssociationRefused(calling, str(event.assoc.requestor.address),
+                                      "calling AE title not allowed"),
+                   f"rejected an association from {calling!r} at "
+                   f"{event.assoc.requestor.address}: calling AE title not allowed",
+                   logging.WARNING)
+
+    def _association_ended(self, event) -> None:
+        with self._cv:
+            if self._pending:
+                self._flush_now = True
+                self._cv.notify_all()
+
+    # -- receiving
+
+    @property
+    def _incoming(self) -> Path:
+        return self.lib.inbox / INCOMING
+
+    def _clear_incoming(self) -> None:
+        """Temporary files of transfers that were cut off: never completed, so never stored."""
+        for p in self._incoming.glob("*.part"):
+            try:
+                p.unlink()
+            except OSError:
+                pass
+
+    def _already_have(self, sop_uid: str) -> bool:
+        if sop_uid in self._received_uids:
+            return True
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(f"file:{self.lib.database}?mode=ro", uri=True, timeout=10)
+            self._local.conn = conn
+        row = conn.execute("SELECT 1 FROM images WHERE sop_instance_uid = ? AND NOT missing",
+                           [sop_uid]).fetchone()
+        return row is not None
+
+    def _handle_store(self, event) -> int:
+        """C-STORE: write atomically, check, file; a DICOM status, never an exception."""
+        from mamview.core.dicom import headers
+        from mamview.core.domain import Problem
+
+        calling = event.assoc.requestor.ae_title
+        uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
+        tmp = None
+        try:
+            if uid and self._already_have(uid):
+                with self._lock:
+                    self.stats.duplicates += 1
+                self._emit(InstanceStored(uid, "", "", "", calling, True),
+                           f"{uid} from {calling}: already in the library", logging.DEBUG)
+                return SUCCESS
+            data = event.encoded_dataset(include_meta=True)
+            tmp = self._incoming / f"{uuid.uuid4().hex}.part"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            hdr = headers.read_header(tmp)
+            if isinstance(hdr, Problem):
+                status = CANNOT_UNDERSTAND if hdr.reason in (
+                    "truncated", "unreadable header", "corrupt pixel data", "not DICOM",
+                    "empty file", "no pixel data") else NOT_OUR_SOP_CLASS
+                return self._failed(uid, calling, status, f"{hdr.reason}: {hdr.detail}")
+            uid = hdr.sop_instance_uid or uid
+            dest = (self.lib.inbox / safe_name(hdr.patient_id, "no-patient-id")
+                    / safe_name(hdr.study_instance_uid, "no-study-uid")
+                    / f"{safe_name(uid, uuid.uuid4().hex)}.dcm")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with self._lock:
+                duplicate = uid in self._received_uids or dest.exists()
+                if not duplicate:
+                    os.replace(tmp, dest)
+                    self._received_uids.add(uid)
+                    self.stats.received += 1
+                else:
+                    self.stats.duplicates += 1
+            if duplicate:
+                self._emit(InstanceStored(uid, hdr.patient_id, hdr.study_instance_uid, str(dest),
+                                          calling, True),
+                           f"{uid} from {calling}: already received", logging.DEBUG)
+                return SUCCESS
+            tmp = None
+            _fsync_dir(dest.parent)
+            self._emit(InstanceStored(uid, hdr.patient_id, hdr.study_instance_uid, str(dest),
+                                      calling, False),
+                       f"stored {uid} ({hdr.patient_id}, study {hdr.study_instance_uid}) "
+                       f"from {calling}", logging.DEBUG)
+            self._enqueue(str(dest))
+            return SUCCESS
+        except OSError as exc:
+            return self._failed(uid, calling, OUT_OF_RESOURCES, f"could not write: {exc}")
+        except Exception as exc:  # noqa: BLE001 - one bad instance never stops the node
+            return self._failed(uid, calling, CANNOT_UNDERSTAND, f"{type(exc).__name__}: {exc}")
+        finally:
+            if tmp is not None:
+                try:
+                    tmp.unlink()
+                except OSError:
+                    pass
+
+    def _failed(self, uid: str, calling: str, status: int, reason: str) -> int:
+        with self._lock:
+            self.stats.failed += 1
+        self._emit(InstanceFailed(uid, calling, status, reason),
+                   f"refused {uid or '(no SOP UID)'} from {calling} with status "
+                   f"0x{status:04X}: {reason}", logging.WARNING)
+        return status
+
+    def _enqueue(self, path: str) -> None:
+        with self._cv:
+            if not self._pending:
+                self._first_pending_at = time.monotonic()
+            self._pending.append(path)
+            if len(self._pending) >= FLUSH_COUNT:
+                self._cv.notify_all()
+
+    # -- indexing (indexer thread)
+
+    def _index_loop(self) -> None:
+        from mamview.core.cache.db import connect
+
+        db = connect(self.lib.database, migrate=False)
+        try:
+            try:
+                self._reindex_inbox(db)
+            except Exception as exc:  # noqa: BLE001
+                self._emit(NodeError(f"re-indexing the inbox failed: {exc}"),
+                           f"re-indexing the inbox failed: {exc}", logging.ERROR)
+            with self._cv:
+                self._reindexed = True
+            while True:
+                with self._cv:
+                    while True:
+                        if self._pending and (self._flush_now or self._stopping
+                                              or len(self._pending) >= FLUSH_COUNT):
+                            break
+                        if self._stopping:
+                            return
+                        if self._pending:
+                            wait = self._first_pending_at + FLUSH_WINDOW_S - time.monotonic()
+                            if wait <= 0:
+                                break
+                            self._cv.wait(wait)
+                        else:
+                            self._flush_now = False
+                            self._cv.wait(0.5)
+                    batch, self._pending = self._pending, []
+                    self._flush_now = False
+                    self._indexing = True
+                try:
+                    self._index_batch(db, batch)
+                except Exception as exc:  # noqa: BLE001 - the files stay in the inbox
+                    self._emit(NodeError(f"indexing {len(batch)} received files failed: {exc}"),
+                               f"indexing {len(batch)} received files failed: {exc}",
+                               logging.ERROR)
+                finally:
+                    with self._cv:
+                        self._indexing = False
+        finally:
+            db.close()
+
+    def _run_import(self, db, paths: list) -> object:
+        from mamview.core.ingest import run_import
+
+        gen = run_import(self.lib, paths, make_previews=self.make_previews, db=db)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                return stop.value
+
+    def _reindex_inbox(self, db) -> None:
+        """Index whatever lies in the inbox (received before a restart) and queue its exams."""
+        t0 = time.perf_counter()
+        summary = self._run_import(db, [self.lib.inbox])
+        inbox = str(self.lib.inbox.resolve()) + os.sep
+        keys = [r[0] for r in db.execute(
+            "SELECT DISTINCT exam_key FROM images WHERE substr(path, 1, ?) = ? AND NOT missing",
+            [len(inbox), inbox])]
+        for (uid,) in db.execute("SELECT sop_instance_uid FROM images WHERE substr(path, 1, ?) = ?",
+                                 [len(inbox), inbox]):
+            self._received_uids.add(uid)
+        self._emit(BatchIndexed(summary.files_seen, summary.added + summary.updated,
+                                sum(summary.skipped.values()), time.perf_counter() - t0),
+                   f"inbox re-indexed: {summary.files_seen} files, {summary.added} new, "
+                   f"{summary.updated} re-read, {len(keys)} exams")
+        self._queue_complete_exams(db, keys, announce=summary.added + summary.updated > 0)
+
+    def _index_batch(self, db, batch: list[str]) -> None:
+        t0 = time.perf_counter()
+        summary = self._run_import(db, batch)
+        added = summary.added + summary.updated
+        with self._lock:
+            self.stats.indexed += added
+        self._emit(BatchIndexed(len(batch), added, sum(summary.skipped.values()),
+                                time.perf_counter() - t0),
+                   f"indexed {len(batch)} received files ({added} new images) in "
+                   f"{time.perf_counter() - t0:.2f} s")
+        keys: list[str] = []
+        for i in range(0, len(batch), 500):
+            chunk = batch[i:i + 500]
+            keys += [r[0] for r in db.execute(
+                f"SELECT DISTINCT exam_key FROM images WHERE path IN ({','.join('?' * len(chunk))})",
+                chunk)]
+        self._queue_complete_exams(db, sorted(set(keys)))
+
+    def _queue_complete_exams(self, db, exam_keys: list[str], announce: bool = True) -> None:
+        from mamview.core.cache import store
+
+        complete = []
+        for ek in exam_keys:
+            ok, _ = store.exam_status(store.exam_images(db, ek))
+            if not ok:
+                continue
+            complete.append(ek)
+            if announce:
+                row = db.execute("SELECT e.exam_date, p.patient_id FROM exams e JOIN patients p "
+                                 "ON p.patient_key = e.patient_key WHERE e.exam_key = ?",
+                                 [ek]).fetchone()
+                with self._lock:
+                    self.stats.exams_complete += 1
+                self._emit(ExamComplete(ek, row[1] if row else "", row[0] if row else ""),
+                           f"exam complete: {ek}")
+        if complete and self.score and not self._stopping:
+            svc = self._inference()
+            if svc is not None:
+                svc.submit(complete)
+
+    # -- scoring
+
+    def _inference(self):
+        """The node's inference service, created when the first exam needs it."""
+        if self._service is not None or self._service_broken:
+            return None if self._service_broken else self._service
+        from mamview.core.inference import InferenceService
+        from mamview.core.models import registry
+        from mamview.core.models.base import ModelUnavailable
+
+        try:
+            entry = registry.resolve(self.lib, self.model)
+        except ModelUnavailable as exc:
+            self.score = False
+            self._emit(NodeError(f"exams will not be scored: {exc}"),
+                       f"exams will not be scored: {exc}", logging.ERROR)
+            return None
+        self._model_entry = entry
+        self._service = InferenceService(self.lib.database,
+                                         lambda dev: registry.load(entry, dev),
+                                         device=self.device, on_event=self._on_score_event)
+        return self._service
+
+    def _on_score_event(self, ev) -> None:
+        from mamview.core import inference as inf
+
+        if isinstance(ev, inf.ExamScored):
+            with self._lock:
+                self.stats.exams_scored += 1
+            risk5 = ev.risk[-1] * 100 if ev.risk else float("nan")
+            self._emit(ExamScored(ev.exam_key, ev.risk, ev.model_id, ev.model_label, ev.cached),
+                       f"exam scored: {ev.exam_key}: 5-year risk {risk5:.2f}% "
+                       f"(model {ev.model_id}" + (f", {ev.model_label}" if ev.model_label else "")
+                       + (", from cache" if ev.cached else "") + ")")
+        elif isinstance(ev, inf.ExamUnscorable):
+            self._emit(ExamNotScored(ev.exam_key, ev.reason),
+                       f"exam not scored: {ev.exam_key}: {ev.reason}")
+        elif isinstance(ev, inf.ScoreFailed):
+            self._emit(ExamNotScored(ev.exam_key, ev.message),
+                       f"scoring failed: {ev.exam_key}: {ev.message}", logging.ERROR)
+        elif isinstance(ev, inf.ServiceError):
+            self._service_broken = True  # the worker has stopped; queued exams stay unscored
+            self._emit(NodeError(ev.message), ev.message, logging.ERROR)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
