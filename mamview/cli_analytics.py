@@ -50,6 +50,17 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction,
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.set_defaults(func=cmd_cohort)
 
+    s = sub.add_parser("sr", help="write a DICOM Comprehensive SR of each scored exam "
+                       "(and send it to a PACS)")
+    s.add_argument("target", metavar="EXAM_OR_PATIENT",
+                   help="an exam key (see `mamview exams --json`) or a PatientID")
+    s.add_argument("--date", metavar="YYYY-MM-DD", help="only her exam of this date")
+    s.add_argument("--out", required=True, metavar="DIR", help="folder for the SR files")
+    s.add_argument("--model", default=None, help="model id (default: newest score per exam)")
+    s.add_argument("--send", metavar="AE@host:port", help="C-STORE the SRs to this node")
+    s.add_argument("--our-ae", default="MAMVIEW", help="our AE title when sending")
+    s.set_defaults(func=cmd_sr)
+
 
 def cmd_score(args, lib: Library) -> int:
     from tqdm import tqdm
@@ -263,3 +274,83 @@ def _print_cohort(report) -> None:
     if report.files:
         print("\nWrote: " + ", ".join(Path(p).name for p in report.files.values())
               + f" in {Path(report.files['results_csv']).parent}")
+
+
+# ---------------------------------------------------------------- DICOM SR
+
+
+def cmd_sr(args, lib: Library) -> int:
+    from mamview.core.analytics import sr
+    from mamview.core.models import registry
+
+    node = None
+    if args.send:
+        from mamview.core.net.nodes import PacsNode
+
+        try:
+            node = PacsNode.parse(args.send)
+        except ValueError as exc:
+            raise cli.CliError(str(exc)) from exc
+    db = cli._open_db(lib)
+    written, skipped = [], []
+    try:
+        if db.execute("SELECT 1 FROM exams WHERE exam_key = ?", [args.target]).fetchone():
+            exams = [args.target]
+        else:
+            keys = cli._patient_keys(db, args.target)
+            marks = ",".join("?" * len(keys))
+            sql = f"SELECT exam_key FROM exams WHERE patient_key IN ({marks})"
+            params = list(keys)
+            if args.date:
+                sql += " AND exam_date = ?"
+                params.append(args.date)
+            exams = [r[0] for r in db.execute(sql + " ORDER BY exam_date", params)]
+            if not exams:
+                raise cli.CliError(f"{args.target} has no exam" +
+                                   (f" on {args.date}" if args.date else ""))
+        names = {e.model_id: e for e in registry.list_models(lib)}
+        for ek in exams:
+            score = _newest_ok_model(db, ek, args.model)
+            entry = names.get(score) if score else None
+            try:
+                path = sr.write_exam_sr(
+                    db, ek, args.out, model_id=args.model or score,
+                    model_name=entry.name if entry else (score or ""),
+                    model_label=_model_label(lib, score) if score else "")
+            except ValueError as exc:
+                skipped.append(str(exc))
+                continue
+            written.append(path)
+    finally:
+        db.close()
+    for path in written:
+        print(f"Wrote {path}")
+    for msg in skipped:
+        print(f"Skipped: {msg}")
+    if node and written:
+        from mamview.core.net.nodes import NetError
+        from mamview.core.net.qr import send_files
+
+        try:
+            summary = send_files(node, written, args.our_ae)
+        except NetError as exc:
+            raise cli.CliError(str(exc)) from exc
+        print(f"Sent {summary.sent} of {len(written)} to {node.ae_title}@{node.host}:{node.port}")
+        for path, why in summary.failed:
+            print(f"Not sent: {path}: {why}")
+        if summary.failed:
+            return 1
+    if not written:
+        raise cli.CliError("no SR written: run `mamview score` first")
+    return 0
+
+
+def _newest_ok_model(db, exam_key: str, model_id: str | None) -> str | None:
+    """The model of the exam's newest computed score (or `model_id` if it has one)."""
+    sql = "SELECT model_id FROM scores WHERE exam_key = ? AND status = 'ok'"
+    params = [exam_key]
+    if model_id:
+        sql += " AND model_id = ?"
+        params.append(model_id)
+    row = db.execute(sql + " ORDER BY computed_at DESC, score_id DESC LIMIT 1", params).fetchone()
+    return row[0] if row else None

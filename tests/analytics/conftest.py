@@ -4,6 +4,7 @@ run_import, scores saved through the scores table exactly as the inference servi
 from __future__ import annotations
 
 import pytest
+from pydicom.uid import generate_uid
 
 from mamview.core import paths
 from mamview.core.cache import scores as score_store
@@ -24,9 +25,11 @@ def drain(gen):
 
 
 def write_exam(folder, patient_id, date, manufacturer="ACME"):
-    """Four standard views of one exam; returns their paths."""
+    """Four standard views of one exam (one study); returns their paths."""
+    study = generate_uid(entropy_srcs=[patient_id, date])
     return [write_mammogram(folder / patient_id / date / f"{lat}{view}.dcm",
                             patient_id=patient_id, study_date=date, laterality=lat, view=view,
+                            study_uid=study,
                             shape=(64, 52), manufacturer=manufacturer)
             for lat, view in VIEWS]
 
