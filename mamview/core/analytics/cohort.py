@@ -342,8 +342,9 @@ def discrimination(women: pd.DataFrame, seed: int = 0) -> dict[str, dict]:
                              women.loc[has, "change_2y_pp"].to_numpy()])
         pred = cross_validated_scores(x, y[has], seed=seed)
         out["both"] = delong_auc(y[has], pred)
-    else:
-        out["both"] = delong_auc(y[has][:0], np.array([]))
+    else:  # too few women for 5-fold cross-validation
+        out["both"] = {"auc": None, "ci": [None, None], "se": None,
+                       "n_cases": int(y[has].sum()), "n_controls": int((~y[has]).sum())}
     out["both"]["population"] = out["change_2y"]["population"]
     out["both"]["method"] = ("L2 logistic regression of log(index score) and 2-year change, "
                              "5-fold cross-validated predictions; the CI ignores fold variability")
