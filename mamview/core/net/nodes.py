@@ -122,8 +122,11 @@ class EchoResult:
     seconds: float
 
 
-def association_failure(assoc, node: PacsNode, our_ae: str) -> str:
-    """Why an association attempt failed, for the user."""
+def association_failure(assoc, node: PacsNode, our_ae: str, connected: bool = True) -> str:
+    """Why an association attempt failed, for the user (`connected`: the TCP connection opened)."""
+    if not connected:
+        return (f"could not reach {node}: nothing accepts connections at {node.host} port "
+                f"{node.port} (wrong address or port, PACS down, or a firewall)")
     if getattr(assoc, "is_rejected", False):
         rsd = _reject_reason(assoc)
         return (f"{node} rejected the association from {our_ae!r}{rsd}; check that the PACS "
@@ -147,6 +150,21 @@ def _reject_reason(assoc) -> str:
     return ""
 
 
+def associate(ae, node: PacsNode, our_ae: str):
+    """Request an association with `node`; returns it established, or raises NetError."""
+    from pynetdicom import evt
+
+    opened = []
+    try:
+        assoc = ae.associate(node.host, node.port, ae_title=node.ae_title,
+                             evt_handlers=[(evt.EVT_CONN_OPEN, lambda e: opened.append(1))])
+    except (OSError, ValueError) as exc:  # e.g. a host name that does not resolve
+        raise NetError(f"could not reach {node}: {exc}") from None
+    if not assoc.is_established:
+        raise NetError(association_failure(assoc, node, our_ae, bool(opened)))
+    return assoc
+
+
 def make_ae(our_ae: str, timeout: float = DEFAULT_TIMEOUT_S):
     """A pynetdicom AE with our title and bounded timeouts (no call waits forever)."""
     from pynetdicom import AE
@@ -167,10 +185,10 @@ def echo(node: PacsNode, our_ae: str = DEFAULT_OUR_AE,
     t0 = time.perf_counter()
     ae = make_ae(our_ae, timeout)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(node.host, node.port, ae_title=node.ae_title)
-    if not assoc.is_established:
-        return EchoResult(node, False, None, association_failure(assoc, node, our_ae),
-                          time.perf_counter() - t0)
+    try:
+        assoc = associate(ae, node, our_ae)
+    except NetError as exc:
+        return EchoResult(node, False, None, str(exc), time.perf_counter() - t0)
     try:
         rsp = assoc.send_c_echo()
     finally:

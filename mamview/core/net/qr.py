@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from mamview.core.net.nodes import (DEFAULT_OUR_AE, DEFAULT_TIMEOUT_S, NetError, PacsNode,
-                                    association_failure, make_ae)
+                                    associate, make_ae)
 
 FIND_MODEL = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve Information Model - FIND
 MOVE_MODEL = "1.2.840.10008.5.1.4.1.2.2.2"  # Study Root Query/Retrieve Information Model - MOVE
@@ -89,13 +89,7 @@ def _associate(node: PacsNode, our_ae: str, contexts: Iterable, timeout: float):
             ae.add_requested_context(*ctx)
         else:
             ae.add_requested_context(ctx)
-    try:
-        assoc = ae.associate(node.host, node.port, ae_title=node.ae_title)
-    except OSError as exc:  # e.g. a host name that does not resolve
-        raise NetError(f"could not reach {node}: {exc}") from None
-    if not assoc.is_established:
-        raise NetError(association_failure(assoc, node, our_ae))
-    return assoc
+    return associate(ae, node, our_ae)
 
 
 def _accepted(assoc, abstract_syntax: str, node: PacsNode) -> None:
@@ -230,6 +224,11 @@ def fetch_priors(lib, patient_id: str, pacs: PacsNode, our_ae: str = DEFAULT_OUR
                 summary.studies_fetched += 1
                 if failed:
                     summary.failures.append(f"{label}: {failed} images could not be sent")
+            elif failed and not done:
+                summary.failures.append(
+                    f"{label}: {pacs} could not deliver the images to {dest} "
+                    f"(status 0x{code:04X}); check that our node is running and that the PACS "
+                    f"has the right host and port for {dest}")
             else:
                 summary.failures.append(f"{label}: {_status_text(code)}")
     finally:

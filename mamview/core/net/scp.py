@@ -39,22 +39,25 @@ MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
 MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
 STORAGE_SOP_CLASSES = (MG_FOR_PRESENTATION, MG_FOR_PROCESSING)
 
-# stored as received: the decoders (pylibjpeg, GDCM) read all of these
+# Stored as received. Where a peer offers several for one context, pynetdicom accepts the first
+# of ours that it offers: lossless compressed first (no transcoding, smaller files), then
+# uncompressed, lossy last (a sender able to compress must not be invited to lose detail).
 TRANSFER_SYNTAXES = (
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.5",  # RLE Lossless
     "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
     "1.2.840.10008.1.2",  # Implicit VR Little Endian
     "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
     "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old modalities)
-    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
-    "1.2.840.10008.1.2.4.91",  # JPEG 2000
-    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
-    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000 (lossy when the file is)
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-lossless
     "1.2.840.10008.1.2.4.50",  # JPEG Baseline
     "1.2.840.10008.1.2.4.51",  # JPEG Extended
-    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
-    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-lossless
-    "1.2.840.10008.1.2.5",  # RLE Lossless
 )
+
 
 # C-STORE statuses (PS3.4 B.2.3)
 SUCCESS = 0x0000
