@@ -1,10 +1,15 @@
-"""Command-line commands of the gui area; `mamview.cli` calls :func:`register`."""
+"""Command-line commands of the gui area; `mamview.cli` calls :func:`register`.
+
+A bare `mamview` opens the reading window on the user's library; `mamview gui` does the same
+with options; `mamview demo` opens it on the synthetic demo cohort while that is written,
+imported and scored (`--no-gui`: the console version); `mamview bench gui` measures the window.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from pathlib import Path
 
 from mamview import cli
 from mamview.core.paths import Library
@@ -14,13 +19,79 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction,
              parser: argparse.ArgumentParser) -> None:
     """Add this area's commands to `sub`, its benchmarks to `bench` (`mamview bench …`);
     `parser` is the top level (for defaults such as what a bare `mamview` runs)."""
-    s = sub.add_parser("demo", help="generate the synthetic demo cohort into the library and load it")
+    parser.set_defaults(func=cmd_gui, device=None)
+
+    s = sub.add_parser("gui", help="open the reading window on the library (the default)")
+    s.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=None,
+                   help="inference device for this session (default: from Settings)")
+    s.set_defaults(func=cmd_gui)
+
+    s = sub.add_parser("demo", help="generate the synthetic demo cohort into the library, "
+                                    "open the window and score it live")
     s.add_argument("--patients", type=int, default=20)
     s.add_argument("--size", choices=("small", "full"), default="small")
+    s.add_argument("--no-gui", action="store_true",
+                   help="console only: write and import the cohort, print a summary")
+    s.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=None)
     s.set_defaults(func=cmd_demo)
+
+    b = bench.add_parser("gui", help="window: patient switch to tiles drawn, event-loop stall "
+                                     "while CPU inference runs (offscreen)")
+    b.add_argument("--size", choices=("small", "full"), default="full",
+                   help="image size of the generated 6-exam woman (default full)")
+    b.add_argument("--work", metavar="DIR", help="folder for the generated data (kept)")
+    b.add_argument("--repeats", type=int, default=15)
+    b.add_argument("--stall-seconds", type=float, default=8.0,
+                   help="how long to watch the event loop while inference runs")
+    b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    b.set_defaults(func=cmd_bench_gui)
+
+
+def _need_display() -> None:
+    if sys.platform.startswith("linux") and not (
+            os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+            or os.environ.get("QT_QPA_PLATFORM")):
+        raise cli.CliError("no display: run on a desktop, set QT_QPA_PLATFORM=offscreen, or use "
+                           "the console commands (`mamview --help`)")
+
+
+def _window_visible() -> bool:
+    """Whether a window opened now would be seen (a real display, not Qt's offscreen one)."""
+    if os.environ.get("QT_QPA_PLATFORM", "").split(":")[0] in ("offscreen", "minimal"):
+        return False
+    return not sys.platform.startswith("linux") or bool(
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def cmd_gui(args, lib: Library) -> int:
+    _need_display()
+    try:
+        lib.ensure()
+    except OSError as exc:
+        raise cli.CliError(f"the library folder {lib.home} is not usable: {exc}") from exc
+    from mamview.qt.app import run
+
+    return run(lib, device=getattr(args, "device", None))
 
 
 def cmd_demo(args, lib: Library) -> int:
+    if args.patients < 1:
+        raise cli.CliError("--patients must be at least 1")
+    if not args.no_gui and not _window_visible():
+        print("No display to open a window on: running the console demo "
+              "(use --no-gui to say so).", file=sys.stderr)
+    elif not args.no_gui:
+        lib.ensure()
+        out = lib.home / "demo-cohort"
+        if out.exists() and any(out.iterdir()) and not (out / ".mamview-demo-cohort").exists():
+            raise cli.CliError(f"{out} exists and is not a demo cohort; move it away first")
+        from mamview.qt.app import run
+
+        return run(lib, demo=True, device=args.device, patients=args.patients, size=args.size)
+    return _demo_console(args, lib)
+
+
+def _demo_console(args, lib: Library) -> int:
     from mamview.core.demo_data import generate_cohort
     from mamview.core.ingest import run_import
 
@@ -28,9 +99,19 @@ def cmd_demo(args, lib: Library) -> int:
     out = lib.home / "demo-cohort"
     if not (out / "images.csv").exists():
         print(f"Generating a synthetic demo cohort of {args.patients} women in {out} …")
-        generate_cohort(out, n_patients=args.patients, size=args.size, seed=0)
+        try:
+            generate_cohort(out, n_patients=args.patients, size=args.size, seed=0)
+        except ValueError as exc:
+            raise cli.CliError(str(exc)) from exc
     # the patient folders only: the ground-truth CSVs beside them are not images to report
     summary = cli._drive(run_import(lib, sorted(p for p in out.iterdir() if p.is_dir())))
     cli._print_summary(summary)
     print("\nSynthetic data, not patients. Try `mamview patients` and `mamview exams DEMO0001`.")
     return 0
+
+
+def cmd_bench_gui(args, lib: Library) -> int:
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from mamview.qt.bench_gui import main
+
+    return main(args)

@@ -1,0 +1,64 @@
+"""Start the Qt application: dark reading-room theme, one main window on a library."""
+
+from __future__ import annotations
+
+import sys
+
+from PySide6.QtGui import QColor, QPalette
+from PySide6.QtWidgets import QApplication
+
+from mamview.core.paths import Library
+
+DARK = {
+    QPalette.ColorRole.Window: "#161616", QPalette.ColorRole.WindowText: "#d8d8d8",
+    QPalette.ColorRole.Base: "#101010", QPalette.ColorRole.AlternateBase: "#181818",
+    QPalette.ColorRole.Text: "#d8d8d8", QPalette.ColorRole.Button: "#222222",
+    QPalette.ColorRole.ButtonText: "#d8d8d8", QPalette.ColorRole.Highlight: "#2d5d9f",
+    QPalette.ColorRole.HighlightedText: "#ffffff", QPalette.ColorRole.ToolTipBase: "#222222",
+    QPalette.ColorRole.ToolTipText: "#e8e8e8", QPalette.ColorRole.PlaceholderText: "#777777",
+    QPalette.ColorRole.Link: "#6fa8ff",
+}
+STYLE = """
+QMainWindow, QDockWidget { background: #161616; }
+QToolBar { background: #1c1c1c; border: none; spacing: 2px; padding: 1px; }
+QToolBar QToolButton { color: #ccc; padding: 3px 7px; border-radius: 3px; }
+QToolBar QToolButton:checked { background: #2d5d9f; color: white; }
+QToolBar QToolButton:hover { background: #333; }
+QStatusBar { background: #1c1c1c; color: #aaa; }
+QHeaderView::section { background: #1e1e1e; color: #aaa; border: none; padding: 3px; }
+QTableWidget { gridline-color: #222; border: none; }
+QLineEdit { background: #101010; border: 1px solid #333; padding: 4px; border-radius: 3px; }
+QSplitter::handle { background: #0c0c0c; }
+QMenuBar { background: #1c1c1c; color: #ccc; }
+QMenu { background: #202020; color: #ddd; }
+QMenu::item:selected { background: #2d5d9f; }
+QScrollArea { border: none; background: #121212; }
+"""
+
+
+def application(argv: list[str] | None = None) -> QApplication:
+    """The QApplication (created once) with the dark theme."""
+    app = QApplication.instance()
+    if app is None:
+        app = QApplication(argv if argv is not None else sys.argv[:1])
+        app.setApplicationName("mamview")
+    app.setStyle("Fusion")
+    pal = QPalette()
+    for role, color in DARK.items():
+        pal.setColor(role, QColor(color))
+    app.setPalette(pal)
+    app.setStyleSheet(STYLE)
+    return app
+
+
+def run(lib: Library, *, demo: bool = False, device: str | None = None,
+        patients: int = 20, size: str = "small") -> int:
+    """Open the window on `lib` (and start the live demo when asked); returns the exit code."""
+    app = application()
+    from mamview.qt.main_window import MainWindow
+
+    win = MainWindow(lib, device=device)
+    win.show()
+    if demo:
+        win.start_demo(patients=patients, size=size)
+    return app.exec()

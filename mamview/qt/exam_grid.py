@@ -1,0 +1,486 @@
+"""The hanging area: a thumbnail strip of the woman's exams and a grid of image tiles laid out
+by a screening hanging protocol.
+
+Protocols (right breast on the left of the screen, left on the right, chest walls back to back;
+the previews are already turned for this by the display pipeline):
+  '4up'      current exam: RCC | LCC over RMLO | LMLO
+  '8up'      prior exam's four views above the current exam's, same view above same view
+  'timeline' one view (e.g. LMLO) of every exam, oldest to newest
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (QGridLayout, QHBoxLayout, QLabel, QScrollArea, QToolButton,
+                               QVBoxLayout, QWidget)
+
+from mamview.core import previews
+from mamview.qt.image_tile import ImageTile
+from mamview.qt.library_data import ExamInfo, ExamScore, preview_path
+
+LAYOUTS = ("4up", "8up", "timeline")
+LAYOUT_NAMES = {"4up": "Current 4-up", "8up": "Current vs prior", "timeline": "Timeline"}
+FOUR_UP = (("RCC", "LCC"), ("RMLO", "LMLO"))
+VIEW_ORDER = ("RCC", "LCC", "RMLO", "LMLO")
+
+
+def render_full(path: str, preset_index: int | None) -> np.ndarray:
+    """Decode an original at full resolution and render it for the hanging (worker thread)."""
+    from mamview.core.dicom import display, pixels
+
+    ds = pixels.read_dataset(path)
+    params = display.display_params(ds)
+    image, _ = display.render(pixels.decode_full(ds), params, preset=preset_index or 0)
+    return image
+
+
+def score_text(score: ExamScore, model_short: str) -> str:
+    """What a tile / thumbnail says about the exam's score."""
+    if score.state == "scored":
+        return f"5-yr risk {score.five_year_percent:.1f}% · {model_short}"
+    if score.state == "unscorable":
+        return f"not scored: {score.reason}"
+    return "scoring…"
+
+
+class ExamGrid(QWidget):
+    """Thumbnail strip + hanging grid for one woman."""
+
+    selectionChanged = Signal(object, object)  # current exam_key, prior exam_key (or None)
+    tilesDrawn = Signal()  # every tile of the layout has its pixels (or its message)
+
+    def __init__(self, run_task: Callable, parent=None):
+        super().__init__(parent)
+        self._run_task = run_task  # Bridge.run_task: decodes happen on a worker
+        self.lib = None
+        self.db = None
+        self.exams: list[ExamInfo] = []
+        self.model_short = ""
+        self.layout_key = "4up"
+        self.timeline_view = "LMLO"
+        self.current_key: str | None = None
+        self.prior_key: str | None = None
+        self.sync = True
+        self.magnifier = False
+        self.preset_index: int | None = None
+        self._token = 0  # bumps on every patient change: stale decodes are dropped
+        self._preview_cache: dict[str, np.ndarray] = {}
+        self._syncing = False
+        self.tiles: list[ImageTile] = []
+        self.active_tile: ImageTile | None = None
+
+        self.strip = QWidget()
+        self._strip_layout = QHBoxLayout(self.strip)
+        self._strip_layout.setContentsMargins(4, 2, 4, 2)
+        self._strip_layout.setSpacing(4)
+        self._strip_layout.addStretch(1)
+        strip_scroll = QScrollArea()
+        strip_scroll.setWidget(self.strip)
+        strip_scroll.setWidgetResizable(True)
+        strip_scroll.setFixedHeight(52)
+        strip_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+        strip_scroll.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self._thumbs: dict[str, QToolButton] = {}
+
+        self.grid_host = QWidget()
+        self.grid_host.setStyleSheet("background: black;")
+        self._grid = QGridLayout(self.grid_host)
+        self._grid.setContentsMargins(0, 0, 0, 0)
+        self._grid.setSpacing(3)
+
+        self.message = QLabel("")
+        self.message.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.message.setStyleSheet("color: #999; font-size: 15px; background: black;")
+        self.message.setWordWrap(True)
+
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(0)
+        lay.addWidget(strip_scroll)
+        lay.addWidget(self.grid_host, 1)
+        lay.addWidget(self.message, 1)
+        self.message.hide()
+
+    # ---------------------------------------------------------------- data
+
+    def set_patient(self, lib, db, exams: list[ExamInfo], model_short: str,
+                    current_key: str | None = None) -> None:
+        """Hang a woman's exams: the newest as current, the one before as prior."""
+        self._token += 1
+        self.lib, self.db = lib, db
+        self.exams = list(exams)
+        self.model_short = model_short
+        self._preview_cache.clear()
+        keys = [e.exam_key for e in self.exams]
+        cur = current_key if current_key in keys else (keys[-1] if keys else None)
+        self.current_key = cur
+        self.prior_key = self._default_prior(cur)
+        self._rebuild_strip()
+        self._hang()
+        self.selectionChanged.emit(self.current_key, self.prior_key)
+
+    def clear(self, message: str = "") -> None:
+        """No woman on screen."""
+        self._token += 1
+        self.exams, self.current_key, self.prior_key = [], None, None
+        self._rebuild_strip()
+        self._clear_tiles()
+        self.show_message(message)
+
+    def show_message(self, text: str) -> None:
+        self.message.setText(text)
+        self.message.setVisible(bool(text))
+        self.grid_host.setVisible(not text)
+
+    def exam(self, key: str | None) -> ExamInfo | None:
+        return next((e for e in self.exams if e.exam_key == key), None)
+
+    def _index(self, key: str | None) -> int:
+        keys = [e.exam_key for e in self.exams]
+        return keys.index(key) if key in keys else -1
+
+    def _default_prior(self, current: str | None) -> str | None:
+        i = self._index(current)
+        return self.exams[i - 1].exam_key if i > 0 else None
+
+    def update_score(self, exam_key: str, score: ExamScore) -> None:
+        """A live result: refresh the thumbnail and the tiles of that exam."""
+        ex = self.exam(exam_key)
+        if ex is None:
+            return
+        ex.score = score
+        self._update_thumb(ex)
+        for t in self.tiles:
+            if t.exam_key == exam_key:
+                t.set_score_text(score_text(score, self.model_short))
+
+    def refresh_previews(self) -> None:
+        """Previews were made since the hanging was drawn: draw the tiles that lacked one."""
+        if any(t.array is None and t.image_row is not None for t in self.tiles):
+            self._hang()
+
+    def refresh_exams(self, exams: list[ExamInfo]) -> None:
+        """The woman's exams changed (an import added one): keep the choice where possible."""
+        cur, prior = self.current_key, self.prior_key
+        self.set_patient(self.lib, self.db, exams, self.model_short, cur)
+        if prior and self.exam(prior) and prior != self.current_key and prior != self.prior_key:
+            self.set_prior(prior)
+
+    # ---------------------------------------------------------------- choosing exams
+
+    def set_current(self, key: str, prior: str | None | bool = True) -> None:
+        """Make `key` current; `prior=True` picks the exam before it unless the prior still fits."""
+        if self.exam(key) is None:
+            return
+        self.current_key = key
+        if prior is True:
+            if self.prior_key is None or self._index(self.prior_key) >= self._index(key):
+                self.prior_key = self._default_prior(key)
+        else:
+            self.prior_key = prior or None
+        self._rebuild_strip()
+        self._hang()
+        self.selectionChanged.emit(self.current_key, self.prior_key)
+
+    def set_prior(self, key: str | None) -> None:
+        if key is not None and (self.exam(key) is None or key == self.current_key):
+            return
+        self.prior_key = key
+        self._rebuild_strip()
+        self._hang()
+        self.selectionChanged.emit(self.current_key, self.prior_key)
+
+    def step_prior(self, older: bool) -> None:
+        """Next (older) or previous (newer) prior, skipping the current exam."""
+        if not self.exams:
+            return
+        i = self._index(self.prior_key)
+        if i < 0:
+            i = self._index(self.current_key)
+        step = -1 if older else 1
+        j = i + step
+        while 0 <= j < len(self.exams) and self.exams[j].exam_key == self.current_key:
+            j += step
+        if 0 <= j < len(self.exams):
+            self.set_prior(self.exams[j].exam_key)
+
+    # ---------------------------------------------------------------- strip
+
+    def _rebuild_strip(self) -> None:
+        for b in self._thumbs.values():
+            b.setParent(None)
+            b.deleteLater()
+        self._thumbs.clear()
+        for ex in self.exams:
+            b = QToolButton()
+            b.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+            b.setMinimumWidth(96)
+            b.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+            b.clicked.connect(lambda _=False, k=ex.exam_key: self.set_current(k))
+            b.customContextMenuRequested.connect(lambda _p, k=ex.exam_key: self.set_prior(k))
+            b.setToolTip("Click: hang as current exam · right-click: use as prior")
+            self._strip_layout.insertWidget(self._strip_layout.count() - 1, b)
+            self._thumbs[ex.exam_key] = b
+            self._update_thumb(ex)
+
+    def _update_thumb(self, ex: ExamInfo) -> None:
+        b = self._thumbs.get(ex.exam_key)
+        if b is None:
+            return
+        role = "current" if ex.exam_key == self.current_key else (
+            "prior" if ex.exam_key == self.prior_key else "")
+        s = ex.score
+        val = f"{s.five_year_percent:.1f}%" if s.state == "scored" else (
+            "n/a" if s.state == "unscorable" else "…")
+        b.setText(f"{ex.date_text}\n{val}" + (f" · {role}" if role else ""))
+        color = {"current": "#2d6cdf", "prior": "#8a6d1f"}.get(role, "#333")
+        b.setStyleSheet(f"QToolButton {{ color: #ddd; background: #1b1b1b; border: 1px solid {color};"
+                        f" border-radius: 3px; padding: 1px 6px; font-size: 11px; }}")
+
+    # ---------------------------------------------------------------- hanging
+
+    def set_layout(self, key: str) -> None:
+        if key not in LAYOUTS:
+            return
+        self.layout_key = key
+        self._hang()
+
+    def set_timeline_view(self, label: str) -> None:
+        if label in VIEW_ORDER:
+            self.timeline_view = label
+            if self.layout_key == "timeline":
+                self._hang()
+
+    def cycle_timeline_view(self) -> None:
+        i = VIEW_ORDER.index(self.timeline_view)
+        self.set_timeline_view(VIEW_ORDER[(i + 1) % len(VIEW_ORDER)])
+
+    def plan(self) -> list[tuple[int, int, str | None, str]]:
+        """(row, column, exam_key, view label) of every tile of the current layout."""
+        cur, prior = self.current_key, self.prior_key
+        if self.layout_key == "4up":
+            return [(r, c, cur, lab) for r, row in enumerate(FOUR_UP) for c, lab in enumerate(row)]
+        if self.layout_key == "8up":
+            return ([(0, c, prior, lab) for c, lab in enumerate(VIEW_ORDER)]
+                    + [(1, c, cur, lab) for c, lab in enumerate(VIEW_ORDER)])
+        n = len(self.exams)
+        per_row = n if n <= 4 else (n + 1) // 2
+        return [(i // max(1, per_row), i % max(1, per_row), e.exam_key, self.timeline_view)
+                for i, e in enumerate(self.exams)]
+
+    def _clear_tiles(self) -> None:
+        for t in self.tiles:
+            self._grid.removeWidget(t)
+            t.setParent(None)
+            t.deleteLater()
+        self.tiles = []
+        self.active_tile = None
+
+    def _new_tile(self) -> ImageTile:
+        t = ImageTile()
+        t.rangeChangedByUser.connect(self._on_tile_range)
+        t.windowChanged.connect(self._on_tile_window)
+        t.needFullRes.connect(self._decode_full)
+        t.activated.connect(self._on_activated)
+        t.set_magnifier(self.magnifier)
+        return t
+
+    def _hang(self) -> None:
+        if not self.exams:
+            self._clear_tiles()
+            return
+        self.show_message("")
+        plan = self.plan()
+        if len(self.tiles) != len(plan) or any(
+                self._grid.getItemPosition(self._grid.indexOf(t))[:2] != (r, c)
+                for t, (r, c, _, _) in zip(self.tiles, plan)):
+            self._clear_tiles()
+            for r, c, _, _ in plan:
+                t = self._new_tile()
+                self._grid.addWidget(t, r, c)
+                self.tiles.append(t)
+            rows = 1 + max(p[0] for p in plan)
+            cols = 1 + max(p[1] for p in plan)
+            for i in range(4):
+                self._grid.setRowStretch(i, 1 if i < rows else 0)
+                self._grid.setColumnStretch(i, 1 if i < cols else 0)
+        for t, (_, _, key, label) in zip(self.tiles, plan):
+            self._fill(t, key, label)
+        for ex in self.exams:
+            self._update_thumb(ex)
+        self.tilesDrawn.emit()
+
+    def _fill(self, tile: ImageTile, key: str | None, label: str) -> None:
+        ex = self.exam(key)
+        lat = label[0]
+        if ex is None:
+            what = "no prior exam" if self.layout_key == "8up" else "no exam"
+            tile.set_content(label, lat, "", "", "", None, None, what)
+            return
+        role = ""
+        if self.layout_key == "8up":
+            role = "prior · " if key == self.prior_key else "current · "
+        caption = f"{label}   {role}{ex.date_text}"
+        row = ex.image_for(label)
+        if row is None:
+            tile.set_content(label, lat, key, caption, "", None, None, f"no {label} in this exam")
+            return
+        arr = self._preview(row)
+        msg = "" if arr is not None else (
+            f"{label}: {row['decode_error']}" if row.get("decode_error") else "preview pending…")
+        tile.set_content(label, lat, key, caption, score_text(ex.score, self.model_short), row, arr,
+                         msg)
+        if self.preset_index is not None and arr is not None:
+            self._decode_full(tile)
+
+    def _preview(self, row: dict) -> np.ndarray | None:
+        uid = row["sop_instance_uid"]
+        if uid in self._preview_cache:
+            return self._preview_cache[uid]
+        if self.lib is None or self.db is None:
+            return None
+        path = preview_path(self.lib, self.db, uid)
+        if path is None:
+            return None
+        try:
+            arr = previews.load_png(path)
+        except (OSError, ValueError):
+            return None  # a damaged preview file: the import will remake it
+        if arr.ndim != 2:
+            arr = arr[..., 0]
+        self._preview_cache[uid] = arr
+        return arr
+
+    # ---------------------------------------------------------------- full resolution
+
+    def _decode_full(self, tile: ImageTile) -> None:
+        row = tile.image_row
+        if row is None:
+            return
+        tile.full_res_requested = True
+        token, uid, preset = self._token, row["sop_instance_uid"], self.preset_index
+
+        def done(result, error):
+            if error is not None or result is None:
+                return  # the preview stays; decode errors are recorded by the import
+            if (token != self._token or tile not in self.tiles or tile.image_row is None
+                    or tile.image_row["sop_instance_uid"] != uid or self.preset_index != preset):
+                return  # stale: another woman, layout or preset since
+            tile.set_full_res(result, preset)
+
+        self._run_task(lambda: render_full(row["path"], preset), done)
+
+    def cycle_preset(self) -> str:
+        """Next window preset from the files (rendered from the originals), then back to the
+        preview's window. Returns a description for the status bar."""
+        n = max((len(t.image_row.get("window_presets") or []) for t in self.tiles
+                 if t.image_row), default=0)
+        if n == 0:
+            self.preset_index = None
+            return "these images carry no window presets"
+        nxt = 0 if self.preset_index is None else self.preset_index + 1
+        self.preset_index = nxt if nxt < n else None
+        for t in self.tiles:
+            t.window_center, t.window_width = 127.5, 255.0
+            if t.image_row is not None and t.array is not None:
+                if self.preset_index is None:
+                    t.full_res = t.full_res_requested = False
+                self._decode_full(t)
+        if self.preset_index is None:
+            self._hang()
+            return "window: as in the preview (first preset)"
+        names = []
+        for t in self.tiles:
+            presets = (t.image_row or {}).get("window_presets") or []
+            if self.preset_index < len(presets):
+                p = presets[self.preset_index]
+                names.append(p.get("explanation") or f"C {p.get('center')} W {p.get('width')}")
+        return f"window preset {self.preset_index + 1}/{n}: {names[0] if names else ''}"
+
+    # ---------------------------------------------------------------- interaction
+
+    def _on_activated(self, tile: ImageTile) -> None:
+        self.active_tile = tile
+
+    def _on_tile_range(self, src: ImageTile) -> None:
+        if not self.sync or self._syncing:
+            return
+        rng = src.normalized_range()
+        if rng is None:
+            return
+        self._syncing = True
+        try:
+            for t in self.tiles:
+                if t is not src:
+                    t.set_normalized_range(rng, mirror=t.laterality != src.laterality)
+        finally:
+            self._syncing = False
+
+    def _on_tile_window(self, src: ImageTile) -> None:
+        if not self.sync or self._syncing:
+            return
+        self._syncing = True
+        try:
+            for t in self.tiles:
+                if t is not src:
+                    t.window_center, t.window_width = src.window_center, src.window_width
+                    t.set_inverted(src.inverted)
+        finally:
+            self._syncing = False
+
+    def set_sync(self, on: bool) -> None:
+        self.sync = bool(on)
+
+    def set_magnifier(self, on: bool) -> None:
+        self.magnifier = bool(on)
+        for t in self.tiles:
+            t.set_magnifier(on)
+
+    def toggle_invert(self) -> None:
+        targets = self.tiles if self.sync or self.active_tile is None else [self.active_tile]
+        on = not (targets[0].inverted if targets else False)
+        self._syncing = True
+        try:
+            for t in targets:
+                t.set_inverted(on)
+        finally:
+            self._syncing = False
+
+    def fit_all(self) -> None:
+        for t in self.tiles:
+            t.fit()
+
+    def one_to_one(self) -> None:
+        targets = self.tiles if self.sync or self.active_tile is None else [self.active_tile]
+        self._syncing = True
+        try:
+            for t in targets:
+                t.one_to_one()
+        finally:
+            self._syncing = False
+
+    def reset_all(self) -> None:
+        self._syncing = True
+        try:
+            for t in self.tiles:
+                t.reset()
+        finally:
+            self._syncing = False
+
+    def tile_images(self):
+        """(view label, displayed image at the current window/level, no overlays) per tile."""
+        out = []
+        for t in self.tiles:
+            img = t.tile_image()
+            if img is not None:
+                ex = self.exam(t.exam_key)
+                role = ""
+                if self.layout_key == "8up":
+                    role = " prior" if t.exam_key == self.prior_key else " current"
+                elif self.layout_key == "timeline" and ex is not None:
+                    role = f" exam {self.exams.index(ex) + 1}/{len(self.exams)}"
+                out.append((t.label + role, img))
+        return out

@@ -1,0 +1,662 @@
+"""The reading workstation window: worklist │ hanging area │ risk trajectory + metrics.
+
+Everything slow (import, previews, inference, full-resolution decodes) runs on workers; their
+events reach this window only through `qt.bridge.Bridge` signals.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence
+from PySide6.QtWidgets import (QDockWidget, QFileDialog, QHBoxLayout, QLabel, QMainWindow,
+                               QMessageBox, QProgressBar, QPushButton, QSplitter, QStackedWidget,
+                               QToolButton, QVBoxLayout, QWidget)
+
+from mamview.core import settings as settings_mod
+from mamview.core.analytics import trajectory
+from mamview.core.cache import store
+from mamview.core.cache.db import connect
+from mamview.core.paths import Library
+from mamview.qt.bridge import Bridge
+from mamview.qt.exam_grid import LAYOUT_NAMES, ExamGrid
+from mamview.qt.library_data import ExamInfo, ExamScore, latest_scores, patient_exams
+from mamview.qt.metrics_panel import MetricsPanel
+from mamview.qt.patient_list import PatientList, PatientRow
+from mamview.qt.problems_panel import ProblemsPanel
+from mamview.qt.trajectory_chart import ChartPoint, TrajectoryChart
+
+# (action name, key, description) — shown in Help → Shortcuts and bound below
+SHORTCUTS = (
+    ("next_patient", "PgDown", "Next patient"),
+    ("prev_patient", "PgUp", "Previous patient"),
+    ("older_prior", "]", "Older prior exam"),
+    ("newer_prior", "[", "Newer prior exam"),
+    ("layout_4up", "1", "Layout: current exam 4-up (CC over MLO)"),
+    ("layout_8up", "2", "Layout: current vs prior 8-up"),
+    ("layout_timeline", "3", "Layout: one view across all exams (timeline)"),
+    ("timeline_view", "V", "Timeline: next view (RCC → LCC → RMLO → LMLO)"),
+    ("invert", "I", "Invert grey levels"),
+    ("preset", "W", "Next window preset from the files"),
+    ("fit", "F", "Fit images to their tiles"),
+    ("one_to_one", "O", "1:1 — one screen pixel per image pixel"),
+    ("reset", "R", "Reset zoom, window and invert"),
+    ("magnifier", "M", "Magnifier glass"),
+    ("sync", "S", "Synchronise zoom/pan and window across tiles"),
+    ("search", "Ctrl+F", "Search patients"),
+    ("import", "Ctrl+O", "Import a folder"),
+    ("export", "Ctrl+E", "Export figure"),
+    ("shortcuts", "F1", "This list"),
+)
+KEYS = {name: key for name, key, _ in SHORTCUTS}
+HELP = {name: text for name, _, text in SHORTCUTS}
+PROGRESS_PHASES = {"generating": "Writing demo cohort", "finding": "Finding files",
+                   "indexing": "Indexing headers", "previews": "Making previews"}
+
+
+class MainWindow(QMainWindow):
+    """The main window on one library."""
+
+    def __init__(self, lib: Library, *, start_inference: bool = True, device: str | None = None):
+        super().__init__()
+        self.lib = lib.ensure()
+        self.db = connect(lib.database)
+        self.settings = settings_mod.load(lib.settings_file)
+        if device:
+            self.settings.device = device
+        self.start_inference = start_inference
+        self.bridge = Bridge(self)
+        self.bridge.importEvent.connect(self._on_import_event)
+        self.bridge.importFinished.connect(self._on_import_finished)
+        self.bridge.scoreEvent.connect(self._on_score_event)
+        self.service = None
+        self.model_entry = None
+        self.model_problem = ""
+        self._resolve_model()
+        self.patient_key: str | None = None
+        self._screen_generation: int | None = None
+        self._background_generation: int | None = None
+        self._patient_of_exam: dict[str, str] = {}
+        self._last_live_refresh = 0.0
+        self._scoring_started_for_import = False
+        self.problem_events = 0
+
+        self.setWindowTitle(f"mamview — {lib.home}")
+        self.resize(1600, 960)
+        self._build_widgets()
+        self._build_actions()
+        self._build_status_bar()
+        self.refresh_patients()
+        self.refresh_problems()
+        if not self.patient_rows:
+            self.stack.setCurrentWidget(self.welcome)
+        elif self.start_inference:
+            self.score_library()
+
+    # ---------------------------------------------------------------- construction
+
+    def _build_widgets(self) -> None:
+        self.patient_list = PatientList()
+        self.patient_list.patientSelected.connect(self.show_patient)
+        self.grid = ExamGrid(self.bridge.run_task)
+        self.grid.selectionChanged.connect(self._on_exam_selection)
+        self.chart = TrajectoryChart()
+        self.chart.examClicked.connect(self._on_chart_click)
+        self.metrics = MetricsPanel()
+
+        self.welcome = QWidget()
+        wl = QVBoxLayout(self.welcome)
+        wl.addStretch(1)
+        msg = QLabel("<h2>Your library is empty</h2><p>Import a folder of screening mammograms "
+                     "(File → Import, or drop a folder on this window),<br>or load a synthetic "
+                     "demo cohort to see mamview at work.</p>")
+        msg.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        wl.addWidget(msg)
+        row = QHBoxLayout()
+        row.addStretch(1)
+        self.demo_button = QPushButton("Load the demo cohort (synthetic data)")
+        self.demo_button.clicked.connect(lambda: self.start_demo())
+        imp = QPushButton("Import a folder…")
+        imp.clicked.connect(self.choose_import)
+        row.addWidget(self.demo_button)
+        row.addWidget(imp)
+        row.addStretch(1)
+        wl.addLayout(row)
+        wl.addStretch(2)
+
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self.grid)
+        self.stack.addWidget(self.welcome)
+
+        right = QSplitter(Qt.Orientation.Vertical)
+        right.addWidget(self.chart)
+        right.addWidget(self.metrics)
+        right.setStretchFactor(0, 3)
+        right.setStretchFactor(1, 2)
+        self.right_panel = right
+
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(self.patient_list)
+        split.addWidget(self.stack)
+        split.addWidget(right)
+        split.setStretchFactor(0, 0)
+        split.setStretchFactor(1, 1)
+        split.setStretchFactor(2, 0)
+        split.setSizes([340, 1100, 440])
+        self.splitter = split
+        self.setCentralWidget(split)
+
+        self.problems = ProblemsPanel()
+        self.problems_dock = QDockWidget("Problems: skipped files", self)
+        self.problems_dock.setObjectName("problems")
+        self.problems_dock.setWidget(self.problems)
+        self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.problems_dock)
+        self.problems_dock.hide()
+        self.setAcceptDrops(True)
+
+    def _action(self, name: str, text: str, slot, checkable: bool = False, checked: bool = False
+                ) -> QAction:
+        act = QAction(text, self)
+        if name in KEYS:
+            act.setShortcut(QKeySequence(KEYS[name]))
+            act.setToolTip(f"{HELP[name]} ({KEYS[name]})")
+        act.setCheckable(checkable)
+        if checkable:
+            act.setChecked(checked)
+            act.toggled.connect(slot)
+        else:
+            act.triggered.connect(lambda _=False: slot())
+        self.addAction(act)
+        self.actions_by_name[name] = act
+        return act
+
+    def _build_actions(self) -> None:
+        self.actions_by_name: dict[str, QAction] = {}
+        a = self._action
+        file_menu = self.menuBar().addMenu("&File")
+        file_menu.addAction(a("import", "&Import folder…", self.choose_import))
+        file_menu.addAction(a("demo", "Load &demo cohort", lambda: self.start_demo()))
+        file_menu.addSeparator()
+        file_menu.addAction(a("export", "&Export figure…", self.export_figure))
+        file_menu.addAction(a("copy", "&Copy figure to clipboard", self.copy_figure))
+        file_menu.addSeparator()
+        file_menu.addAction(a("settings", "&Settings…", self.open_settings))
+        file_menu.addSeparator()
+        file_menu.addAction(a("quit", "&Quit", self.close))
+        self.actions_by_name["quit"].setShortcut(QKeySequence.StandardKey.Quit)
+
+        view = self.menuBar().addMenu("&View")
+        group = QActionGroup(self)
+        for key in ("4up", "8up", "timeline"):
+            act = a(f"layout_{key}", LAYOUT_NAMES[key], lambda k=key: self.set_layout(k),
+                    checkable=False)
+            act.setCheckable(True)
+            act.setChecked(key == "4up")
+            group.addAction(act)
+            view.addAction(act)
+        view.addAction(a("timeline_view", "Timeline: next view", self.grid.cycle_timeline_view))
+        view.addSeparator()
+        for name, text, slot in (("older_prior", "Older prior", lambda: self.grid.step_prior(True)),
+                                 ("newer_prior", "Newer prior", lambda: self.grid.step_prior(False)),
+                                 ("next_patient", "Next patient", lambda: self.patient_list.step(1)),
+                                 ("prev_patient", "Previous patient",
+                                  lambda: self.patient_list.step(-1))):
+            view.addAction(a(name, text, slot))
+        view.addSeparator()
+        view.addAction(a("sync", "Synchronise tiles", self.grid.set_sync, checkable=True,
+                         checked=True))
+        view.addAction(a("magnifier", "Magnifier", self.grid.set_magnifier, checkable=True))
+        view.addAction(a("invert", "Invert", self.grid.toggle_invert))
+        view.addAction(a("preset", "Next window preset", self.cycle_preset))
+        view.addAction(a("fit", "Fit", self.grid.fit_all))
+        view.addAction(a("one_to_one", "1:1 pixels", self.grid.one_to_one))
+        view.addAction(a("reset", "Reset", self.grid.reset_all))
+        view.addSeparator()
+        view.addAction(self.problems_dock.toggleViewAction())
+        view.addAction(a("search", "Search patients", self._focus_search))
+
+        help_menu = self.menuBar().addMenu("&Help")
+        help_menu.addAction(a("shortcuts", "Keyboard &shortcuts", self.show_shortcuts))
+        help_menu.addAction(a("about", "&About mamview", self.show_about))
+
+        tb = self.addToolBar("Reading")
+        tb.setObjectName("reading")
+        tb.setMovable(False)
+        for name in ("layout_4up", "layout_8up", "layout_timeline", "timeline_view", None,
+                     "sync", "preset", "invert", "magnifier", "fit", "one_to_one", "reset", None,
+                     "import"):
+            if name is None:
+                tb.addSeparator()
+            else:
+                tb.addAction(self.actions_by_name[name])
+        self.actions_by_name["timeline_view"].setText("View ↻")
+
+    def _build_status_bar(self) -> None:
+        sb = self.statusBar()
+        self.status_text = QLabel("")
+        self.progress = QProgressBar()
+        self.progress.setMaximumWidth(220)
+        self.progress.setMaximumHeight(14)
+        self.progress.setTextVisible(False)
+        self.progress.hide()
+        self.model_text = QLabel(self._model_status())
+        self.problems_button = QToolButton()
+        self.problems_button.setAutoRaise(True)
+        self.problems_button.clicked.connect(lambda: self.problems_dock.setVisible(
+            not self.problems_dock.isVisible()))
+        sb.addWidget(self.status_text, 1)
+        sb.addPermanentWidget(self.progress)
+        sb.addPermanentWidget(self.problems_button)
+        sb.addPermanentWidget(self.model_text)
+
+    # ---------------------------------------------------------------- model and inference
+
+    def _resolve_model(self) -> None:
+        from mamview.core.models import registry
+        from mamview.core.models.base import ModelUnavailable
+
+        try:
+            self.model_entry = registry.resolve(self.lib, self.settings.model)
+            self.model_problem = ""
+        except ModelUnavailable as exc:
+            self.model_entry = None
+            self.model_problem = str(exc)
+
+    @property
+    def model_id(self) -> str | None:
+        return self.model_entry.model_id if self.model_entry else None
+
+    @property
+    def is_demo_model(self) -> bool:
+        return bool(self.model_entry and self.model_entry.model_id == "demo")
+
+    @property
+    def model_label(self) -> str:
+        """The name shown next to every score."""
+        from mamview.core.models.registry import DEMO_LABEL
+
+        if self.model_entry is None:
+            return "no model"
+        if self.is_demo_model:
+            return f"{self.model_entry.name} ({DEMO_LABEL})"
+        return self.model_entry.label or self.model_entry.name
+
+    @property
+    def model_short(self) -> str:
+        return "demo model" if self.is_demo_model else (self.model_entry.name if self.model_entry
+                                                        else "no model")
+
+    def _model_status(self) -> str:
+        if self.model_entry is None:
+            return f"Model: unavailable ({self.model_problem})"
+        dev = self.service.device_label if self.service and self.service.device_label else (
+            self.settings.device)
+        return f"Model: {self.model_short} · device: {dev}"
+
+    def _ensure_service(self):
+        if self.service is None and self.model_entry is not None and self.start_inference:
+            from mamview.core.inference import InferenceService
+            from mamview.core.models import registry
+
+            entry = self.model_entry
+            self.service = InferenceService(
+                self.lib.database, lambda dev: registry.load(entry, dev),
+                device=self.settings.device, on_event=self.bridge.post_score_event)
+        return self.service
+
+    def score_library(self) -> None:
+        """Queue every exam without a stored score, newest women's exams as background work."""
+        svc = self._ensure_service()
+        if svc is None:
+            return
+        keys = [r[0] for r in self.db.execute(
+            "SELECT e.exam_key FROM exams e WHERE NOT EXISTS (SELECT 1 FROM scores s WHERE "
+            "s.exam_key = e.exam_key AND s.model_id = ?) ORDER BY e.exam_date DESC",
+            [self.model_id])]
+        if keys:
+            from mamview.core.inference import PRIORITY_BACKGROUND
+
+            self._background_generation = svc.submit(keys, PRIORITY_BACKGROUND)
+
+    def _score_on_screen(self, exams: list[ExamInfo]) -> None:
+        svc = self._ensure_service()
+        if svc is None:
+            return
+        if self._screen_generation is not None:
+            svc.cancel(self._screen_generation)  # the previous woman's work is dropped
+            self._screen_generation = None
+        pending = [e.exam_key for e in exams if e.score.state == "pending"]
+        if pending:
+            from mamview.core.inference import PRIORITY_ON_SCREEN
+
+            self._screen_generation = svc.submit(pending, PRIORITY_ON_SCREEN)
+
+    def _on_score_event(self, ev) -> None:
+        from mamview.core import inference as inf
+
+        if isinstance(ev, inf.ServiceError):
+            self.status_text.setText(f"Scoring stopped: {ev.message}")
+            self.model_problem = ev.message
+            self.progress.hide()
+            return
+        if isinstance(ev, inf.ScoreProgress):
+            self.model_text.setText(self._model_status())
+            if ev.generation in (self._background_generation, self._screen_generation):
+                self._show_progress("Scoring", ev.done, ev.total)
+            return
+        if isinstance(ev, inf.GenerationDone):
+            if ev.generation == self._background_generation:
+                self.progress.hide()
+                self.status_text.setText("All exams scored.")
+            return
+        if isinstance(ev, inf.ExamScored):
+            score = ExamScore("scored", tuple(ev.risk), "", ev.model_id)
+        elif isinstance(ev, inf.ExamUnscorable):
+            score = ExamScore("unscorable", (), ev.reason, self.model_id or "")
+        elif isinstance(ev, inf.ScoreFailed):
+            score = ExamScore("unscorable", (), f"failed: {ev.message}", self.model_id or "")
+        else:
+            return
+        self._apply_score(ev.exam_key, score)
+
+    def _apply_score(self, exam_key: str, score: ExamScore) -> None:
+        pk = self._patient_of(exam_key)
+        if pk is None:
+            return
+        if pk == self.patient_key:
+            self.grid.update_score(exam_key, score)
+            ex = self.grid.exam(exam_key)
+            if ex is not None:
+                self.chart.update_point(self._chart_point(ex))
+            self._refresh_metrics()
+        self._refresh_patient_row(pk)
+
+    def _patient_of(self, exam_key: str) -> str | None:
+        if exam_key not in self._patient_of_exam:
+            row = self.db.execute("SELECT patient_key FROM exams WHERE exam_key = ?",
+                                  [exam_key]).fetchone()
+            if row is None:
+                return None
+            self._patient_of_exam[exam_key] = row[0]
+        return self._patient_of_exam[exam_key]
+
+    # ---------------------------------------------------------------- patients
+
+    def _rules(self):
+        return trajectory.FlagRules(thresholds_percent=tuple(self.settings.thresholds_percent))
+
+    def _report(self, patient_key: str):
+        points = trajectory.points_for_patient(self.db, patient_key, self.model_id)
+        return trajectory.analyze(points, self._rules())
+
+    def _patient_row(self, r: dict, latest: dict) -> PatientRow:
+        flags: tuple[str, ...] = ()
+        pct = latest.get(r["patient_key"], (None, None))[1]
+        if pct is not None:
+            rep = self._report(r["patient_key"])
+            flags = tuple(rep.flags) if (rep.rising or rep.crossed_any) else ()
+        return PatientRow(r["patient_key"], r["patient_id"], r["name"] or "", r["exams"], pct,
+                          flags)
+
+    def refresh_patients(self) -> None:
+        """Reload the worklist from the cache (after an import)."""
+        latest = latest_scores(self.db, self.model_id)
+        self.patient_rows = [self._patient_row(r, latest) for r in store.list_patients(self.db)]
+        self.patient_list.set_rows(self.patient_rows)
+        if self.patient_rows and self.stack.currentWidget() is self.welcome:
+            self.stack.setCurrentWidget(self.grid)
+        if self.patient_key is None and self.patient_rows:
+            self.patient_list.select(self.patient_list.visible_keys()[0])
+
+    def _refresh_patient_row(self, pk: str) -> None:
+        rows = [r for r in store.list_patients(self.db) if r["patient_key"] == pk]
+        if rows:
+            self.patient_list.update_row(self._patient_row(rows[0], latest_scores(self.db, self.model_id)))
+
+    def show_patient(self, patient_key: str) -> None:
+        """Hang a woman's exams, draw her trajectory and queue her unscored exams first."""
+        self.patient_key = patient_key
+        exams = patient_exams(self.db, patient_key, self.model_id)
+        for e in exams:
+            self._patient_of_exam[e.exam_key] = patient_key
+        self.stack.setCurrentWidget(self.grid)
+        if not exams:
+            self.grid.clear("This patient has no exams.")
+        else:
+            self.grid.set_patient(self.lib, self.db, exams, self.model_short)
+        self.chart.set_patient([self._chart_point(e) for e in exams if e.exam_date],
+                               self.model_label, self.is_demo_model,
+                               tuple(self.settings.thresholds_percent))
+        self.chart.set_current(self.grid.current_key, self.grid.prior_key)
+        self._refresh_metrics()
+        row = self.patient_list.rows.get(patient_key)
+        if row:
+            self.status_text.setText(f"{row.patient_id} · {row.display_name} · {len(exams)} exams")
+        self._score_on_screen(exams)
+
+    def _chart_point(self, ex: ExamInfo) -> ChartPoint:
+        s = ex.score
+        state = "scored" if s.five_year_percent is not None else (
+            "unscorable" if s.state == "unscorable" else "pending")
+        return ChartPoint(ex.exam_key, ex.exam_date, state, s.five_year_percent,
+                          tuple(100.0 * x for x in s.risk), self.model_label,
+                          s.reason or None)
+
+    def _refresh_metrics(self) -> None:
+        self.metrics.set_report(self._report(self.patient_key) if self.patient_key else None)
+
+    def _on_exam_selection(self, current, prior) -> None:
+        self.chart.set_current(current, prior)
+
+    def _on_chart_click(self, exam_key: str) -> None:
+        self.grid.set_current(exam_key)
+
+    def set_layout(self, key: str) -> None:
+        self.grid.set_layout(key)
+        act = self.actions_by_name.get(f"layout_{key}")
+        if act is not None and not act.isChecked():
+            act.setChecked(True)
+
+    def cycle_preset(self) -> None:
+        self.status_text.setText(self.grid.cycle_preset())
+
+    def _focus_search(self) -> None:
+        self.patient_list.search.setFocus()
+        self.patient_list.search.selectAll()
+
+    # ---------------------------------------------------------------- import
+
+    def choose_import(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Import a folder of mammograms")
+        if folder:
+            self.start_import([folder])
+
+    def start_import(self, paths: list[str]) -> bool:
+        """Import files/folders in the background (progress in the status bar)."""
+        from mamview.core.ingest import run_import
+
+        lib = self.lib
+        self._scoring_started_for_import = False
+        started = self.bridge.start_import(
+            lambda cancel: run_import(lib, list(paths), cancel=cancel))
+        if not started:
+            self.status_text.setText("An import is already running.")
+        return started
+
+    def start_demo(self, patients: int = 20, size: str = "small") -> bool:
+        """Write the synthetic demo cohort (once), import it and score it, all live."""
+        from mamview.core.demo_data import generate_cohort
+        from mamview.core.ingest import Progress, run_import
+
+        lib, bridge = self.lib, self.bridge
+        out = lib.home / "demo-cohort"
+
+        def gen(cancel):
+            if not (out / "images.csv").exists():
+                generate_cohort(out, n_patients=patients, size=size, seed=0,
+                                progress=lambda d, t: bridge.importEvent.emit(
+                                    Progress("generating", d, t)))
+            folders = sorted(p for p in out.iterdir() if p.is_dir())
+            return (yield from run_import(lib, folders, cancel=cancel))
+
+        self._scoring_started_for_import = False
+        started = self.bridge.start_import(gen)
+        if started:
+            self.stack.setCurrentWidget(self.grid)
+            self.grid.clear("Writing the synthetic demo cohort…")
+        return started
+
+    def _show_progress(self, what: str, done: int, total: int) -> None:
+        self.progress.show()
+        self.progress.setMaximum(max(1, total))
+        self.progress.setValue(done)
+        self.status_text.setText(f"{what}: {done}/{total}")
+
+    def _on_import_event(self, ev) -> None:
+        from mamview.core.ingest import Progress, ProblemFound
+
+        if isinstance(ev, ProblemFound):
+            self.problem_events += 1
+            return
+        if not isinstance(ev, Progress):
+            return
+        self._show_progress(PROGRESS_PHASES.get(ev.phase, ev.phase), ev.done, ev.total)
+        if ev.phase == "previews" and not self._scoring_started_for_import:
+            # headers are indexed: show the women and start scoring while previews are made
+            self._scoring_started_for_import = True
+            self.refresh_patients()
+            if self.start_inference:
+                self.score_library()
+        now = time.monotonic()
+        if ev.phase == "previews" and now - self._last_live_refresh > 1.0:
+            self._last_live_refresh = now
+            self.grid.refresh_previews()
+
+    def _on_import_finished(self, result) -> None:
+        self.progress.hide()
+        if isinstance(result, Exception):
+            self.status_text.setText(f"Import failed: {result}")
+            return
+        s = result
+        skipped = sum(s.skipped.values())
+        self.status_text.setText(
+            f"Imported {s.files_seen} files: {s.added} new, {s.unchanged} unchanged, "
+            f"{skipped} skipped ({s.seconds:.1f} s).")
+        self.refresh_patients()
+        self.refresh_problems()
+        if self.patient_key:
+            exams = patient_exams(self.db, self.patient_key, self.model_id)
+            if [e.exam_key for e in exams] != [e.exam_key for e in self.grid.exams]:
+                self.grid.refresh_exams(exams)
+            else:
+                self.grid.refresh_previews()
+        if self.start_inference:
+            self.score_library()
+
+    def refresh_problems(self) -> None:
+        rows = store.list_problems(self.db)
+        self.problems.set_problems(rows)
+        self.problems_button.setText(f"⚠ {len(rows)} problems" if rows else "No problems")
+
+    def dragEnterEvent(self, ev):
+        if ev.mimeData().hasUrls():
+            ev.acceptProposedAction()
+
+    def dropEvent(self, ev):
+        paths = [u.toLocalFile() for u in ev.mimeData().urls() if u.isLocalFile()]
+        if paths:
+            self.start_import(paths)
+            ev.acceptProposedAction()
+
+    # ---------------------------------------------------------------- export
+
+    def export_parts(self) -> dict:
+        """What an export needs from the window."""
+        row = self.patient_list.rows.get(self.patient_key or "")
+        return {
+            "tiles": self.grid.tile_images(), "layout": self.grid.layout_key,
+            "current_key": self.grid.current_key, "prior_key": self.grid.prior_key,
+            "chart": self.chart, "metrics": self.metrics, "model_label": self.model_label,
+            "is_demo": self.is_demo_model, "patient": row,
+        }
+
+    def export_figure(self, path: str | None = None, deidentify: bool | None = None):
+        """File → Export figure: delegated to qt.export when it is installed."""
+        try:
+            from mamview.qt import export
+        except ImportError:
+            QMessageBox.information(self, "Export", "Export is not available in this build.")
+            return None
+        dialog = getattr(export, "export_dialog", None)
+        if path is None and dialog is not None:
+            return dialog(self)
+        return export.export_figure(self, path, deidentify=bool(deidentify))
+
+    def copy_figure(self):
+        try:
+            from mamview.qt import export
+        except ImportError:
+            return None
+        copy = getattr(export, "copy_to_clipboard", None)
+        return copy(self) if copy else None
+
+    # ---------------------------------------------------------------- dialogs
+
+    def open_settings(self) -> None:
+        from mamview.qt.settings_dialog import SettingsDialog
+
+        dlg = SettingsDialog(self.lib, self.settings, self)
+        if dlg.exec():
+            self.apply_settings(dlg.save())
+
+    def apply_settings(self, new: settings_mod.Settings) -> None:
+        """Use changed settings; a new model or device restarts the inference service."""
+        restart = (new.model != self.settings.model or new.device != self.settings.device)
+        self.settings = new
+        if restart:
+            if self.service is not None:
+                self.service.shutdown(timeout=30)
+                self.service = None
+            self._screen_generation = self._background_generation = None
+            self._resolve_model()
+            self.model_text.setText(self._model_status())
+            if self.start_inference:
+                self.score_library()
+        self.refresh_patients()
+        if self.patient_key:
+            self.show_patient(self.patient_key)
+
+    def shortcuts_text(self) -> str:
+        rows = "".join(f"<tr><td><b>{k}</b></td><td>{t}</td></tr>" for _, k, t in SHORTCUTS)
+        return ("<table cellspacing=4>" + rows + "</table><p>Mouse: left-drag pans, wheel zooms, "
+                "right-drag sets window/level (horizontal: width, vertical: level). Thumbnails: "
+                "click = current exam, right-click = prior. Chart: click a point to hang that "
+                "exam.</p>")
+
+    def show_shortcuts(self) -> None:
+        QMessageBox.information(self, "Keyboard shortcuts", self.shortcuts_text())
+
+    def show_about(self) -> None:
+        QMessageBox.about(self, "About mamview", (
+            "<p><b>mamview</b>: serial screening mammograms with an AI risk trajectory.</p>"
+            f"<p>Model: {self.model_label}.</p><p>Risk scores and change metrics are for research "
+            "use, are not validated for clinical decisions and are not a diagnosis.</p>"))
+
+    # ---------------------------------------------------------------- shutdown
+
+    def closeEvent(self, ev):
+        self.shutdown()
+        super().closeEvent(ev)
+
+    def shutdown(self) -> None:
+        """Stop workers before the widgets go (no event may arrive at a deleted object)."""
+        if self.service is not None:
+            self.service.shutdown(timeout=30)
+            self.service = None
+        self.bridge.shutdown()
+        try:
+            self.db.close()
+        except Exception:  # noqa: BLE001 - closing twice is harmless
+            pass

@@ -1,0 +1,180 @@
+"""The worklist: every woman in the library with her exam count, latest 5-year score and a
+flag when the trajectory crossed a threshold or rises (core.analytics.trajectory decides)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import (QAbstractItemView, QHeaderView, QLineEdit, QTableWidget,
+                               QTableWidgetItem, QVBoxLayout, QWidget)
+
+COLUMNS = ("", "Patient ID", "Name", "Exams", "5-yr")
+FLAG_COLOR = QColor("#e0a030")
+
+
+@dataclass
+class PatientRow:
+    """One line of the list."""
+
+    patient_key: str
+    patient_id: str
+    name: str
+    exams: int
+    latest_percent: float | None = None
+    flags: tuple[str, ...] = ()
+
+    @property
+    def display_name(self) -> str:
+        return self.name.replace("^", ", ", 1).replace("^", " ").strip(", ")
+
+
+class _Item(QTableWidgetItem):
+    """Sorts numbers as numbers (None last)."""
+
+    def __init__(self, text: str, sort_value=None):
+        super().__init__(text)
+        self._sort = sort_value if sort_value is not None else text
+
+    def __lt__(self, other):
+        a, b = self._sort, getattr(other, "_sort", other.text())
+        try:
+            return a < b
+        except TypeError:
+            return str(a) < str(b)
+
+
+class PatientList(QWidget):
+    """Search box over a sortable table; emits the chosen woman's key."""
+
+    patientSelected = Signal(str)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.search = QLineEdit()
+        self.search.setPlaceholderText("Search name or patient ID…")
+        self.search.setClearButtonEnabled(True)
+        self.search.textChanged.connect(self._apply_filter)
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.verticalHeader().hide()
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setShowGrid(False)
+        self.table.setAlternatingRowColors(True)
+        self.table.setWordWrap(False)
+        hdr = self.table.horizontalHeader()
+        hdr.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        hdr.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        hdr.setMinimumSectionSize(18)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.table.verticalHeader().setDefaultSectionSize(22)
+        self.table.itemSelectionChanged.connect(self._on_selection)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(4)
+        lay.addWidget(self.search)
+        lay.addWidget(self.table)
+        self.rows: dict[str, PatientRow] = {}
+        self._current: str | None = None
+
+    def set_rows(self, rows: list[PatientRow]) -> None:
+        """Replace the list; the selected woman stays selected (no new selection signal)."""
+        self.rows = {r.patient_key: r for r in rows}
+        self.table.blockSignals(True)
+        self.table.setSortingEnabled(False)
+        self.table.setRowCount(len(rows))
+        for i, r in enumerate(rows):
+            self._fill_row(i, r)
+        self.table.setSortingEnabled(True)
+        self.table.blockSignals(False)
+        self._apply_filter(self.search.text())
+        if self._current in self.rows:
+            self._select_row_of(self._current, emit=False)
+
+    def update_row(self, row: PatientRow) -> None:
+        """Refresh one woman's line (a live score arrived)."""
+        self.rows[row.patient_key] = row
+        for i in range(self.table.rowCount()):
+            it = self.table.item(i, 1)
+            if it is not None and it.data(Qt.ItemDataRole.UserRole) == row.patient_key:
+                self.table.blockSignals(True)
+                sorting = self.table.isSortingEnabled()
+                self.table.setSortingEnabled(False)
+                self._fill_row(i, row)
+                self.table.setSortingEnabled(sorting)
+                self.table.blockSignals(False)
+                return
+
+    def _fill_row(self, i: int, r: PatientRow) -> None:
+        flag = _Item("⚑" if r.flags else "", 0 if r.flags else 1)
+        if r.flags:
+            flag.setForeground(FLAG_COLOR)
+            flag.setToolTip("; ".join(r.flags) + "\n(research use, not validated)")
+        pid = _Item(r.patient_id or "(no ID)")
+        pid.setData(Qt.ItemDataRole.UserRole, r.patient_key)
+        latest = _Item("—" if r.latest_percent is None else f"{r.latest_percent:.1f}%",
+                       r.latest_percent if r.latest_percent is not None else float("inf"))
+        latest.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        exams = _Item(str(r.exams), r.exams)
+        exams.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        for col, item in enumerate((flag, pid, _Item(r.display_name), exams, latest)):
+            self.table.setItem(i, col, item)
+
+    def _apply_filter(self, text: str) -> None:
+        needle = text.strip().lower()
+        for i in range(self.table.rowCount()):
+            pid = self.table.item(i, 1)
+            name = self.table.item(i, 2)
+            hay = f"{pid.text() if pid else ''} {name.text() if name else ''}".lower()
+            self.table.setRowHidden(i, bool(needle) and needle not in hay)
+
+    def visible_keys(self) -> list[str]:
+        """Patient keys in the order shown, hidden (filtered) rows left out."""
+        return [self.table.item(i, 1).data(Qt.ItemDataRole.UserRole)
+                for i in range(self.table.rowCount())
+                if not self.table.isRowHidden(i) and self.table.item(i, 1) is not None]
+
+    def current_key(self) -> str | None:
+        return self._current
+
+    def select(self, patient_key: str) -> None:
+        """Select a woman (emits patientSelected when it changes)."""
+        self._select_row_of(patient_key, emit=True)
+
+    def step(self, delta: int) -> None:
+        """Next / previous woman among those shown."""
+        keys = self.visible_keys()
+        if not keys:
+            return
+        i = keys.index(self._current) if self._current in keys else -1
+        j = min(max(0, i + delta), len(keys) - 1) if i >= 0 else 0
+        self.select(keys[j])
+
+    def _select_row_of(self, key: str, emit: bool) -> None:
+        for i in range(self.table.rowCount()):
+            it = self.table.item(i, 1)
+            if it is not None and it.data(Qt.ItemDataRole.UserRole) == key:
+                if not emit:
+                    self.table.blockSignals(True)
+                self.table.selectRow(i)
+                self.table.scrollToItem(it)
+                self.table.blockSignals(False)
+                if emit and key != self._current:
+                    self._current = key
+                    self.patientSelected.emit(key)
+                self._current = key
+                return
+
+    def _on_selection(self) -> None:
+        items = self.table.selectedItems()
+        rows = {it.row() for it in items}
+        if not rows:
+            return
+        it = self.table.item(min(rows), 1)
+        key = it.data(Qt.ItemDataRole.UserRole) if it else None
+        if key and key != self._current:
+            self._current = key
+            self.patientSelected.emit(key)

@@ -1,0 +1,84 @@
+"""Settings: library location (shown; chosen with --home or MAMVIEW_HOME), model, device and
+the risk thresholds; saved with core.settings."""
+
+from __future__ import annotations
+
+from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox,
+                               QFormLayout, QLabel, QLineEdit)
+
+from mamview.core import settings as settings_mod
+from mamview.core.paths import Library
+
+
+class SettingsDialog(QDialog):
+    """Edits a copy of the settings; `result_settings()` after accept."""
+
+    def __init__(self, lib: Library, current: settings_mod.Settings, parent=None):
+        super().__init__(parent)
+        self.setWindowTitle("Settings")
+        self.lib = lib
+        self._settings = current
+        form = QFormLayout(self)
+        loc = QLineEdit(str(lib.home))
+        loc.setReadOnly(True)
+        loc.setToolTip("Start mamview with --home DIR (or set MAMVIEW_HOME) to use another library")
+        form.addRow("Library location", loc)
+        form.addRow("", QLabel("<small>Another library: start with <tt>mamview --home DIR</tt>"
+                               " or set MAMVIEW_HOME.</small>"))
+        self.model = QComboBox()
+        self.model.addItem("Best available", "auto")
+        from mamview.core.models import registry
+
+        for e in registry.list_models(lib):
+            text = e.name + ("" if e.available else f" — unavailable: {e.reason}")
+            self.model.addItem(text, e.model_id)
+            if not e.available:
+                idx = self.model.count() - 1
+                self.model.model().item(idx).setEnabled(False)
+        self._select(self.model, current.model)
+        form.addRow("Risk model", self.model)
+        self.device = QComboBox()
+        self.device.addItem("Automatic (GPU if present)", "auto")
+        try:
+            from mamview.core.models.device import available_devices
+
+            devices = available_devices()
+        except Exception:  # noqa: BLE001 - torch missing: only the CPU is offered
+            devices = ["cpu"]
+        for d in devices:
+            if d != "auto":
+                self.device.addItem(d.upper(), d)
+        self._select(self.device, current.device)
+        form.addRow("Inference device", self.device)
+        t = list(current.thresholds_percent) + [1.7, 3.0]
+        self.low = QDoubleSpinBox(decimals=2, minimum=0.1, maximum=50.0, singleStep=0.1, suffix=" %")
+        self.high = QDoubleSpinBox(decimals=2, minimum=0.1, maximum=50.0, singleStep=0.1, suffix=" %")
+        self.low.setValue(float(t[0]))
+        self.high.setValue(float(t[1]))
+        form.addRow("Threshold (increased risk)", self.low)
+        form.addRow("Threshold (high)", self.high)
+        form.addRow("", QLabel("<small>Defaults: 1.7% (NCCN 2026 increased risk) and 3%.</small>"))
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save
+                                   | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+
+    @staticmethod
+    def _select(combo: QComboBox, value: str) -> None:
+        i = combo.findData(value)
+        combo.setCurrentIndex(i if i >= 0 else 0)
+
+    def result_settings(self) -> settings_mod.Settings:
+        """The edited settings (thresholds sorted, duplicates removed)."""
+        s = settings_mod.Settings(**{**self._settings.__dict__})
+        s.model = self.model.currentData() or "auto"
+        s.device = self.device.currentData() or "auto"
+        s.thresholds_percent = sorted({round(self.low.value(), 2), round(self.high.value(), 2)})
+        return s
+
+    def save(self) -> settings_mod.Settings:
+        """Write the edited settings to the library and return them."""
+        s = self.result_settings()
+        settings_mod.save(s, self.lib.settings_file)
+        return s
