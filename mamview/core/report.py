@@ -277,7 +277,7 @@ def build_export_content(db, patient_key: str, current_key: str | None, prior_ke
         p = chart[index_of[exam_key]] if exam_key in index_of else None
         if p is None or p.state != SCORED:
             return "not scored" if p is None or p.state == PENDING else "not scorable"
-        return f"5-yr risk {p.risk_percent:.1f}%"
+        return f"5-yr {p.risk_percent:.1f}%"
 
     tiles_order, grid = layout_exams(layout, [e for _, e in placed] or exams,
                                      current_key, prior_key)

@@ -207,6 +207,7 @@ class TrajectoryChart(QWidget):
         pi.addItem(self.band)
 
         self.threshold_lines: list[pg.InfiniteLine] = []
+        # labels left of their lines: the current exam is often the rightmost one
         self.current_line = self._vline(CURRENT_COLOR, "current")
         self.prior_line = self._vline(PRIOR_COLOR, "prior")
 
@@ -240,8 +241,8 @@ class TrajectoryChart(QWidget):
     def _vline(self, color: str, label: str) -> pg.InfiniteLine:
         line = pg.InfiniteLine(angle=90, movable=False,
                                pen=pg.mkPen(color, width=1, style=Qt.PenStyle.DashLine),
-                               label=label, labelOpts={"position": 0.96, "color": color,
-                                                       "anchors": [(0, 0), (0, 0)]})
+                               label=label, labelOpts={"position": 0.97, "color": color,
+                                                       "anchors": [(1, 0), (1, 0)]})
         line.setVisible(False)
         line.setZValue(-5)
         self.plot_item.addItem(line, ignoreBounds=True)

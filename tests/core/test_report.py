@@ -84,7 +84,7 @@ def test_identified_content_names_the_woman_dates_and_model(cohort):
     assert c.current_index == 3 and c.prior_index == 2 and c.grid == (2, 4)
     assert [t.tile_key for t in c.tiles] == [f"{keys[2]}|{v}" for v in report.STANDARD_LABELS] + \
         [f"{keys[3]}|{v}" for v in report.STANDARD_LABELS]
-    assert c.tiles[0].caption == "RCC · 2020-03-16 · 5-yr risk 3.4%"
+    assert c.tiles[0].caption == "RCC · 2020-03-16 · 5-yr 3.4%"
     assert c.tiles[4].caption == "RCC · 2022-03-21 · not scored"
     assert any("crossed 1.7%" in f or "crossed 3%" in f for f in c.flags)
     assert any("weights sha256 925f60be01a0" in line for line in c.provenance)
@@ -101,7 +101,7 @@ def test_deidentified_content_has_no_identifier_and_relative_years(cohort):
     for k in keys:
         assert k not in text
     assert "Case 7 (de-identified) · age 59 at latest exam" in c.title_lines
-    assert c.tiles[0].caption == "RCC · −2.0 y · 5-yr risk 3.4%"
+    assert c.tiles[0].caption == "RCC · −2.0 y · 5-yr 3.4%"
     assert c.tiles[4].caption == "RCC · latest exam · not scored"
     assert all(p.exam_date is None for p in c.chart_points) and c.relative_years
     assert [round(p.years_from_latest) for p in c.chart_points] == [-6, -4, -2, 0]

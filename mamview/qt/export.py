@@ -1,0 +1,338 @@
+"""Tumour-board figure: the current hanging, the risk trajectory and its metrics, as PNG or PDF.
+
+What the figure says is decided by `mamview.core.report.build_export_content`; this module only
+draws it. The chart is rendered from the content's data into a fresh, hidden TrajectoryChart (never
+grabbed from the live widget), so a de-identified figure shows years relative to the latest exam
+instead of dates. Tile images come from the window (`ExamGrid.tile_images()`) as
+(tile key, QImage) pairs; a tile key is '<exam_key>|<view label>' (e.g. '|P1|2020-03-16|RCC').
+Their captions are always the content's, never the key, because keys hold the patient ID.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import tempfile
+from pathlib import Path
+
+from PySide6.QtCore import QMarginsF, QPoint, QPointF, QRectF, QSize, QSizeF, Qt
+from PySide6.QtGui import (QColor, QFont, QFontMetricsF, QGuiApplication, QImage, QPageLayout,
+                           QPageSize, QPainter, QPdfWriter, QPen)
+from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QFileDialog, QHBoxLayout,
+                               QLabel, QLineEdit, QMessageBox, QPushButton, QVBoxLayout, QWidget)
+
+from mamview.core.report import SCORED, ExportContent, new_pseudonym
+from mamview.qt.trajectory_chart import ChartPoint, TrajectoryChart, legend_lines
+
+# Logical page (landscape, about A4 proportions); PNGs are drawn at SCALE × this size.
+PAGE_W, PAGE_H = 1600.0, 1000.0
+SCALE = 2.0
+MARGIN = 24.0
+_BG, _FG, _DIM, _ACCENT = QColor("#101214"), QColor("#d5dae0"), QColor("#8a929c"), QColor("#ffb454")
+_DEMO_BG, _DEMO_FG = QColor("#5a3d00"), QColor("#ffd27a")
+# de-identified charts need some calendar date to hang relative years on; it is never drawn
+_RELATIVE_ANCHOR = datetime.date(2000, 1, 1)
+
+
+def chart_points(content: ExportContent) -> list[ChartPoint]:
+    """The content's exams as ChartPoints keyed 'e0', 'e1' … (no real key ever reaches Qt)."""
+    out = []
+    for i, p in enumerate(content.chart_points):
+        when = p.exam_date if p.exam_date is not None else (
+            _RELATIVE_ANCHOR + datetime.timedelta(days=round(p.years_from_latest * 365.25)))
+        out.append(ChartPoint(f"e{i}", when, p.state,
+                              p.risk_percent if p.state == SCORED else None,
+                              p.yearly_percent, content.model_name, p.reason))
+    return out
+
+
+def _chart_widget(content: ExportContent, size: QSize) -> TrajectoryChart:
+    chart = TrajectoryChart(relative_years=content.relative_years)
+    chart.setAttribute(Qt.WidgetAttribute.WA_DontShowOnScreen, True)
+    chart.resize(size)
+    chart.set_patient(chart_points(content), content.model_name, content.is_demo,
+                      content.thresholds)
+    key = lambda i: f"e{i}" if i is not None else None  # noqa: E731
+    chart.set_current(key(content.current_index), key(content.prior_index))
+    chart.show()  # hidden (WA_DontShowOnScreen) but laid out, so pyqtgraph sizes its scene
+    QGuiApplication.processEvents()
+    return chart
+
+
+def _font(size: float, bold: bool = False) -> QFont:
+    # pixel sizes in logical page units: the painter's scale (2× PNG, 300 dpi PDF) does the rest,
+    # independent of the device's DPI
+    f = QFont()
+    f.setPixelSize(max(1, round(size)))
+    f.setBold(bold)
+    return f
+
+
+def _text(p: QPainter, rect: QRectF, text: str, size: float, color: QColor,
+          bold: bool = False, flags=Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop) -> float:
+    """Draw wrapped text in rect; return the height used."""
+    p.setFont(_font(size, bold))
+    p.setPen(color)
+    used = p.boundingRect(rect, int(flags) | int(Qt.TextFlag.TextWordWrap), text)
+    p.drawText(rect, int(flags) | int(Qt.TextFlag.TextWordWrap), text)
+    return used.height()
+
+
+def _match_images(content: ExportContent, tile_images) -> list[QImage | None]:
+    """Each content tile's image: by tile key, else by position when the counts agree."""
+    by_key = {str(k): img for k, img in tile_images or []}
+    out = [by_key.get(t.tile_key) for t in content.tiles]
+    if not any(out) and tile_images and len(tile_images) == len(content.tiles):
+        out = [img for _, img in tile_images]
+    return out
+
+
+def paint_figure(p: QPainter, content: ExportContent, tile_images=()) -> None:
+    """Draw the whole figure on a painter whose logical page is PAGE_W × PAGE_H."""
+    p.setRenderHint(QPainter.RenderHint.Antialiasing)
+    p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
+    p.fillRect(QRectF(0, 0, PAGE_W, PAGE_H), _BG)
+    x0, w = MARGIN, PAGE_W - 2 * MARGIN
+    y = MARGIN
+
+    # title block
+    y += _text(p, QRectF(x0, y, w, 40), content.title_lines[0], 22, _FG, bold=True)
+    for line in content.title_lines[1:]:
+        y += _text(p, QRectF(x0, y + 2, w, 30), line, 14, _DIM) + 2
+    y += 6
+    if content.is_demo:
+        band = QRectF(x0, y, w, 24)
+        p.fillRect(band, _DEMO_BG)
+        _text(p, band, "DEMO — " + content.model_label, 14, _DEMO_FG, bold=True,
+              flags=Qt.AlignmentFlag.AlignCenter)
+        y += 30
+
+    footer_h = 96.0
+    body = QRectF(x0, y, w, PAGE_H - MARGIN - footer_h - y)
+    tiles_w = body.width() * 0.56
+    _paint_tiles(p, content, _match_images(content, tile_images),
+                 QRectF(body.left(), body.top(), tiles_w - 12, body.height()))
+    right = QRectF(body.left() + tiles_w, body.top(), body.width() - tiles_w, body.height())
+    chart_h = right.height() * 0.60
+    _paint_chart(p, content, QRectF(right.left(), right.top(), right.width(), chart_h))
+    _paint_metrics(p, content, QRectF(right.left(), right.top() + chart_h + 8, right.width(),
+                                      right.height() - chart_h - 8))
+
+    # footer: model, disclaimer, provenance
+    fy = PAGE_H - MARGIN - footer_h + 6
+    p.setPen(QPen(QColor("#2a2f36"), 1))
+    p.drawLine(QPointF(x0, fy - 4), QPointF(x0 + w, fy - 4))
+    fy += _text(p, QRectF(x0, fy, w, 30), content.model_line, 13, _FG, bold=True)
+    fy += _text(p, QRectF(x0, fy + 2, w, 30), content.disclaimer, 13, _ACCENT, bold=True) + 4
+    _text(p, QRectF(x0, fy, w, PAGE_H - fy), "  ·  ".join(content.provenance), 10.5, _DIM)
+
+
+def _paint_tiles(p: QPainter, content: ExportContent, images, area: QRectF) -> None:
+    rows, cols = content.grid
+    if not content.tiles:
+        _text(p, area, "No images", 16, _DIM, flags=Qt.AlignmentFlag.AlignCenter)
+        return
+    gap = 4.0
+    cw, ch = (area.width() - gap * (cols - 1)) / cols, (area.height() - gap * (rows - 1)) / rows
+    for i, (tile, img) in enumerate(zip(content.tiles, images)):
+        r, c = divmod(i, cols)
+        cell = QRectF(area.left() + c * (cw + gap), area.top() + r * (ch + gap), cw, ch)
+        p.fillRect(cell, Qt.GlobalColor.black)
+        if img is not None and not img.isNull():
+            s = min(cell.width() / img.width(), (cell.height() - 18) / img.height())
+            iw, ih = img.width() * s, img.height() * s
+            # tiles come already oriented for hanging (chest walls back to back) from the grid
+            target = QRectF(cell.center().x() - iw / 2, cell.top() + (cell.height() - 18 - ih) / 2,
+                            iw, ih)
+            p.drawImage(target, img)
+        else:
+            _text(p, cell, "image not available", 12, _DIM, flags=Qt.AlignmentFlag.AlignCenter)
+        cap = QRectF(cell.left(), cell.bottom() - 18, cell.width(), 18)
+        p.fillRect(cap, QColor(0, 0, 0, 190))
+        highlight = content.current_index is not None and tile.exam_index == content.current_index
+        p.setFont(_font(11.5))
+        p.setPen(_ACCENT if highlight and content.grid[0] * content.grid[1] > 4 else _FG)
+        box = cap.adjusted(4, 0, -4, 0)
+        # one line: a narrow tile elides the end (the score stays in the chart and metrics)
+        text = QFontMetricsF(p.font()).elidedText(tile.caption, Qt.TextElideMode.ElideRight,
+                                                  box.width())
+        p.drawText(box, int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter), text)
+
+
+def _paint_chart(p: QPainter, content: ExportContent, area: QRectF) -> None:
+    chart = _chart_widget(content, QSize(int(area.width()), int(area.height())))
+    try:
+        chart.demo_banner.setVisible(False)  # the figure has its own banner across the top
+        chart.layout().activate()
+        QGuiApplication.processEvents()
+        p.save()
+        try:
+            p.translate(area.topLeft())
+            chart.render(p, QPoint(0, 0))
+        finally:
+            p.restore()
+    finally:
+        chart.close()
+        chart.deleteLater()
+
+
+def _paint_metrics(p: QPainter, content: ExportContent, area: QRectF) -> None:
+    p.fillRect(area, QColor("#15181c"))
+    inner = area.adjusted(10, 8, -10, -8)
+    y = inner.top()
+    y += _text(p, QRectF(inner.left(), y, inner.width(), 20), content.metrics_heading, 14,
+               _ACCENT, bold=True) + 4
+    if content.flags:
+        y += _text(p, QRectF(inner.left(), y, inner.width(), 20),
+                   "⚑ " + ", ".join(content.flags), 12.5, _ACCENT, bold=True) + 3
+    label_w = inner.width() * 0.38
+    fm = QFontMetricsF(_font(12))
+    for label, value in content.metrics_rows:
+        if y + fm.height() > inner.bottom():
+            _text(p, QRectF(inner.left(), y, inner.width(), 16), "…", 12, _DIM)
+            break
+        h1 = _text(p, QRectF(inner.left(), y, label_w - 6, 60), label, 12, _DIM)
+        h2 = _text(p, QRectF(inner.left() + label_w, y, inner.width() - label_w, 60), value,
+                   12, _FG)
+        y += max(h1, h2) + 2
+
+
+def render_figure(content: ExportContent, tile_images=(), scale: float = SCALE) -> QImage:
+    """The figure as an image, `scale` × the logical page (2× for high-DPI screens and print),
+    with model, provenance and disclaimer as PNG text chunks (never a de-identified name/ID)."""
+    img = QImage(int(PAGE_W * scale), int(PAGE_H * scale), QImage.Format.Format_RGB32)
+    img.setDotsPerMeterX(int(96 * scale / 0.0254))
+    img.setDotsPerMeterY(int(96 * scale / 0.0254))
+    img.fill(_BG)
+    p = QPainter(img)
+    try:
+        p.scale(scale, scale)
+        paint_figure(p, content, tile_images)
+    finally:
+        p.end()
+    for key, value in content.metadata.items():
+        img.setText(key, value)
+    return img
+
+
+def _write_pdf(content: ExportContent, tile_images, path: str) -> None:
+    pdf = QPdfWriter(path)
+    pdf.setResolution(300)
+    # A4 width, height from the figure's aspect, so the page is the figure with no white strip
+    width_mm = 297.0
+    size = QPageSize(QSizeF(width_mm, width_mm * PAGE_H / PAGE_W), QPageSize.Unit.Millimeter,
+                     "mamview figure")
+    pdf.setPageLayout(QPageLayout(size, QPageLayout.Orientation.Portrait, QMarginsF(0, 0, 0, 0)))
+    pdf.setTitle(content.metadata.get("Title", "mamview figure"))
+    pdf.setCreator(content.metadata.get("Software", "mamview"))
+    p = QPainter(pdf)
+    try:
+        page = pdf.pageLayout().paintRectPixels(pdf.resolution())
+        s = min(page.width() / PAGE_W, page.height() / PAGE_H)
+        p.scale(s, s)
+        paint_figure(p, content, tile_images)
+    finally:
+        p.end()
+
+
+def export_figure(content: ExportContent, tile_images, path, fmt: str | None = None) -> Path:
+    """Write the figure as PNG or PDF (format from `fmt` or the suffix); atomic: the file
+    appears whole or not at all. Returns the path written. Raises ValueError/OSError."""
+    path = Path(path)
+    fmt = (fmt or path.suffix.lstrip(".")).lower()
+    if fmt not in ("png", "pdf"):
+        raise ValueError(f"unsupported export format {fmt!r}: use png or pdf")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".mamview-export-", suffix="." + fmt, dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would surprise whoever opens the file next
+    try:
+        if fmt == "png":
+            if not render_figure(content, tile_images).save(tmp, "PNG"):
+                raise OSError(f"could not write PNG to {path}")
+        else:
+            _write_pdf(content, tile_images, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def copy_to_clipboard(content: ExportContent, tile_images=()) -> QImage:
+    """Put the figure on the clipboard (as an image) and return it."""
+    img = render_figure(content, tile_images)
+    QGuiApplication.clipboard().setImage(img)
+    return img
+
+
+class ExportDialog(QDialog):
+    """File → Export figure: de-identify option (with pseudonym), PNG/PDF file, or clipboard.
+
+    `build(deidentify, pseudonym)` must return the ExportContent (the window wraps
+    `report.build_export_content` with its db, patient, current/prior exam and layout).
+    """
+
+    def __init__(self, build, tile_images, parent: QWidget | None = None,
+                 default_dir: str | os.PathLike | None = None):
+        super().__init__(parent)
+        self.setWindowTitle("Export figure")
+        self._build, self._tiles = build, tile_images
+        self._dir = Path(default_dir or Path.home())
+        self.written: Path | None = None
+        lay = QVBoxLayout(self)
+        lay.addWidget(QLabel("The current hanging, the risk trajectory and its change metrics.\n"
+                             "The figure names the model and states that the score is not a "
+                             "diagnosis."))
+        self.deidentify_box = QCheckBox("De-identify (pseudonym, age instead of birth date, "
+                                        "years relative to the latest exam)")
+        self.deidentify_box.setChecked(True)  # the safe default for a tumour board
+        lay.addWidget(self.deidentify_box)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Pseudonym:"))
+        self.pseudonym_edit = QLineEdit(new_pseudonym())
+        row.addWidget(self.pseudonym_edit)
+        lay.addLayout(row)
+        self.deidentify_box.toggled.connect(self.pseudonym_edit.setEnabled)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Cancel)
+        self.png_button = QPushButton("Save PNG…")
+        self.pdf_button = QPushButton("Save PDF…")
+        self.clip_button = QPushButton("Copy to clipboard")
+        for b in (self.png_button, self.pdf_button, self.clip_button):
+            buttons.addButton(b, QDialogButtonBox.ButtonRole.ActionRole)
+        self.png_button.clicked.connect(lambda: self._save("png"))
+        self.pdf_button.clicked.connect(lambda: self._save("pdf"))
+        self.clip_button.clicked.connect(self._copy)
+        buttons.rejected.connect(self.reject)
+        lay.addWidget(buttons)
+
+    def content(self) -> ExportContent:
+        """The content for the options chosen now."""
+        deid = self.deidentify_box.isChecked()
+        return self._build(deid, self.pseudonym_edit.text().strip() or None if deid else None)
+
+    def save_to(self, path, fmt: str | None = None) -> Path:
+        """Export to `path` without asking (used by the buttons and by tests)."""
+        self.written = export_figure(self.content(), self._tiles, path, fmt)
+        return self.written
+
+    def _save(self, fmt: str) -> None:
+        suggested = str(self._dir / f"mamview-figure.{fmt}")
+        path, _ = QFileDialog.getSaveFileName(self, "Export figure", suggested,
+                                              f"{fmt.upper()} (*.{fmt})")
+        if not path:
+            return
+        if not path.lower().endswith("." + fmt):
+            path += "." + fmt
+        try:
+            self.save_to(path, fmt)
+        except (OSError, ValueError) as exc:
+            QMessageBox.warning(self, "Export figure", f"Could not export: {exc}")
+            return
+        self.accept()
+
+    def _copy(self) -> None:
+        copy_to_clipboard(self.content(), self._tiles)
+        self.accept()
