@@ -67,10 +67,52 @@ def library(home: str | os.PathLike | None = None) -> Library:
 
 
 def resources_dir() -> Path:
-    """Bundled resources (demo model weights, icons): the repository's resources/ folder, or the
-    copy installed inside the package."""
-    here = Path(__file__).resolve().parent.parent  # mamview/
-    for cand in (here / "resources", here.parent / "resources"):
-        if cand.is_dir():
+    """Bundled resources (demo model weights, icons, desktop entry).
+
+    Looked up, first match wins: a frozen bundle's `resources/` (PyInstaller), the repository's
+    top-level `resources/` (a checkout or an editable install), the copy a wheel installs as data
+    files (`<prefix>/share/mamview/resources`, found through the installed file list so user and
+    venv installs both work). Falls back to the repository path so a missing resource produces a
+    message naming where it was expected.
+    """
+    for cand in _resource_candidates():
+        if (cand / "demo_model").is_dir() or (cand / "icons").is_dir():
             return cand
-    return here.parent / "resources"
+    return Path(__file__).resolve().parents[2] / "resources"
+
+
+def _resource_candidates() -> list[Path]:
+    import sys
+
+    cands: list[Path] = []
+    bundle = getattr(sys, "_MEIPASS", None)
+    if getattr(sys, "frozen", False) and bundle:
+        cands.append(Path(bundle) / "resources")
+    pkg = Path(__file__).resolve().parents[1]  # mamview/
+    # a checkout only: site-packages/resources could belong to some other distribution
+    if (pkg.parent / "pyproject.toml").is_file():
+        cands.append(pkg.parent / "resources")
+    cands.append(pkg / "resources")
+    cands.extend(_installed_data_dirs())
+    return cands
+
+
+def _installed_data_dirs() -> list[Path]:
+    """`share/mamview/resources` wherever this distribution's wheel put its data files."""
+    from importlib import metadata
+
+    try:
+        files = metadata.files(APP_NAME) or []
+    except metadata.PackageNotFoundError:
+        return []
+    marker = ("share", APP_NAME, "resources")
+    found: list[Path] = []
+    for f in files:
+        parts = f.parts
+        for i in range(len(parts) - len(marker)):
+            if tuple(parts[i:i + len(marker)]) == marker:
+                d = Path(f.locate()).resolve().parents[len(parts) - i - len(marker) - 1]
+                if d not in found:
+                    found.append(d)
+                break
+    return found
