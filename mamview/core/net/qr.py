@@ -19,6 +19,7 @@ from mamview.core.net.nodes import (DEFAULT_OUR_AE, DEFAULT_TIMEOUT_S, NetError,
 
 FIND_MODEL = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve Information Model - FIND
 MOVE_MODEL = "1.2.840.10008.5.1.4.1.2.2.2"  # Study Root Query/Retrieve Information Model - MOVE
+EXPLICIT = "1.2.840.10008.1.2.1"  # Explicit VR Little Endian
 
 # C-FIND / C-MOVE failure statuses a user can act on (PS3.4 C.4)
 _STATUS_WORDS = {
@@ -261,7 +262,9 @@ def send_files(node: PacsNode, paths: Iterable[str | os.PathLike], our_ae: str =
             summary.failed.append((p, f"not a readable DICOM file: {exc}"))
             continue
         ready.append((p, sop, ts))
-    contexts = sorted({(sop, ts) for _, sop, ts in ready})
+    # each file's own syntax, and Explicit VR Little Endian as a fallback for a node that
+    # does not take compressed objects (we then decompress before sending)
+    contexts = sorted({(sop, ts) for _, sop, ts in ready} | {(sop, EXPLICIT) for _, sop, _ in ready})
     if len(contexts) > 128:
         raise NetError(f"{len(contexts)} kinds of file (SOP class × transfer syntax) are more "
                        f"than one association can carry (128); send them in parts")
@@ -272,12 +275,21 @@ def send_files(node: PacsNode, paths: Iterable[str | os.PathLike], our_ae: str =
     try:
         accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
         for p, sop, ts in ready:
-            if (sop, ts) not in accepted:
+            if (sop, ts) in accepted:
+                payload = Path(p)
+            elif (sop, EXPLICIT) in accepted:
+                try:
+                    payload = _uncompressed(p)
+                except Exception as exc:  # noqa: BLE001 - a decoder failure is this file's
+                    summary.failed.append((p, f"{node} takes it only uncompressed, and it "
+                                              f"could not be decompressed: {exc}"))
+                    continue
+            else:
                 summary.failed.append((p, f"{node} does not accept this kind of object "
-                                          f"({sop}) in transfer syntax {ts}"))
+                                          f"({sop})"))
                 continue
             try:
-                rsp = assoc.send_c_store(Path(p))
+                rsp = assoc.send_c_store(payload)
             except Exception as exc:  # noqa: BLE001
                 summary.failed.append((p, f"{type(exc).__name__}: {exc}"))
                 continue
@@ -295,3 +307,15 @@ def send_files(node: PacsNode, paths: Iterable[str | os.PathLike], our_ae: str =
             assoc.release()
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _uncompressed(path: str):
+    """The dataset of `path` in Explicit VR Little Endian (decompressed when it was not)."""
+    from pydicom import dcmread
+
+    ds = dcmread(path)
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        ds.decompress()
+    elif ds.file_meta.TransferSyntaxUID != EXPLICIT:
+        ds.file_meta.TransferSyntaxUID = EXPLICIT
+    return ds
