@@ -187,12 +187,13 @@ def cmd_fetch_priors(args, lib: Library) -> int:
         own = False  # a node (`mamview listen`, the GUI) already holds the port: it receives
         print(f"Port {args.port} is in use: assuming a mamview node listens there as "
               f"{args.our_ae}.", file=sys.stderr)
-    bar = tqdm(desc=f"Fetching priors of {args.patient}", unit="study", file=sys.stderr,
-               disable=args.json)
+    bars = []  # made at the first progress report, when the number of studies is known
 
     def progress(done, total, study):
-        bar.total = total
-        bar.update(done - bar.n)
+        if not bars:
+            bars.append(tqdm(total=total, desc=f"Fetching priors of {args.patient}",
+                             unit="study", file=sys.stderr, disable=args.json or not total))
+        bars[0].update(done - bars[0].n)
 
     try:
         summary = fetch_priors(lib, args.patient, pacs, args.our_ae,
@@ -207,7 +208,8 @@ def cmd_fetch_priors(args, lib: Library) -> int:
     except ValueError as exc:
         raise cli.CliError(str(exc)) from exc
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
         if own:
             node.stop()
     if args.json:

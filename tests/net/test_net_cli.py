@@ -19,6 +19,8 @@ from mamview.core.net.nodes import PacsNode, nodes_from_settings, resolve_node
 from mamview.core.net.scp import LOG_FILE_NAME
 from tests.net.conftest import LOOPBACK, cohort_folders, free_port, needs_dcmtk, run
 
+pytestmark = pytest.mark.timeout(300)  # a hung peer fails the test, never CI
+
 
 def _wait_for_text(path, text, proc, timeout=60.0) -> str:
     deadline = time.monotonic() + timeout

@@ -16,7 +16,7 @@ from mamview.core.paths import library
 from tests.factories import write_sr
 from tests.net.conftest import LOOPBACK, free_port, needs_dcmtk
 
-pytestmark = needs_dcmtk
+pytestmark = [needs_dcmtk, pytest.mark.timeout(300)]  # a hung peer fails the test, never CI
 
 
 def study_uids(files) -> set[str]:

@@ -22,7 +22,7 @@ from mamview.core.paths import library
 from tests.factories import write_truncated_copy
 from tests.net.conftest import LOOPBACK, cohort_folders, needs_dcmtk, run
 
-pytestmark = needs_dcmtk
+pytestmark = [needs_dcmtk, pytest.mark.timeout(300)]  # a hung peer fails the test, never CI
 
 
 class Recorder:

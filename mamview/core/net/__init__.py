@@ -1,1 +1,20 @@
-"""DICOM networking."""
+"""DICOM networking: a storage node that receives, files, indexes and scores mammograms;
+query/retrieve of a woman's priors; C-STORE and C-ECHO to other nodes.
+
+The API the GUI and the other areas use (all Qt-free; pynetdicom loads when a node starts or a
+request is made):
+
+- `PacsNode.parse("AE@host:port")`, `PacsNode.from_dict`, `nodes_from_settings(settings)`
+- `echo(node, our_ae) -> EchoResult`
+- `StorageNode(lib, ae_title, port, host, allowed_aes, allowed_hosts, score, model, device,
+  on_event)` with `start()`, `stop()`, `wait_idle()`, `bound_port`, `stats`; events in `scp`
+- `find_studies(node, patient_id, our_ae)`, `fetch_priors(lib, patient_id, pacs, our_ae,
+  move_destination, progress) -> FetchSummary`, `send_files(node, paths, our_ae) -> SendSummary`
+- `NetError`: a network operation failed; its message is for the user
+"""
+
+from mamview.core.net.nodes import (EchoResult, NetError, PacsNode, echo,  # noqa: F401
+                                    nodes_from_settings, resolve_node)
+from mamview.core.net.qr import (FetchSummary, SendSummary, StudyInfo,  # noqa: F401
+                                 fetch_priors, find_studies, send_files)
+from mamview.core.net.scp import StorageNode  # noqa: F401
