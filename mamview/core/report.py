@@ -135,15 +135,20 @@ def new_pseudonym() -> str:
     return "Case " + "".join(secrets.choice(alphabet) for _ in range(5))
 
 
-def identifier_strings(patient: dict) -> list[str]:
+def identifier_strings(patient: dict, common_words: str = "") -> list[str]:
     """The strings a de-identified figure must not contain: name (whole and parts ≥ 3
-    letters), PatientID, issuer|ID key, birth date in DICOM and ISO form."""
+    letters), PatientID, issuer|ID key, birth date in DICOM and ISO form.
+
+    A name part that is also a word of `common_words` (the model's name and label, which the
+    figure prints anyway) is left out, so a woman called 'Demo' does not erase 'demo model'.
+    """
+    words = {w.lower() for w in re.findall(r"[A-Za-z0-9]+", common_words)}
     out = []
     name = (patient.get("name") or "").strip()
     if name:
         out.append(name)
         out.append(format_name(name))
-        out += [p for p in re.split(r"[\^\s,]+", name) if len(p) >= 3]
+        out += [p for p in re.split(r"[\^\s,]+", name) if len(p) >= 3 and p.lower() not in words]
     for key in ("patient_id", "patient_key"):
         v = (patient.get(key) or "").strip()
         if v:
@@ -156,14 +161,21 @@ def identifier_strings(patient: dict) -> list[str]:
 
 
 def scrub(text: str, identifiers: list[str], anchor: datetime.date | None) -> str:
-    """Dates → years relative to `anchor`; identifiers → '[removed]' (case-insensitive)."""
+    """Dates → years relative to `anchor`; identifiers → '[removed]' (case-insensitive).
+
+    Single words (name parts) are matched as whole words, so 'Ann' does not eat 'annual';
+    anything with a digit or separator (IDs, dates, whole names) wherever it occurs.
+    """
     if anchor is not None:
         def rel(m: re.Match) -> str:
             d = parse_date(m.group(0))
             return format_relative_years(years_between(d, anchor)) if d else _REMOVED
         text = _ISO_DATE.sub(rel, text)
     for ident in identifiers:
-        text = re.sub(re.escape(ident), _REMOVED, text, flags=re.IGNORECASE)
+        pattern = re.escape(ident)
+        if ident.isalpha():
+            pattern = rf"(?<![^\W\d_]){pattern}(?![^\W\d_])"
+        text = re.sub(pattern, _REMOVED, text, flags=re.IGNORECASE)
     return text
 
 
@@ -313,7 +325,8 @@ def build_export_content(db, patient_key: str, current_key: str | None, prior_ke
     # provenance of the scores drawn
     provenance = _provenance(score_rows, model_id, model_name, now)
 
-    ids = identifier_strings(patient) if deidentify else []
+    ids = identifier_strings(patient, f"{model_id} {model_name} {model_label}") \
+        if deidentify else []
     meta = {
         "Title": f"mamview risk trajectory — {who}",
         "Software": f"mamview {__version__}",

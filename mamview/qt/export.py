@@ -235,9 +235,26 @@ def _write_pdf(content: ExportContent, tile_images, path: str) -> None:
         p.end()
 
 
-def export_figure(content: ExportContent, tile_images, path, fmt: str | None = None) -> Path:
+def export_figure(content, tile_images=None, path=None, fmt: str | None = None, *,
+                  deidentify: bool = True, pseudonym: str | None = None) -> Path:
     """Write the figure as PNG or PDF (format from `fmt` or the suffix); atomic: the file
-    appears whole or not at all. Returns the path written. Raises ValueError/OSError."""
+    appears whole or not at all. Returns the path written. Raises ValueError/OSError.
+
+    Two call forms: `export_figure(content, tile_images, path, fmt)` with an ExportContent, or
+    `export_figure(main_window, path, deidentify=…)` as the main window's File menu calls it
+    (content and tiles are then read from the window).
+    """
+    if not isinstance(content, ExportContent):
+        window, path = content, (path if path is not None else tile_images)
+        return write_figure(content_for_window(window, deidentify, pseudonym),
+                            window_tile_images(window), path, fmt)
+    return write_figure(content, tile_images or [], path, fmt)
+
+
+def write_figure(content: ExportContent, tile_images, path, fmt: str | None = None) -> Path:
+    """`export_figure` for an ExportContent (see there)."""
+    if path is None:
+        raise ValueError("no file name given for the export")
     path = Path(path)
     fmt = (fmt or path.suffix.lstrip(".")).lower()
     if fmt not in ("png", "pdf"):
@@ -261,8 +278,13 @@ def export_figure(content: ExportContent, tile_images, path, fmt: str | None = N
     return path
 
 
-def copy_to_clipboard(content: ExportContent, tile_images=()) -> QImage:
-    """Put the figure on the clipboard (as an image) and return it."""
+def copy_to_clipboard(content, tile_images=(), *, deidentify: bool = True) -> QImage:
+    """Put the figure on the clipboard (as an image) and return it. `content` may also be the
+    main window (then the figure is de-identified unless `deidentify=False`)."""
+    if not isinstance(content, ExportContent):
+        window = content
+        content, tile_images = (content_for_window(window, deidentify),
+                                window_tile_images(window))
     img = render_figure(content, tile_images)
     QGuiApplication.clipboard().setImage(img)
     return img
@@ -315,7 +337,7 @@ class ExportDialog(QDialog):
 
     def save_to(self, path, fmt: str | None = None) -> Path:
         """Export to `path` without asking (used by the buttons and by tests)."""
-        self.written = export_figure(self.content(), self._tiles, path, fmt)
+        self.written = write_figure(self.content(), self._tiles, path, fmt)
         return self.written
 
     def _save(self, fmt: str) -> None:
@@ -336,3 +358,50 @@ class ExportDialog(QDialog):
     def _copy(self) -> None:
         copy_to_clipboard(self.content(), self._tiles)
         self.accept()
+
+
+# ---------------------------------------------------------------------------- the main window
+
+
+def content_for_window(window, deidentify: bool, pseudonym: str | None = None) -> ExportContent:
+    """The ExportContent of what the main window shows now: its patient, current/prior exam,
+    layout, model, thresholds and the metrics panel's report. Raises ValueError without a
+    patient."""
+    from mamview.core.report import build_export_content
+
+    patient_key = getattr(window, "patient_key", None)
+    if not patient_key:
+        raise ValueError("select a patient before exporting a figure")
+    grid = window.grid
+    layout = grid.layout_key
+    if layout == "timeline":
+        layout = f"timeline:{getattr(grid, 'timeline_view', 'LMLO')}"
+    settings = getattr(window, "settings", None)
+    thresholds = tuple(getattr(settings, "thresholds_percent", (1.7, 3.0)))
+    metrics = getattr(window, "metrics", None)
+    return build_export_content(
+        window.db, patient_key, grid.current_key, grid.prior_key, layout, deidentify,
+        model_id=getattr(window, "model_id", None), thresholds=thresholds, pseudonym=pseudonym,
+        report=getattr(metrics, "report", None), lib=getattr(window, "lib", None))
+
+
+def window_tile_images(window) -> list[tuple[str, QImage]]:
+    """The hanging's displayed images keyed '<exam_key>|<view label>' (see the module doc)."""
+    out = []
+    for tile in getattr(window.grid, "tiles", []):
+        img = tile.tile_image()
+        if img is not None and not img.isNull():
+            out.append((f"{tile.exam_key}|{tile.label}", img))
+    return out
+
+
+def export_dialog(window) -> Path | None:
+    """File → Export figure for the main window: the dialog, modal. Returns the file written."""
+    if not getattr(window, "patient_key", None):
+        QMessageBox.information(window, "Export figure", "Select a patient first.")
+        return None
+    dlg = ExportDialog(lambda deid, pseudonym: content_for_window(window, deid, pseudonym),
+                       window_tile_images(window), window,
+                       default_dir=Path.home())
+    dlg.exec()
+    return dlg.written

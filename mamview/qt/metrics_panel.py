@@ -25,6 +25,7 @@ class MetricsPanel(QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self._rows: list[tuple[str, str]] = []
+        self.report = None  # the report shown (the export reuses it)
         self._flags: tuple[str, ...] = ()
         self._rising = False
         self.setStyleSheet(f"background: {_BG}; color: {_FG};")
@@ -49,6 +50,7 @@ class MetricsPanel(QWidget):
 
     def set_report(self, report) -> None:
         """Show a `TrajectoryReport` (anything with `display_rows()`, `flags`, `rising`), or clear."""
+        self.report = report
         if report is None:
             self._rows, self._flags, self._rising = [], (), False
             self.body_label.setText(EMPTY_TEXT)

@@ -152,3 +152,11 @@ def test_age_is_capped_and_name_formatted():
     assert report.age_years(datetime.date(1920, 1, 1), datetime.date(2020, 6, 1)) == "90+"
     assert report.age_years(datetime.date(1962, 4, 15), datetime.date(2022, 4, 14)) == "59"
     assert report.format_name("DOE^JANE^^^") == "DOE, JANE"
+
+
+def test_scrub_matches_name_parts_as_words_and_spares_model_words():
+    ids = report.identifier_strings({"name": "DEMO^ANN", "patient_id": "DEMO0004"},
+                                    "demo Mirai-architecture demo model")
+    assert "DEMO" not in ids and "ANN" in ids
+    assert report.scrub("annual exam of Ann, demo model, id DEMO0004", ids, None) == \
+        "annual exam of [removed], demo model, id [removed]"

@@ -1,0 +1,66 @@
+"""Export from the real reading window (acceptance of issue 4): a de-identified PNG of the
+hanging, chart and metrics carries the woman's name nowhere — text chunks or drawn strings."""
+
+from mamview.core.cache import scores as score_store
+from mamview.core.cache.db import connect
+from mamview.qt import export
+from tests.qt.test_export import png_text_chunks
+
+NAME_PARTS = ("TESTER", "ANNA", "P1|", "2023-03-20", "2022-03-15", "20230320")
+
+
+def _score_p1(lib):
+    """Scores for P1's exams as the inference service stores them (demo model)."""
+    db = connect(lib.database)
+    try:
+        keys = [r[0] for r in db.execute(
+            "SELECT exam_key FROM exams WHERE patient_key LIKE '%|P1' ORDER BY exam_date")]
+        score_store.save(db, [
+            {"cache_key": f"k{i}", "exam_key": k, "model_id": "demo", "model_version": "v",
+             "weights_sha256": "ab" * 32, "calibrator": "c", "preprocessing_version": "p",
+             "device": "cpu", "input_uids": [], "status": "ok",
+             "risk": [r / 100 * f for f in (0.2, 0.4, 0.6, 0.8, 1.0)]}
+            for i, (k, r) in enumerate(zip(keys, (1.6, 2.4, 4.1)))])
+    finally:
+        db.close()
+
+
+def _select_p1(win, qtbot):
+    key = next(k for k, r in win.patient_list.rows.items() if r.patient_id == "P1")
+    win.patient_list.select(key)
+    qtbot.waitUntil(lambda: win.patient_key == key, timeout=5000)
+    qtbot.waitUntil(lambda: len(export.window_tile_images(win)) == len(win.grid.tiles) > 0,
+                    timeout=5000)
+
+
+def test_window_exports_a_deidentified_png(reader_copy, open_window, qtbot, tmp_path):
+    _score_p1(reader_copy)
+    win = open_window(reader_copy)
+    _select_p1(win, qtbot)
+    win.grid.set_layout("8up")
+    qtbot.waitUntil(lambda: len(export.window_tile_images(win)) == 8, timeout=5000)
+
+    out = win.export_figure(str(tmp_path / "board.png"), deidentify=True)
+    chunks = png_text_chunks(out.read_bytes())
+    content = export.content_for_window(win, True)
+    text = "\n".join([*chunks.values(), *content.drawn_text()]) + out.read_bytes().decode("latin-1")
+    for s in NAME_PARTS:
+        assert s.lower() not in text.lower(), s
+    # the figure is the window's hanging: every tile image matched a content tile
+    tiles = dict(export.window_tile_images(win))
+    assert [t.tile_key in tiles for t in content.tiles] == [True] * 8
+    assert [p.risk_percent for p in content.chart_points] == [1.6, 2.4, 4.1]
+    assert content.current_index == 2 and content.prior_index == 1
+    assert "demo model" in chunks["Model"] and "not a diagnosis" in chunks["Disclaimer"]
+
+
+def test_window_identified_export_and_clipboard(reader_copy, open_window, qtbot, tmp_path):
+    _score_p1(reader_copy)
+    win = open_window(reader_copy)
+    _select_p1(win, qtbot)
+    out = win.export_figure(str(tmp_path / "named.pdf"), deidentify=False)
+    assert out.read_bytes().startswith(b"%PDF")
+    content = export.content_for_window(win, False)
+    assert "TESTER, ANNA · ID P1" in content.title_lines[1]
+    img = win.copy_figure()  # the clipboard copy is de-identified by default
+    assert img is not None and not img.isNull()
