@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from mamview import cli
@@ -83,6 +84,9 @@ def cmd_score(args, lib: Library) -> int:
         return 0
     svc = InferenceService(lib.database, lambda dev: registry.load(entry, dev), device=args.device,
                            batch_size=args.batch_size)
+    # scores are saved per batch, so a killed run loses at most the batch in progress; a rerun
+    # finds the finished exams in the cache (same model and input files) and skips them
+    t0 = time.perf_counter()
     computed = cached = 0
     unscorable: dict[str, int] = {}
     failed = []
@@ -115,6 +119,10 @@ def cmd_score(args, lib: Library) -> int:
     print(f"Model: {entry.name}" + (f" — {entry.label}" if entry.label else ""))
     print(f"Device: {svc.device_label}")
     print(f"Scored {computed + cached} exams ({computed} computed, {cached} already in the cache).")
+    seconds = time.perf_counter() - t0
+    if computed:
+        print(f"Throughput: {computed / seconds:.2f} exams/s computed ({seconds:.1f} s in all, "
+              f"model loading included)")
     for reason, n in sorted(unscorable.items()):
         print(f"Not scored, {reason}: {n}")
     for ev in failed:

@@ -59,8 +59,21 @@ class CohortReport:
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        """A JSON-serialisable copy."""
-        return asdict(self)
+        """A JSON-serialisable copy (NaN and numpy scalars become plain JSON values)."""
+        return _plain(asdict(self))
+
+
+def _plain(obj):
+    """Recursively: numpy scalars → Python, non-finite floats → None (strict JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 # ---------------------------------------------------------------- inputs
@@ -137,6 +150,11 @@ def align(scores: pd.DataFrame, outcomes: pd.DataFrame) -> tuple[pd.DataFrame, d
         return ~mask
 
     s = scores.copy()
+    if "risk_percent" not in s.columns:
+        col = next((c for c in RISK_COLUMNS if c in s.columns), None)
+        if col is None:
+            raise CohortError(f"the scores need a 5-year risk column ({', '.join(RISK_COLUMNS)})")
+        s = s.rename(columns={col: "risk_percent"})
     s["patient_id"] = s["patient_id"].astype(str)
     s["exam_date"] = pd.to_datetime(s["exam_date"], errors="coerce")
     s["risk_percent"] = pd.to_numeric(s["risk_percent"], errors="coerce")
@@ -245,12 +263,20 @@ def fit_mixed(df: pd.DataFrame, log_scale: bool = False, max_women: int = 5000,
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = model.fit(reml=True, method=["lbfgs", "powell"])
-    names = list(res.fe_params.index)
     out = {"scale": "log(risk)" if log_scale else "risk percent",
            "slope_unit": "log units per year" if log_scale else "pp per year",
            "women": int(d["patient_id"].nunique()), "exams": int(len(d)),
            "converged": bool(res.converged), "note": note,
            "warnings": sorted({str(w.message).splitlines()[0] for w in caught})[:5]}
+    # tiny cohorts can leave a variance estimate at zero: its CI is then NaN, not a warning
+    with np.errstate(invalid="ignore", divide="ignore"):
+        _slopes(res, out)
+    return out
+
+
+def _slopes(res, out: dict) -> None:
+    """Per-group slopes, their difference and the variance components of a MixedLM fit."""
+    names = list(res.fe_params.index)
     for group, vec in (("controls", {"time": 1.0}), ("cases", {"time": 1.0, "time:case": 1.0})):
         c = np.array([[vec.get(n, 0.0) for n in names]])
         tt = res.t_test(c)
@@ -267,7 +293,6 @@ def fit_mixed(df: pd.DataFrame, log_scale: bool = False, max_women: int = 5000,
     out["random_intercept_sd"] = float(math.sqrt(max(re[0, 0], 0)))
     out["random_slope_sd"] = float(math.sqrt(max(re[1, 1], 0))) if re.shape[0] > 1 else None
     out["residual_sd"] = float(math.sqrt(res.scale))
-    return out
 
 
 def delong_auc(y: np.ndarray, score: np.ndarray, alpha: float = 0.05) -> dict:
@@ -476,15 +501,5 @@ def run_cohort(scores: pd.DataFrame, outcomes: pd.DataFrame, out_dir: str | Path
         png, pdf = plot_trajectories(yearly, out / "cohort_trajectories", model)
         files["figure_png"], files["figure_pdf"] = png, pdf
         report.files = {k: str(v) for k, v in files.items()}
-        files["report_json"].write_text(json.dumps(report.as_dict(), indent=2, default=_json_default))
+        files["report_json"].write_text(json.dumps(report.as_dict(), indent=2, default=str))
     return report
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return None if math.isnan(o) else float(o)
-    if isinstance(o, (np.bool_,)):
-        return bool(o)
-    return str(o)
