@@ -283,8 +283,11 @@ class TrajectoryChart(QWidget):
         if tuple(float(t) for t in thresholds) != self._thresholds:
             self._set_thresholds(thresholds)
         self.demo_banner.setVisible(self._is_demo)
-        self.title_label.setText(
-            "5-year risk" + (f" — {self._model_label}" if self._model_label else ""))
+        # the banner already says "demo model — …": do not repeat it in the title
+        name = self._model_label
+        if self._is_demo:
+            name = name.replace(f"({DEMO_LABEL})", "").replace(DEMO_LABEL, "").strip(" —-")
+        self.title_label.setText("5-year risk" + (f" — {name}" if name else ""))
         self._redraw(rescale=True)
 
     def update_point(self, point: ChartPoint) -> None:

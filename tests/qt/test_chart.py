@@ -67,6 +67,8 @@ def test_reference_lines_band_and_demo_banner(chart):
     assert (round(10 ** lo, 3), round(10 ** hi, 3)) == (1.8, 2.2)
     assert "Lehman" in chart.band.toolTip()
     assert chart.demo_banner.isVisible() and DEMO_LABEL in chart.demo_banner.text()
+    chart.set_patient(_points(), f"Mirai-architecture demo model ({DEMO_LABEL})", True)
+    assert chart.title_label.text() == "5-year risk — Mirai-architecture demo model"
     chart.set_patient(_points(), "Mirai (official weights)", False)
     assert not chart.demo_banner.isVisible()
     assert "Mirai (official weights)" in chart.title_label.text()
