@@ -162,11 +162,15 @@ def cmd_trajectory(args, lib: Library) -> int:
             results.append((pid, tj.analyze(points)))
     finally:
         db.close()
+    from mamview.core import settings as user_settings
+
+    rules = tj.FlagRules.from_thresholds(user_settings.load(lib.settings_file).thresholds_percent)
+    results = [(pid, tj.analyze(rep.points, rules)) for pid, rep in results]
     labels = {mid: _model_label(lib, mid)
               for _, rep in results for mid in {p.model_id for p in rep.points}}
     if args.csv:
         write_csv(sys.stdout, [row for pid, rep in results
-                               for row in trajectory_rows(pid, rep.points, labels)])
+                               for row in trajectory_rows(pid, rep.points, labels, rules)])
         return 0
     if args.json:
         out = []

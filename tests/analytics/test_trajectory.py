@@ -171,3 +171,10 @@ def test_helpers_degenerate_inputs():
     assert ols_slope([1.0], [2.0]) is None
     assert ols_slope([1.0, 1.0], [2.0, 3.0]) is None
     assert theil_sen_slope([1.0, 1.0], [2.0, 3.0]) is None
+
+
+def test_rules_from_user_thresholds():
+    assert FlagRules.from_thresholds([3.0, "1.7", 1.7]).thresholds_percent == (1.7, 3.0)
+    assert FlagRules.from_thresholds([2.5]).thresholds_percent == (2.5,)
+    assert FlagRules.from_thresholds(["x", -1, float("nan"), 150]) == FlagRules()
+    assert FlagRules.from_thresholds(None) == FlagRules()

@@ -72,3 +72,13 @@ def test_cli_trajectory_bad_input(scored_library, capsys):
     assert cli.main(["--home", str(lib.home), "trajectory", "NOBODY"]) == 2
     assert "no patient with ID" in capsys.readouterr().err
     assert cli.main(["--home", str(lib.home), "trajectory"]) == 2
+
+
+def test_cli_trajectory_uses_the_users_thresholds(scored_library, capsys):
+    from mamview.core import settings
+
+    lib, _ = scored_library
+    settings.save(settings.Settings(thresholds_percent=[2.1]), lib.settings_file)
+    assert cli.main(["--home", str(lib.home), "trajectory", "P7", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["crossings"] == {"2.1": "2020-03-10"}

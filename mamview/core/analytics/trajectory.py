@@ -59,6 +59,20 @@ class FlagRules:
     min_span_years_for_slope: float = 2.0
     label: str = RESEARCH_LABEL
 
+    @classmethod
+    def from_thresholds(cls, thresholds: Sequence[float] | None) -> "FlagRules":
+        """Default rules with the user's thresholds (Settings.thresholds_percent); invalid
+        values (non-numbers, ≤ 0, ≥ 100) are ignored, and none left gives the defaults."""
+        good = []
+        for x in thresholds or ():
+            try:
+                v = float(x)
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(v) and 0 < v < 100:
+                good.append(v)
+        return cls(thresholds_percent=tuple(sorted(set(good)))) if good else cls()
+
 
 @dataclass(frozen=True)
 class StratumTransition:
