@@ -198,7 +198,9 @@ def layout_exams(layout: str, exams: list[dict], current_key: str | None,
         view = name.split(":", 1)[1].upper() if ":" in name else "LMLO"
         view = view if view in STANDARD_LABELS else "LMLO"
         tiles = [(k, view) for k in keys]
-        return tiles, (1, max(1, len(tiles)))
+        # like the window: one row up to four exams, then two rows
+        cols = len(tiles) if len(tiles) <= 4 else (len(tiles) + 1) // 2
+        return tiles, ((len(tiles) + cols - 1) // cols, max(1, cols))
     if ("8" in name or "prior" in name) and prior_key in keys and prior_key != current:
         tiles = [(prior_key, lab) for lab in STANDARD_LABELS]
         tiles += [(current, lab) for lab in STANDARD_LABELS]

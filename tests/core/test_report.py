@@ -148,6 +148,15 @@ def test_scrub(text, expected):
     assert report.scrub(text, ids, datetime.date(2022, 3, 21)) == expected
 
 
+def test_timeline_grid_follows_the_window():
+    exams = [{"exam_key": f"k{i}"} for i in range(6)]
+    tiles, grid = report.layout_exams("timeline:RCC", exams, None, None)
+    assert grid == (2, 3) and tiles[0] == ("k0", "RCC")
+    assert report.layout_exams("timeline:XX", exams[:1], None, None) == ([("k0", "LMLO")], (1, 1))
+    # 8-up without a prior falls back to the current 4-up
+    assert report.layout_exams("8up", exams, "k5", None)[1] == (2, 2)
+
+
 def test_age_is_capped_and_name_formatted():
     assert report.age_years(datetime.date(1920, 1, 1), datetime.date(2020, 6, 1)) == "90+"
     assert report.age_years(datetime.date(1962, 4, 15), datetime.date(2022, 4, 14)) == "59"
