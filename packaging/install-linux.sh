@@ -62,8 +62,9 @@ if [ "$SRC" != "$APPDIR" ]; then
     rm -rf "$APPDIR"
     mv "$APPDIR.new" "$APPDIR"
 fi
-mkdir -p "$BINDIR" "$SHARE/applications" "$SHARE/icons/hicolor/scalable/apps"
+mkdir -p "$BINDIR" "$SHARE/applications" "$SHARE/icons/hicolor/scalable/apps" "$APPDIR/bin"
 ln -sf "$APPDIR/mamview" "$BINDIR/mamview"
+ln -sfn ../mamview "$APPDIR/bin/mamview"   # the path mamview-node.service runs (/opt/mamview/bin/mamview)
 RES="$APPDIR/_internal/resources"
 # absolute Exec/TryExec: menus do not read ~/.local/bin from PATH on every desktop
 sed -e "s|^Exec=mamview|Exec=$APPDIR/mamview|" -e "s|^TryExec=.*|TryExec=$APPDIR/mamview|" \
