@@ -54,7 +54,18 @@ def bundle_check() -> int:
                            "demo_model": (res / "demo_model" / "weights.pt").is_file(),
                            "icon": (res / "icons" / "mamview.svg").is_file(),
                            "desktop": (res / "mamview.desktop").is_file()}
+    # the window runs inference and decoding in spawned processes: a frozen child must start,
+    # import mamview and find the resources like the parent
+    from concurrent.futures import ProcessPoolExecutor
+
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as ex:
+            report["spawned_child_resources"] = str(ex.submit(resources_dir).result(timeout=120))
+    except Exception as exc:  # noqa: BLE001
+        report["spawned_child_resources"] = f"error: {exc!r}"
     missing = [f"decoder {n}" for n, p in decoders.items() if not p or p[0].startswith("error")]
+    if report["spawned_child_resources"] != str(res):
+        missing.append("a spawned child process (multiprocessing in the frozen app)")
     missing += [f"Qt platform {p}" for p in ("offscreen", "xcb")
                 if sys.platform.startswith("linux") and p not in report["qt_platforms"]]
     missing += [f"resource {k}" for k, v in report["resources"].items() if v is False]
@@ -103,7 +114,7 @@ def gui_check(patient_id: str, out: str) -> int:
     from mamview.qt.main_window import MainWindow
 
     app = application()
-    win = MainWindow(library(), start_inference=False)
+    win = MainWindow(library())  # as a user starts it: background scoring on
     win.show()
     app.processEvents()
     first_window = since_start()

@@ -84,7 +84,8 @@ else
     gui_cmd=(--bundle-gui-check "$first_patient" "$FIG")
 fi
 t0=$(now)
-check gui-export app "${gui_cmd[@]}"
+check gui-export timeout 600 env -i PATH=/usr/bin:/bin HOME="$WORK/home" LANG=C.UTF-8 \
+    TMPDIR="$WORK" MAMVIEW_HOME="$WORK/library" QT_QPA_PLATFORM=offscreen "$EXE" "${gui_cmd[@]}"
 t1=$(now)
 GUI_SECONDS=$(secs "$t0" "$t1")
 if [ -s "$FIG" ] && [ "$(head -c 8 "$FIG" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ]; then
