@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction,
     s.add_argument("--scores", metavar="FILE.csv",
                    help="use this per-exam table (patient_id, exam_date, risk_percent or "
                    "risk_5y_percent) instead of the library's cached scores")
-    s.add_argument("--max-women-mixed", type=int, default=5000,
+    s.add_argument("--max-women-mixed", type=int, default=2000,
                    help="above this, the mixed model uses all cases and a random sample of "
                    "controls")
     s.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -122,7 +122,10 @@ def test_mixed_model_subsamples_controls_above_the_limit():
     df, _ = cohort.align(scores.rename(columns={"risk_5y_percent": "risk_percent"}), outcomes)
     n_cases = df.groupby("patient_id")["case"].first().sum()
     m = cohort.fit_mixed(df, max_women=40)
-    assert m["women"] == 40 and f"all {n_cases} cases" in m["note"]
+    assert m["women"] == 40 and f"all {n_cases} of {n_cases} cases" in m["note"]
+    few = cohort.fit_mixed(df, max_women=2 * n_cases - 4)  # cases would crowd out controls
+    assert few["women"] == 2 * n_cases - 4
+    assert f"a random {n_cases - 2} of {n_cases} cases" in few["note"]
 
 
 def test_bad_inputs_give_clear_errors(tmp_path, capsys):
