@@ -2,7 +2,6 @@
 
 import hashlib
 import os
-import time
 
 import pytest
 from pydicom import dcmread
@@ -334,16 +333,6 @@ def test_large_private_blob_is_not_read(tmp_path):
     ds.add_new(0x00291010, "OB", b"\x01" * 2_000_000)
     ds.save_as(p)
     assert _header(p).label == "RCC"
-
-
-def test_header_scan_is_fast(tmp_path):
-    paths = [write_mammogram(tmp_path / f"{i}.dcm", laterality="RL"[i % 2]) for i in range(100)]
-    read_header(paths[0])  # warm imports
-    start = time.perf_counter()
-    results = [read_header(p) for p in paths]
-    rate = len(paths) / (time.perf_counter() - start)
-    assert all(isinstance(r, ImageHeader) for r in results)
-    assert rate > 300, f"{rate:.0f} headers/s"  # ~1500/s on the 2-core dev box; generous for CI
 
 
 # --- DICOMDIR -----------------------------------------------------------------------------------
