@@ -5,7 +5,6 @@ import shutil
 import socket
 import subprocess
 import time
-from pathlib import Path
 
 import pydicom
 import pytest
