@@ -1,6 +1,8 @@
 """Export from the real reading window (acceptance of issue 4): a de-identified PNG of the
 hanging, chart and metrics carries the woman's name nowhere — text chunks or drawn strings."""
 
+import pytest
+
 from mamview.core.cache import scores as score_store
 from mamview.core.cache.db import connect
 from mamview.qt import export
@@ -33,6 +35,7 @@ def _select_p1(win, qtbot):
                     timeout=5000)
 
 
+@pytest.mark.slow  # about 7 s with the shared library fixture
 def test_window_exports_a_deidentified_png(reader_copy, open_window, qtbot, tmp_path):
     _score_p1(reader_copy)
     win = open_window(reader_copy)
