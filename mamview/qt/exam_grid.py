@@ -10,6 +10,7 @@ the previews are already turned for this by the display pipeline):
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -18,23 +19,16 @@ from PySide6.QtWidgets import (QGridLayout, QHBoxLayout, QLabel, QScrollArea, QT
                                QVBoxLayout, QWidget)
 
 from mamview.core import previews
+from mamview.qt.decode_worker import render_full_elsewhere
 from mamview.qt.image_tile import ImageTile
 from mamview.qt.library_data import ExamInfo, ExamScore, preview_path
 
 LAYOUTS = ("4up", "8up", "timeline")
+# decodes previews for the GUI thread, which waits for them (a few ms each, in parallel)
+_PREVIEW_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mamview-preview")
 LAYOUT_NAMES = {"4up": "Current 4-up", "8up": "Current vs prior", "timeline": "Timeline"}
 FOUR_UP = (("RCC", "LCC"), ("RMLO", "LMLO"))
 VIEW_ORDER = ("RCC", "LCC", "RMLO", "LMLO")
-
-
-def render_full(path: str, preset_index: int | None) -> np.ndarray:
-    """Decode an original at full resolution and render it for the hanging (worker thread)."""
-    from mamview.core.dicom import display, pixels
-
-    ds = pixels.read_dataset(path)
-    params = display.display_params(ds)
-    image, _ = display.render(pixels.decode_full(ds), params, preset=preset_index or 0)
-    return image
 
 
 def score_text(score: ExamScore, model_short: str) -> str:
@@ -68,6 +62,7 @@ class ExamGrid(QWidget):
         self.preset_index: int | None = None
         self._token = 0  # bumps on every patient change: stale decodes are dropped
         self._preview_cache: dict[str, np.ndarray] = {}
+        self._preview_paths: dict = {}  # looked up on the GUI thread (its db connection)
         self._syncing = False
         self.tiles: list[ImageTile] = []
         self.active_tile: ImageTile | None = None
@@ -114,6 +109,7 @@ class ExamGrid(QWidget):
         self.exams = list(exams)
         self.model_short = model_short
         self._preview_cache.clear()
+        self._preview_paths.clear()
         keys = [e.exam_key for e in self.exams]
         cur = current_key if current_key in keys else (keys[-1] if keys else None)
         self.current_key = cur
@@ -307,6 +303,7 @@ class ExamGrid(QWidget):
             for i in range(4):
                 self._grid.setRowStretch(i, 1 if i < rows else 0)
                 self._grid.setColumnStretch(i, 1 if i < cols else 0)
+        self._load_previews(plan)
         for t, (_, _, key, label) in zip(self.tiles, plan):
             self._fill(t, key, label)
         for ex in self.exams:
@@ -336,13 +333,30 @@ class ExamGrid(QWidget):
         if self.preset_index is not None and arr is not None:
             self._decode_full(tile)
 
+    def _load_previews(self, plan) -> None:
+        """Read the layout's missing previews in parallel (PNG decoding releases the GIL)."""
+        rows = []
+        for _, _, key, label in plan:
+            ex = self.exam(key)
+            row = ex.image_for(label) if ex else None
+            if row is not None and row["sop_instance_uid"] not in self._preview_cache:
+                rows.append(row)
+        if len(rows) > 1 and self.lib is not None and self.db is not None:
+            for r in rows:
+                self._preview_paths[r["sop_instance_uid"]] = preview_path(
+                    self.lib, self.db, r["sop_instance_uid"])
+            list(_PREVIEW_POOL.map(self._preview, rows))
+
     def _preview(self, row: dict) -> np.ndarray | None:
         uid = row["sop_instance_uid"]
         if uid in self._preview_cache:
             return self._preview_cache[uid]
         if self.lib is None or self.db is None:
             return None
-        path = preview_path(self.lib, self.db, uid)
+        if uid in self._preview_paths:
+            path = self._preview_paths[uid]
+        else:
+            path = preview_path(self.lib, self.db, uid)
         if path is None:
             return None
         try:
@@ -371,7 +385,7 @@ class ExamGrid(QWidget):
                 return  # stale: another woman, layout or preset since
             tile.set_full_res(result, preset)
 
-        self._run_task(lambda: render_full(row["path"], preset), done)
+        self._run_task(lambda: render_full_elsewhere(row["path"], preset), done)
 
     def cycle_preset(self) -> str:
         """Next window preset from the files (rendered from the originals), then back to the

@@ -59,8 +59,10 @@ PROGRESS_PHASES = {"generating": "Writing demo cohort", "finding": "Finding file
 class MainWindow(QMainWindow):
     """The main window on one library."""
 
-    def __init__(self, lib: Library, *, start_inference: bool = True, device: str | None = None):
+    def __init__(self, lib: Library, *, start_inference: bool = True, device: str | None = None,
+                 inference_in_process: bool = True):
         super().__init__()
+        self.inference_in_process = inference_in_process
         self.lib = lib.ensure()
         self.db = connect(lib.database)
         self.settings = settings_mod.load(lib.settings_file)
@@ -82,12 +84,20 @@ class MainWindow(QMainWindow):
         self._last_live_refresh = 0.0
         self._scoring_started_for_import = False
         self.problem_events = 0
+        self._closed = False
+        self._pending_scores: dict[str, ExamScore] = {}
+        self._dirty_patients: list[str] = []
+        self._score_timer = QTimer(self)
+        self._score_timer.setSingleShot(True)
+        self._score_timer.setInterval(100)
+        self._score_timer.timeout.connect(self._flush_scores)
 
         self.setWindowTitle(f"mamview — {lib.home}")
         self.resize(1600, 960)
         self._build_widgets()
         self._build_actions()
         self._build_status_bar()
+        self._warm_up_analytics()
         self.refresh_patients()
         self.refresh_problems()
         if not self.patient_rows:
@@ -296,14 +306,23 @@ class MainWindow(QMainWindow):
         return f"Model: {self.model_short} · device: {dev}"
 
     def _ensure_service(self):
+        """The inference service, started on first use: in a child process by default (the
+        decoders hold the GIL), or in a thread of this process."""
         if self.service is None and self.model_entry is not None and self.start_inference:
-            from mamview.core.inference import InferenceService
-            from mamview.core.models import registry
-
             entry = self.model_entry
-            self.service = InferenceService(
-                self.lib.database, lambda dev: registry.load(entry, dev),
-                device=self.settings.device, on_event=self.bridge.post_score_event)
+            if self.inference_in_process:
+                from mamview.qt.inference_process import InferenceProcess
+
+                self.service = InferenceProcess(
+                    self.lib.database, self.lib.home, entry.model_id,
+                    device=self.settings.device, on_event=self.bridge.post_score_event).start()
+            else:
+                from mamview.core.inference import InferenceService
+                from mamview.core.models import registry
+
+                self.service = InferenceService(
+                    self.lib.database, lambda dev: registry.load(entry, dev),
+                    device=self.settings.device, on_event=self.bridge.post_score_event)
         return self.service
 
     def score_library(self) -> None:
@@ -336,6 +355,8 @@ class MainWindow(QMainWindow):
     def _on_score_event(self, ev) -> None:
         from mamview.core import inference as inf
 
+        if self._closed:
+            return
         if isinstance(ev, inf.ServiceError):
             self.status_text.setText(f"Scoring stopped: {ev.message}")
             self.model_problem = ev.message
@@ -362,16 +383,49 @@ class MainWindow(QMainWindow):
         self._apply_score(ev.exam_key, score)
 
     def _apply_score(self, exam_key: str, score: ExamScore) -> None:
-        pk = self._patient_of(exam_key)
-        if pk is None:
+        """Queue a live result; results arriving together are drawn together."""
+        self._pending_scores[exam_key] = score
+        if not self._score_timer.isActive():
+            self._score_timer.start()
+
+    def _flush_scores(self) -> None:
+        if self._closed:
             return
+        pending, self._pending_scores = self._pending_scores, {}
+        touched: set[str] = set()
+        on_screen = []
+        for exam_key, score in pending.items():
+            pk = self._patient_of(exam_key)
+            if pk is None:
+                continue
+            touched.add(pk)
+            if pk == self.patient_key:
+                self.grid.update_score(exam_key, score)
+                ex = self.grid.exam(exam_key)
+                if ex is not None and ex.exam_date is not None:
+                    on_screen.append(self._chart_point(ex))
+        if len(on_screen) == 1:
+            self.chart.update_point(on_screen[0])
+        elif on_screen:  # one redraw for a batch of results
+            self._set_chart()
+        # the rest in slices, one per event-loop turn, so painting is never held up long
+        if self.patient_key in touched:
+            self._dirty_patients.insert(0, self.patient_key)
+        self._dirty_patients += [pk for pk in touched if pk != self.patient_key]
+        QTimer.singleShot(0, self._refresh_one_dirty)
+
+    def _refresh_one_dirty(self) -> None:
+        if self._closed or not self._dirty_patients:
+            return
+        pk = self._dirty_patients.pop(0)
+        if pk in self._dirty_patients:
+            self._dirty_patients = [k for k in self._dirty_patients if k != pk]
+        rep = self._report(pk)
         if pk == self.patient_key:
-            self.grid.update_score(exam_key, score)
-            ex = self.grid.exam(exam_key)
-            if ex is not None:
-                self.chart.update_point(self._chart_point(ex))
-            self._refresh_metrics()
-        self._refresh_patient_row(pk)
+            self.metrics.set_report(rep)
+        self._refresh_patient_row(pk, rep)
+        if self._dirty_patients:
+            QTimer.singleShot(0, self._refresh_one_dirty)
 
     def _patient_of(self, exam_key: str) -> str | None:
         if exam_key not in self._patient_of_exam:
@@ -383,6 +437,14 @@ class MainWindow(QMainWindow):
         return self._patient_of_exam[exam_key]
 
     # ---------------------------------------------------------------- patients
+
+    def _warm_up_analytics(self) -> None:
+        """Run the metrics once on made-up numbers so their lazy imports happen now, not
+        while the first live score arrives."""
+        from datetime import date
+
+        pts = [trajectory.ScorePoint(date(2020 + i, 1, 1), 2.0 + i, "warm-up") for i in range(4)]
+        trajectory.analyze(pts, self._rules())
 
     def _rules(self):
         return trajectory.FlagRules(thresholds_percent=tuple(self.settings.thresholds_percent))
@@ -410,10 +472,15 @@ class MainWindow(QMainWindow):
         if self.patient_key is None and self.patient_rows:
             self.patient_list.select(self.patient_list.visible_keys()[0])
 
-    def _refresh_patient_row(self, pk: str) -> None:
-        rows = [r for r in store.list_patients(self.db) if r["patient_key"] == pk]
-        if rows:
-            self.patient_list.update_row(self._patient_row(rows[0], latest_scores(self.db, self.model_id)))
+    def _refresh_patient_row(self, pk: str, rep=None) -> None:
+        """One woman's latest score and flags, from her own trajectory (a few small queries)."""
+        row = self.patient_list.rows.get(pk)
+        if row is None:
+            return
+        rep = rep if rep is not None else self._report(pk)
+        row.latest_percent = rep.latest.risk_percent if rep.latest else None
+        row.flags = tuple(rep.flags) if (rep.rising or rep.crossed_any) else ()
+        self.patient_list.update_row(row)
 
     def show_patient(self, patient_key: str) -> None:
         """Hang a woman's exams, draw her trajectory and queue her unscored exams first."""
@@ -426,15 +493,19 @@ class MainWindow(QMainWindow):
             self.grid.clear("This patient has no exams.")
         else:
             self.grid.set_patient(self.lib, self.db, exams, self.model_short)
-        self.chart.set_patient([self._chart_point(e) for e in exams if e.exam_date],
-                               self.model_label, self.is_demo_model,
-                               tuple(self.settings.thresholds_percent))
-        self.chart.set_current(self.grid.current_key, self.grid.prior_key)
+        self._set_chart()
         self._refresh_metrics()
         row = self.patient_list.rows.get(patient_key)
         if row:
             self.status_text.setText(f"{row.patient_id} · {row.display_name} · {len(exams)} exams")
         self._score_on_screen(exams)
+
+    def _set_chart(self) -> None:
+        """Draw the woman's trajectory from the exams the grid holds (with live scores)."""
+        self.chart.set_patient([self._chart_point(e) for e in self.grid.exams if e.exam_date],
+                               self.model_label, self.is_demo_model,
+                               tuple(self.settings.thresholds_percent))
+        self.chart.set_current(self.grid.current_key, self.grid.prior_key)
 
     def _chart_point(self, ex: ExamInfo) -> ChartPoint:
         s = ex.score
@@ -517,6 +588,8 @@ class MainWindow(QMainWindow):
     def _on_import_event(self, ev) -> None:
         from mamview.core.ingest import Progress, ProblemFound
 
+        if self._closed:
+            return
         if isinstance(ev, ProblemFound):
             self.problem_events += 1
             return
@@ -535,6 +608,8 @@ class MainWindow(QMainWindow):
             self.grid.refresh_previews()
 
     def _on_import_finished(self, result) -> None:
+        if self._closed:
+            return
         self.progress.hide()
         if isinstance(result, Exception):
             self.status_text.setText(f"Import failed: {result}")
@@ -652,10 +727,17 @@ class MainWindow(QMainWindow):
 
     def shutdown(self) -> None:
         """Stop workers before the widgets go (no event may arrive at a deleted object)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._score_timer.stop()
         if self.service is not None:
             self.service.shutdown(timeout=30)
             self.service = None
         self.bridge.shutdown()
+        from mamview.qt import decode_worker
+
+        decode_worker.shutdown()
         try:
             self.db.close()
         except Exception:  # noqa: BLE001 - closing twice is harmless

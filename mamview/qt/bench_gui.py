@@ -1,0 +1,186 @@
+"""`mamview bench gui`: the reading window, offscreen, on one woman with 6 exams × 4 views.
+
+1. Patient switch: time from selecting her in the worklist to every tile of the layout painted
+   (previews read from the cache; the other woman is selected in between so nothing is reused).
+2. Event-loop stall while the CPU inference service scores: a 5 ms QTimer heartbeat records the
+   longest gap between its ticks while the worker runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+
+def _drain(gen):
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def _prepare(work: Path, size: str):
+    from mamview.core.demo_data import generate_cohort, write_patient
+    from mamview.core.ingest import run_import
+    from mamview.core.paths import Library
+
+    six = work / f"six-exams-{size}"
+    if not (six / "images.csv").exists():
+        write_patient(six, n_exams=6, size=size, transfer_syntax="jpeg2000")
+    other = work / "other-small"
+    if not (other / "images.csv").exists():
+        generate_cohort(other, n_patients=1, size="small", seed=3)
+    lib = Library(work / f"lib-{size}")
+    _drain(run_import(lib, [p for p in six.iterdir() if p.is_dir()]
+                      + [p for p in other.iterdir() if p.is_dir()]))
+    return lib
+
+
+def _paint(win, since: float = 0.0, timeout: float = 5.0) -> None:
+    """Run the event loop until every tile of the layout has painted after `since`."""
+    from PySide6.QtWidgets import QApplication
+
+    end = time.perf_counter() + timeout
+    while time.perf_counter() < end:
+        QApplication.processEvents()
+        if all(t.last_paint > since for t in win.grid.tiles):
+            return
+    raise RuntimeError("the tiles were not painted within the timeout")
+
+
+def measure(work: Path, size: str = "full", repeats: int = 15, stall_seconds: float = 8.0) -> dict:
+    """Run both measurements; returns the figures."""
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from mamview.core.cache.db import connect
+    from mamview.qt.app import application
+    from mamview.qt.main_window import MainWindow
+
+    lib = _prepare(work, size)
+    app = application()
+    win = MainWindow(lib, start_inference=False)
+    win.resize(1920, 1080)
+    win.show()
+    for _ in range(5):
+        QApplication.processEvents()
+    keys = win.patient_list.rows
+    bench_key = next(k for k, r in keys.items() if r.patient_id == "BENCH0001")
+    other_key = next(k for k in keys if k != bench_key)
+    figures: dict = {"size": size, "window": "1920x1080 offscreen"}
+
+    for layout in ("4up", "8up", "timeline"):
+        win.set_layout(layout)
+        times = []
+        for _ in range(repeats):
+            win.patient_list.select(other_key)
+            _paint(win)
+            t0 = time.perf_counter()
+            win.patient_list.select(bench_key)
+            _paint(win, since=t0)
+            times.append((max(t.last_paint for t in win.grid.tiles) - t0) * 1000)
+            assert all(t.array is not None for t in win.grid.tiles), "a tile had no preview"
+        figures[f"select_to_drawn_ms_{layout}"] = {
+            "median": round(statistics.median(times), 1), "max": round(max(times), 1),
+            "tiles": len(win.grid.tiles)}
+    win.set_layout("4up")
+    win.patient_list.select(bench_key)
+    _paint(win)
+    preview_shape = win.grid.tiles[0].preview_shape
+
+    # stall: score everything from scratch on the CPU while the heartbeat runs
+    db = connect(lib.database)
+    db.execute("DELETE FROM scores")
+    db.conn.commit()
+    db.close()
+    win.start_inference = True
+    win.settings.device = "cpu"
+    gaps: list[float] = []
+    last = [time.perf_counter()]
+
+    def beat():
+        now = time.perf_counter()
+        gaps.append((now - last[0]) * 1000)
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(5)
+    timer.timeout.connect(beat)
+    win.score_library()
+    win.show_patient(bench_key)
+    # the model loads on the worker first (imports hold the GIL): watch the scoring itself
+    deadline = time.perf_counter() + 120
+    while (win.service is None or win.service.model is None) and time.perf_counter() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.005)
+    t_start = time.perf_counter()
+    timer.start()
+    last[0] = time.perf_counter()
+    scored_exams = 0
+    rounds = 0
+    while time.perf_counter() - t_start < stall_seconds:
+        QApplication.processEvents()
+        time.sleep(0.001)
+        if win.service is not None and win.service.idle():
+            # keep the worker busy for the whole window: clear and score again
+            rounds += 1
+            db = connect(lib.database)
+            scored_exams += db.execute(
+                "SELECT count(*) FROM scores WHERE status = 'ok'").fetchone()[0]
+            db.execute("DELETE FROM scores")
+            db.conn.commit()
+            db.close()
+            win.score_library()
+    timer.stop()
+    db = connect(lib.database)
+    scored_exams += db.execute("SELECT count(*) FROM scores WHERE status = 'ok'").fetchone()[0]
+    db.close()
+    device = win.service.device_label if win.service else "?"
+    busy = gaps
+    figures["stall"] = {
+        "longest_gap_ms": round(max(busy), 1) if busy else None,
+        "p99_gap_ms": round(sorted(busy)[int(0.99 * (len(busy) - 1))], 1) if busy else None,
+        "heartbeats": len(gaps), "seconds": stall_seconds, "inference_device": device,
+        "exams_scored_meanwhile": scored_exams, "torch_threads": win.service.cpu_threads
+        if win.service else None,
+    }
+    figures["preview_shape"] = list(preview_shape)
+    win.close()  # stops the workers first
+    app.processEvents()
+    return figures
+
+
+def main(args) -> int:
+    """Entry point of `mamview bench gui`."""
+    from mamview.bench import _machine, _table
+
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="mamview-bench-gui-"))
+    try:
+        fig = measure(work, args.size, args.repeats, args.stall_seconds)
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    fig["machine"] = _machine()
+    rows = [("machine", fig["machine"]),
+            ("data", f"one woman, 6 exams × 4 views ({args.size}), previews "
+                     f"{fig['preview_shape'][0]}×{fig['preview_shape'][1]} from the cache")]
+    for layout in ("4up", "8up", "timeline"):
+        f = fig[f"select_to_drawn_ms_{layout}"]
+        rows.append((f"select → {f['tiles']} tiles drawn ({layout})",
+                     f"median {f['median']} ms, max {f['max']} ms (target < 300 ms)"))
+    s = fig["stall"]
+    rows.append(("longest event-loop stall, CPU inference",
+                 f"{s['longest_gap_ms']} ms (p99 {s['p99_gap_ms']} ms; target < 100 ms) over "
+                 f"{s['seconds']} s, {s['exams_scored_meanwhile']} exams scored on "
+                 f"{s['inference_device']}"))
+    print("mamview bench gui")
+    print(_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(fig, indent=2))
+    return 0

@@ -1,0 +1,169 @@
+"""The inference service in a child process, behind the calls the window makes on
+core.inference.InferenceService (submit, cancel, idle, shutdown, device_label).
+
+Why a process: the image decoders and parts of the model hold Python's GIL for 80–100 ms at a
+time (seconds for a full-size JPEG 2000 decode), and a GIL-holding worker thread freezes the
+GUI thread for as long. In a child process the window's event loop never waits on it. Events
+come back over a queue; a relay thread hands them to `on_event` (the Bridge), exactly like the
+in-process service's callback. This module imports no Qt (the child imports it too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import multiprocessing
+import os
+import queue
+import threading
+from typing import Callable, Sequence
+
+_READY = "ready"
+
+
+def _child(database: str, home: str, model_id: str, device: str, cpu_threads: int | None,
+           commands, events) -> None:
+    """Child process: run an InferenceService and translate generation ids both ways."""
+    from pathlib import Path
+
+    from mamview.core.inference import InferenceService
+    from mamview.core.models import registry
+    from mamview.core.paths import Library
+
+    lock = threading.RLock()
+    to_parent: dict[int, int] = {}
+    to_child: dict[int, int] = {}
+
+    def on_event(ev) -> None:
+        gen = getattr(ev, "generation", None)
+        if gen is not None:
+            with lock:
+                ev = dataclasses.replace(ev, generation=to_parent.get(gen, -1))
+        events.put(ev)
+
+    def loader(dev):
+        model = registry.load(registry.resolve(Library(Path(home)), model_id), dev)
+        return model
+
+    svc = InferenceService(database, loader, device=device, cpu_threads=cpu_threads,
+                           on_event=on_event).start()
+
+    def announce() -> None:  # tell the parent the device once the model is in memory
+        while svc.model is None and not svc._stop:
+            threading.Event().wait(0.05)
+        if svc.model is not None:
+            events.put((_READY, svc.device_label))
+
+    threading.Thread(target=announce, daemon=True).start()
+    while True:
+        cmd = commands.get()
+        if cmd[0] == "submit":
+            _, pgen, keys, priority = cmd
+            with lock:
+                cgen = svc.submit(keys, priority)
+                to_parent[cgen], to_child[pgen] = pgen, cgen
+        elif cmd[0] == "cancel":
+            with lock:
+                cgen = to_child.get(cmd[1])
+            if cgen is not None:
+                svc.cancel(cgen)
+        else:  # stop
+            svc.shutdown(timeout=30)
+            events.put(None)
+            return
+
+
+class InferenceProcess:
+    """Drop-in for InferenceService as the window uses it, running in a spawned process."""
+
+    def __init__(self, database, home, model_id: str, *, device: str = "auto",
+                 cpu_threads: int | None = None, on_event: Callable[[object], None]):
+        ctx = multiprocessing.get_context("spawn")  # never fork a process that runs Qt
+        self._commands = ctx.Queue()
+        self._events = ctx.Queue()
+        self.cpu_threads = cpu_threads or max(1, (os.cpu_count() or 2) - 1)
+        self._proc = ctx.Process(
+            target=_child, name="mamview-inference",
+            args=(str(database), str(home), model_id, device, self.cpu_threads, self._commands,
+                  self._events), daemon=True)
+        self._emit = on_event
+        self._generations = itertools.count(1)
+        self._open: set[int] = set()
+        self._cancelled: set[int] = set()
+        self._lock = threading.Lock()
+        self.model = None  # True once the child has loaded its model
+        self.device_label = ""
+        self._relay = threading.Thread(target=self._relay_events, name="mamview-inference-relay",
+                                       daemon=True)
+        self._started = False
+        self._stopped = False
+
+    def start(self) -> "InferenceProcess":
+        if not self._started:
+            self._started = True
+            self._proc.start()
+            self._relay.start()
+        return self
+
+    def submit(self, exam_keys: Sequence[str], priority: int = 10) -> int:
+        """Queue exams; returns this side's generation id (events carry it)."""
+        self.start()
+        gen = next(self._generations)
+        if exam_keys and not self._stopped:
+            with self._lock:
+                self._open.add(gen)
+            self._commands.put(("submit", gen, list(exam_keys), priority))
+        return gen
+
+    def cancel(self, generation: int) -> None:
+        with self._lock:
+            self._cancelled.add(generation)
+            self._open.discard(generation)
+        if not self._stopped:
+            self._commands.put(("cancel", generation))
+
+    def idle(self) -> bool:
+        """Nothing queued or running that was not cancelled."""
+        with self._lock:
+            return not self._open
+
+    def shutdown(self, timeout: float | None = 30) -> None:
+        if not self._started or self._stopped:
+            self._stopped = True
+            return
+        self._stopped = True
+        self._commands.put(("stop",))
+        self._proc.join(timeout)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(5)
+        self._events.put(None)
+        self._relay.join(5)
+
+    def _relay_events(self) -> None:
+        from mamview.core.inference import GenerationDone, ServiceError
+
+        while True:
+            try:
+                ev = self._events.get(timeout=1.0)
+            except queue.Empty:
+                if not self._proc.is_alive() and not self._stopped:
+                    with self._lock:
+                        self._open.clear()
+                    self._stopped = True
+                    self._emit(ServiceError(
+                        f"the inference process stopped (exit code {self._proc.exitcode})"))
+                    return
+                continue
+            if ev is None:
+                return
+            if isinstance(ev, tuple) and ev and ev[0] == _READY:
+                self.device_label, self.model = ev[1], True
+                continue
+            if isinstance(ev, GenerationDone):
+                with self._lock:
+                    self._open.discard(ev.generation)
+            elif isinstance(ev, ServiceError):
+                with self._lock:
+                    self._open.clear()
+            self._emit(ev)
