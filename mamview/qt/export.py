@@ -267,7 +267,8 @@ def write_figure(content: ExportContent, tile_images, path, fmt: str | None = No
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would surprise whoever opens the file next
     try:
         if fmt == "png":
-            if not render_figure(content, tile_images).save(tmp, "PNG"):
+            # quality 60 = a lighter zlib level: ~25% faster than the default, ~15% larger
+            if not render_figure(content, tile_images).save(tmp, "PNG", 60):
                 raise OSError(f"could not write PNG to {path}")
         else:
             _write_pdf(content, tile_images, tmp)
