@@ -123,3 +123,12 @@ def test_empty_and_relative_years(qtbot):
     # latest exam (2022-03-01) is 0; the 2020 exam about two years before it
     assert xs[-1] / (365.25 * 86400) == pytest.approx(-2.0, abs=0.01)
     assert "−2.0 y" in c.tooltip_for("p|2020-03-01") and "2020" not in c.tooltip_for("p|2020-03-01")
+
+
+def test_hovering_a_point_shows_its_tooltip(qtbot, chart):
+    x, y, key = _spots(chart.scatter_for(SCORED))[1]
+    vb = chart.plot_item.getViewBox()
+    pos = chart.plot_widget.mapFromScene(vb.mapViewToScene(QPointF(x, y)))
+    qtbot.mouseMove(chart.plot_widget.viewport(), QPoint(pos.x(), pos.y()))
+    qtbot.waitUntil(lambda: "3.4%" in vb.toolTip(), timeout=2000)
+    assert vb.toolTip() == chart.tooltip_for(key)
