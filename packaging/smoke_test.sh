@@ -5,8 +5,9 @@
 #
 # Every command runs under `env -i` (PATH=/usr/bin:/bin, a throw-away HOME and library), so
 # nothing from a venv, PYTHONPATH or the source tree can help the bundle. Checks: --version,
-# the bundle's own inventory (decoders, Qt platform plugins, resources), demo-data, import,
-# score with the demo model, and the GUI starting offscreen and exporting a figure. Prints the
+# the bundle's own inventory (decoders, Qt platform plugins, resources, a spawned child),
+# demo-data, import, score with the demo model, the DICOM node (listen, echo, storescu when
+# dcmtk is installed), and the GUI starting offscreen and exporting a figure. Prints the
 # timings (first and second start of --version, time to the first window) and the folder size.
 # Exit status 0 when all checks pass.
 set -uo pipefail
@@ -72,6 +73,36 @@ if grep -q "not for clinical use" "$WORK/score.log"; then pass "score names the 
 else fail "score output lacks the demo model label"; fi
 grep -E "^(Model|Device|Scored)" "$WORK/score.log" | sed 's/^/      /'
 grep -Eq "^Scored [1-9]" "$WORK/score.log" || fail "score: no exam was scored"
+
+# --- the headless DICOM node (what mamview-node.service runs): listen, C-ECHO it with the
+# bundle itself, C-STORE one image with dcmtk's storescu when it is installed, stop on SIGTERM
+PORT=$(( 20000 + RANDOM % 20000 ))
+# env execs the bundle, so $! is the node's own PID (a backgrounded function would be a subshell)
+env -i PATH=/usr/bin:/bin HOME="$WORK/home" LANG=C.UTF-8 TMPDIR="$WORK" MAMVIEW_HOME="$WORK/library" \
+    "$EXE" listen --host 127.0.0.1 --port "$PORT" --no-score > "$WORK/listen.log" 2>&1 &
+NODE=$!
+echoed=""
+for _ in $(seq 60); do
+    if app echo "MAMVIEW@127.0.0.1:$PORT" --timeout 2 > "$WORK/echo.log" 2>&1; then echoed=1; break; fi
+    kill -0 "$NODE" 2>/dev/null || break
+    sleep 1
+done
+[ -n "$echoed" ] && pass "DICOM node answers C-ECHO: $(cat "$WORK/echo.log")" \
+    || fail "DICOM node did not answer C-ECHO on port $PORT"
+if [ -n "$echoed" ] && command -v storescu > /dev/null; then
+    # an uncompressed file: storescu proposes uncompressed syntaxes by default and cannot
+    # convert JPEG 2000 without a codec dcmtk does not ship
+    one="$WORK/cohort/$(awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) { if ($i == "path") p = i;
+                                  if ($i == "transfer_syntax_uid") t = i }; next }
+                                $t == "1.2.840.10008.1.2.1" { print $p; exit }' "$WORK/cohort/images.csv")"
+    storescu -aec MAMVIEW 127.0.0.1 "$PORT" "$one" > "$WORK/storescu.log" 2>&1 \
+        && pass "DICOM node accepted a C-STORE from dcmtk storescu" \
+        || fail "storescu could not store to the node: $(tail -n 3 "$WORK/storescu.log")"
+fi
+kill -TERM "$NODE" 2>/dev/null
+for _ in $(seq 60); do kill -0 "$NODE" 2>/dev/null || break; sleep 1; done
+if kill -0 "$NODE" 2>/dev/null; then fail "DICOM node did not stop on SIGTERM"; kill -KILL "$NODE"
+else pass "DICOM node stopped on SIGTERM: $(grep -a '^Received' "$WORK/listen.log" | head -n 1)"; fi
 
 # --- the GUI, offscreen: start the main window on the library, show the first woman, export
 # the tumour-board figure. `mamview gui --export-figure` when the CLI has it; else the bundle's
