@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction,
     s = sub.add_parser("gui", help="open the reading window on the library (the default)")
     s.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=None,
                    help="inference device for this session (default: from Settings)")
+    s.add_argument("--patient", metavar="ID", help="open on this woman (PatientID)")
+    s.add_argument("--layout", choices=("4up", "8up", "timeline"), default=None,
+                   help="hanging to start with (default 4up)")
     s.set_defaults(func=cmd_gui)
 
     s = sub.add_parser("demo", help="generate the synthetic demo cohort into the library, "
@@ -71,7 +74,8 @@ def cmd_gui(args, lib: Library) -> int:
         raise cli.CliError(f"the library folder {lib.home} is not usable: {exc}") from exc
     from mamview.qt.app import run
 
-    return run(lib, device=getattr(args, "device", None))
+    return run(lib, device=getattr(args, "device", None), patient=getattr(args, "patient", None),
+               layout=getattr(args, "layout", None))
 
 
 def cmd_demo(args, lib: Library) -> int:

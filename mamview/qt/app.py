@@ -52,13 +52,45 @@ def application(argv: list[str] | None = None) -> QApplication:
 
 
 def run(lib: Library, *, demo: bool = False, device: str | None = None,
-        patients: int = 20, size: str = "small") -> int:
+        patients: int = 20, size: str = "small", patient: str | None = None,
+        layout: str | None = None) -> int:
     """Open the window on `lib` (and start the live demo when asked); returns the exit code."""
     app = application()
     from mamview.qt.main_window import MainWindow
 
     win = MainWindow(lib, device=device)
-    win.show()
+    screen = app.primaryScreen()
+    if screen is not None:  # fill the screen (no window manager under Xvfb to maximise it)
+        win.setGeometry(screen.availableGeometry())
+    win.showMaximized()
+    if patient:
+        keys = [k for k, r in win.patient_list.rows.items() if r.patient_id == patient]
+        if keys:
+            win.patient_list.select(keys[0])
+        else:
+            win.status_text.setText(f"No patient with ID {patient!r} in this library.")
+    if layout:
+        win.set_layout(layout)
     if demo:
         win.start_demo(patients=patients, size=size)
+    app.aboutToQuit.connect(win.shutdown)
+    _quit_on_signals(app)
     return app.exec()
+
+
+def _quit_on_signals(app: QApplication) -> None:
+    """Ctrl-C / SIGTERM close the window cleanly (workers stopped, child processes ended).
+
+    Python runs signal handlers only between bytecodes, so a light timer lets it look."""
+    import signal
+
+    from PySide6.QtCore import QTimer
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(sig, lambda *_: app.quit())
+        except (ValueError, OSError):  # not the main thread, or the platform lacks it
+            pass
+    timer = QTimer(app)
+    timer.timeout.connect(lambda: None)
+    timer.start(250)

@@ -10,6 +10,8 @@ the previews are already turned for this by the display pipeline):
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -24,6 +26,49 @@ from mamview.qt.image_tile import ImageTile
 from mamview.qt.library_data import ExamInfo, ExamScore, preview_path
 
 LAYOUTS = ("4up", "8up", "timeline")
+class PreviewCache:
+    """Decoded previews kept in memory across patients (least recently used out first)."""
+
+    def __init__(self, budget_bytes: int = 384 * 2**20):
+        self.budget = budget_bytes
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, uid: str) -> np.ndarray | None:
+        with self._lock:
+            arr = self._items.get(uid)
+            if arr is not None:
+                self._items.move_to_end(uid)
+            return arr
+
+    def __contains__(self, uid: str) -> bool:
+        with self._lock:
+            return uid in self._items
+
+    def put(self, uid: str, arr: np.ndarray) -> None:
+        with self._lock:
+            old = self._items.pop(uid, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            self._items[uid] = arr
+            self._bytes += arr.nbytes
+            while self._bytes > self.budget and len(self._items) > 1:
+                _, gone = self._items.popitem(last=False)
+                self._bytes -= gone.nbytes
+
+    def discard(self, uid: str) -> None:
+        with self._lock:
+            old = self._items.pop(uid, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
 # decodes previews for the GUI thread, which waits for them (a few ms each, in parallel)
 _PREVIEW_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mamview-preview")
 LAYOUT_NAMES = {"4up": "Current 4-up", "8up": "Current vs prior", "timeline": "Timeline"}
@@ -61,7 +106,7 @@ class ExamGrid(QWidget):
         self.magnifier = False
         self.preset_index: int | None = None
         self._token = 0  # bumps on every patient change: stale decodes are dropped
-        self._preview_cache: dict[str, np.ndarray] = {}
+        self._preview_cache = PreviewCache()
         self._preview_paths: dict = {}  # looked up on the GUI thread (its db connection)
         self._syncing = False
         self.tiles: list[ImageTile] = []
@@ -108,7 +153,6 @@ class ExamGrid(QWidget):
         self.lib, self.db = lib, db
         self.exams = list(exams)
         self.model_short = model_short
-        self._preview_cache.clear()
         self._preview_paths.clear()
         keys = [e.exam_key for e in self.exams]
         cur = current_key if current_key in keys else (keys[-1] if keys else None)
@@ -156,6 +200,9 @@ class ExamGrid(QWidget):
     def refresh_previews(self) -> None:
         """Previews were made since the hanging was drawn: draw the tiles that lacked one."""
         if any(t.array is None and t.image_row is not None for t in self.tiles):
+            for t in self.tiles:  # a failed earlier read must not stick
+                if t.array is None and t.image_row is not None:
+                    self._preview_cache.discard(t.image_row["sop_instance_uid"])
             self._hang()
 
     def refresh_exams(self, exams: list[ExamInfo]) -> None:
@@ -349,8 +396,9 @@ class ExamGrid(QWidget):
 
     def _preview(self, row: dict) -> np.ndarray | None:
         uid = row["sop_instance_uid"]
-        if uid in self._preview_cache:
-            return self._preview_cache[uid]
+        cached = self._preview_cache.get(uid)
+        if cached is not None:
+            return cached
         if self.lib is None or self.db is None:
             return None
         if uid in self._preview_paths:
@@ -365,8 +413,35 @@ class ExamGrid(QWidget):
             return None  # a damaged preview file: the import will remake it
         if arr.ndim != 2:
             arr = arr[..., 0]
-        self._preview_cache[uid] = arr
+        self._preview_cache.put(uid, arr)
         return arr
+
+    def prefetch(self, exams: list[ExamInfo]) -> None:
+        """Read another woman's current and prior previews into memory in the background
+        (the next one in the worklist), so that moving on shows her at once."""
+        if self.lib is None or self.db is None or not exams:
+            return
+        wanted = []
+        for ex in exams[-2:]:
+            for label in VIEW_ORDER:
+                row = ex.image_for(label)
+                if row is not None and row["sop_instance_uid"] not in self._preview_cache:
+                    path = preview_path(self.lib, self.db, row["sop_instance_uid"])
+                    if path is not None:
+                        wanted.append((row["sop_instance_uid"], path))
+        if not wanted:
+            return
+        cache = self._preview_cache
+
+        def load():
+            for uid, path in wanted:
+                try:
+                    arr = previews.load_png(path)
+                except (OSError, ValueError):
+                    continue
+                cache.put(uid, arr if arr.ndim == 2 else arr[..., 0])
+
+        self._run_task(load, lambda _result, _error: None)
 
     # ---------------------------------------------------------------- full resolution
 

@@ -55,8 +55,15 @@ def _child(database: str, home: str, model_id: str, device: str, cpu_threads: in
             events.put((_READY, svc.device_label))
 
     threading.Thread(target=announce, daemon=True).start()
+    parent = multiprocessing.parent_process()
     while True:
-        cmd = commands.get()
+        try:
+            cmd = commands.get(timeout=1.0)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                cmd = ("stop",)  # the window died without saying goodbye: do not linger
+            else:
+                continue
         if cmd[0] == "submit":
             _, pgen, keys, priority = cmd
             with lock:

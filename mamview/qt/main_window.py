@@ -143,8 +143,8 @@ class MainWindow(QMainWindow):
         right = QSplitter(Qt.Orientation.Vertical)
         right.addWidget(self.chart)
         right.addWidget(self.metrics)
-        right.setStretchFactor(0, 3)
-        right.setStretchFactor(1, 2)
+        right.setStretchFactor(0, 5)
+        right.setStretchFactor(1, 4)
         self.right_panel = right
 
         split = QSplitter(Qt.Orientation.Horizontal)
@@ -154,7 +154,7 @@ class MainWindow(QMainWindow):
         split.setStretchFactor(0, 0)
         split.setStretchFactor(1, 1)
         split.setStretchFactor(2, 0)
-        split.setSizes([340, 1100, 440])
+        split.setSizes([390, 1060, 470])
         self.splitter = split
         self.setCentralWidget(split)
 
@@ -499,6 +499,17 @@ class MainWindow(QMainWindow):
         if row:
             self.status_text.setText(f"{row.patient_id} · {row.display_name} · {len(exams)} exams")
         self._score_on_screen(exams)
+        QTimer.singleShot(0, self._prefetch_next)
+
+    def _prefetch_next(self) -> None:
+        """Previews of the next woman in the worklist into memory (reading goes forward)."""
+        if self._closed or self.patient_key is None:
+            return
+        keys = self.patient_list.visible_keys()
+        if self.patient_key in keys:
+            i = keys.index(self.patient_key)
+            if i + 1 < len(keys):
+                self.grid.prefetch(patient_exams(self.db, keys[i + 1], self.model_id))
 
     def _set_chart(self) -> None:
         """Draw the woman's trajectory from the exams the grid holds (with live scores)."""

@@ -79,6 +79,7 @@ class PatientList(QWidget):
         lay.addWidget(self.table)
         self.rows: dict[str, PatientRow] = {}
         self._current: str | None = None
+        self._sorted_once = False
 
     def set_rows(self, rows: list[PatientRow]) -> None:
         """Replace the list; the selected woman stays selected (no new selection signal)."""
@@ -89,6 +90,9 @@ class PatientList(QWidget):
         for i, r in enumerate(rows):
             self._fill_row(i, r)
         self.table.setSortingEnabled(True)
+        if not self._sorted_once:  # worklist order by patient ID until the user sorts
+            self.table.sortItems(1, Qt.SortOrder.AscendingOrder)
+            self._sorted_once = True
         self.table.blockSignals(False)
         self._apply_filter(self.search.text())
         if self._current in self.rows:
