@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from mamview.core.cache import store
 from mamview.core.cache.db import connect
@@ -13,8 +14,8 @@ from mamview.core.demo_data import generate_cohort
 from mamview.core.inference import ExamScored, InferenceService
 from mamview.core.ingest import run_import
 from mamview.core.models import registry
-from mamview.core.models.mirai import demo_preprocessing_version
-from mamview.core.models.train_demo import spearman
+from mamview.core.models.mirai import MiraiConfig, demo_preprocessing_version
+from mamview.core.models.train_demo import DEMO_CONFIG, cached_exams, exam_cache_key, spearman
 from mamview.core.paths import Library, resources_dir
 from tests.core.test_inference import drain
 from tests.core.test_ingest import consume
@@ -97,3 +98,47 @@ def test_second_run_is_fully_cached(scored_cohort):
     first, again, _, _ = scored_cohort
     assert len(again) == len(first) and all(e.cached for e in again)
     assert {e.exam_key: e.risk for e in again} == {e.exam_key: e.risk for e in first}
+
+
+# ---------------------------------------------------------------- the trainer's exam cache
+
+
+def test_exam_cache_key_names_every_input():
+    base = MiraiConfig(**DEMO_CONFIG)
+    key = exam_cache_key(160, 0, base)
+    assert key == exam_cache_key(160, 0, MiraiConfig(**DEMO_CONFIG))
+    other_size = MiraiConfig(**dict(DEMO_CONFIG, input_height=64, input_width=52))
+    for changed in (exam_cache_key(161, 0, base), exam_cache_key(160, 1, base),
+                    exam_cache_key(160, 0, other_size)):
+        assert changed != key
+    assert len(key["generator_sha256"]) == 64  # the generator's code is part of the key
+
+
+@pytest.mark.slow
+def test_exam_cache_is_reused_only_when_it_matches(tmp_path):
+    """A one-woman cohort: built and cached once, then read back identically; a damaged or
+    mismatched cache is rebuilt instead of trusted."""
+    config = MiraiConfig(**dict(DEMO_CONFIG, input_height=64, input_width=52))
+    cache = tmp_path / "exams.pt"
+    logs = []
+    built, skipped = cached_exams(cache, 1, 3, config, tmp_path, log=logs.append)
+    assert built and cache.is_file()
+    assert not any("from" in m and str(cache) in m for m in logs)
+    assert all(e.image.shape == (4, 1, 64, 52) and 0 < e.risk5 < 0.2 for e in built)
+
+    logs.clear()
+    again, skipped_again = cached_exams(cache, 1, 3, config, tmp_path, log=logs.append)
+    assert logs == [f"loaded {len(built)} preprocessed exams from {cache}"]
+    assert skipped_again == skipped and len(again) == len(built)
+    for a, b in zip(again, built):
+        assert (a.patient_id, a.exam_key, a.risk5) == (b.patient_id, b.exam_key, b.risk5)
+        assert torch.equal(a.image, b.image) and torch.equal(a.view_seq, b.view_seq)
+
+    logs.clear()  # another seed: the cached exams are not its exams
+    cached_exams(cache, 1, 4, config, tmp_path, log=logs.append)
+    assert "made for other inputs" in logs[0]
+
+    cache.write_bytes(b"not a torch file")
+    logs.clear()
+    rebuilt, _ = cached_exams(cache, 1, 4, config, tmp_path, log=logs.append)
+    assert "unreadable" in logs[0] and rebuilt
