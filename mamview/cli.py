@@ -233,6 +233,19 @@ def cmd_models(args, lib: paths.Library) -> int:
     return 0
 
 
+def cmd_check(args, lib: paths.Library) -> int:
+    from mamview.core import firstrun
+    from mamview.core import settings
+
+    results = firstrun.run_checks(lib, device_preference=settings.load(lib.settings_file).device)
+    if args.json:
+        _print_json([vars(r) for r in results])
+    else:
+        print(f"Library: {lib.home}")
+        print(firstrun.format_results(results))
+    return 0 if all(r.ok for r in results) else 1
+
+
 def cmd_bench(args, lib: paths.Library) -> int:
     from mamview import bench
 
@@ -285,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("path", nargs="?", metavar="PATH", help="release folder or zip (install)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("check", help="first-run checks: library folder, free disk, GPU or CPU")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_check)
 
     s = sub.add_parser("bench", help="measure performance figures")
     bsub = s.add_subparsers(dest="bench", metavar="WHAT", required=True)
