@@ -1,0 +1,32 @@
+"""The gui area's commands: what a bare `mamview` runs, refusal without a display, the console
+demo, and `mamview gui --patient` options."""
+
+from __future__ import annotations
+
+from mamview import cli_gui
+from mamview.cli import build_parser, main
+
+
+def test_bare_mamview_opens_the_window_and_demo_has_a_console_mode():
+    p = build_parser()
+    assert p.parse_args([]).func is cli_gui.cmd_gui
+    args = p.parse_args(["gui", "--patient", "P1", "--layout", "8up", "--device", "cpu"])
+    assert (args.func, args.patient, args.layout, args.device) == (cli_gui.cmd_gui, "P1", "8up", "cpu")
+    assert p.parse_args(["demo", "--no-gui"]).func is cli_gui.cmd_demo
+    assert p.parse_args(["bench", "gui"]).func is cli_gui.cmd_bench_gui
+    assert p.parse_args(["patients"]).func.__name__ == "cmd_patients"
+
+
+def test_gui_without_a_display_says_so(home, monkeypatch, capsys):
+    for var in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(cli_gui.sys, "platform", "linux")
+    assert main(["--home", str(home), "gui"]) == 2
+    assert "no display" in capsys.readouterr().err
+
+
+def test_demo_no_gui_writes_and_imports(home, capsys):
+    assert main(["--home", str(home), "demo", "--no-gui", "--patients", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "Imported" in out and "Synthetic data" in out
+    assert (home / "demo-cohort" / "images.csv").is_file()
