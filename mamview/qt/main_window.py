@@ -97,6 +97,7 @@ class MainWindow(QMainWindow):
         self._build_widgets()
         self._build_actions()
         self._build_status_bar()
+        self._start_first_run_checks()
         self._warm_up_analytics()
         self.refresh_patients()
         self.refresh_problems()
@@ -256,10 +257,48 @@ class MainWindow(QMainWindow):
         self.problems_button.setAutoRaise(True)
         self.problems_button.clicked.connect(lambda: self.problems_dock.setVisible(
             not self.problems_dock.isVisible()))
+        self.checks_button = QToolButton()  # shown only when a first-run check has something to say
+        self.checks_button.setAutoRaise(True)
+        self.checks_button.clicked.connect(self._show_check_results)
+        self.checks_button.hide()
+        self.check_results: list = []
         sb.addWidget(self.status_text, 1)
+        sb.addPermanentWidget(self.checks_button)
         sb.addPermanentWidget(self.progress)
         sb.addPermanentWidget(self.problems_button)
         sb.addPermanentWidget(self.model_text)
+
+    # ---------------------------------------------------------------- first-run checks
+
+    def _start_first_run_checks(self) -> None:
+        """Library folder, free disk and GPU checks, off the GUI thread (nvidia-smi can be slow)."""
+        from mamview.core import firstrun
+
+        device = self.settings.device
+        self.bridge.run_task(lambda: firstrun.run_checks(self.lib, device_preference=device),
+                             self._on_first_run_checks)
+
+    def _on_first_run_checks(self, results, error) -> None:
+        from mamview.core import firstrun
+
+        if self._closed or error is not None:
+            return
+        self.check_results = list(results)
+        compute = next((r for r in results if r.name == "gpu"), None)
+        if compute is not None:
+            self.model_text.setToolTip("\n".join(filter(None, (compute.message, compute.hint))))
+        notable = [r for r in results if r.level != firstrun.OK]
+        if notable:
+            worst = "error" if any(r.level == firstrun.ERROR for r in notable) else "warning"
+            self.checks_button.setText(f"⚠ setup {worst}" + ("s" if len(notable) > 1 else ""))
+            self.checks_button.setToolTip(firstrun.format_results(notable))
+            self.checks_button.show()
+            self.status_text.setText(notable[0].message)
+
+    def _show_check_results(self) -> None:
+        from mamview.core import firstrun
+
+        QMessageBox.information(self, "Setup checks", firstrun.format_results(self.check_results))
 
     # ---------------------------------------------------------------- model and inference
 
@@ -301,8 +340,9 @@ class MainWindow(QMainWindow):
     def _model_status(self) -> str:
         if self.model_entry is None:
             return f"Model: unavailable ({self.model_problem})"
+        # the model loads lazily: until it has, say what was asked for, not a device we guess
         dev = self.service.device_label if self.service and self.service.device_label else (
-            self.settings.device)
+            f"{self.settings.device} (model not loaded yet)")
         return f"Model: {self.model_short} · device: {dev}"
 
     def _ensure_service(self):
@@ -368,6 +408,7 @@ class MainWindow(QMainWindow):
                 self._show_progress("Scoring", ev.done, ev.total)
             return
         if isinstance(ev, inf.GenerationDone):
+            self.model_text.setText(self._model_status())
             if ev.generation == self._background_generation:
                 self.progress.hide()
                 self.status_text.setText("All exams scored.")

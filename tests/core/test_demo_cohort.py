@@ -230,7 +230,7 @@ def test_killed_import_process_completes_to_the_same_database(cohort, imported, 
 
 def test_cli_demo_loads_the_cohort_into_the_library(tmp_path, capsys):
     home = str(tmp_path / "h")
-    assert main(["--home", home, "demo", "--patients", "3"]) == 0
+    assert main(["--home", home, "demo", "--no-gui", "--patients", "3"]) == 0
     out = capsys.readouterr().out
     assert "Library: 3 patients" in out and "Skipped" not in out
     assert main(["--home", home, "problems"]) == 0
