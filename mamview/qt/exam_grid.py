@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (QGridLayout, QHBoxLayout, QLabel, QScrollArea, QT
 from mamview.core import previews
 from mamview.qt.decode_worker import render_full_elsewhere
 from mamview.qt.image_tile import ImageTile
-from mamview.qt.library_data import ExamInfo, ExamScore, preview_path
+from mamview.core.worklist import ExamInfo, ExamScore, preview_path
 
 LAYOUTS = ("4up", "8up", "timeline")
 class PreviewCache:

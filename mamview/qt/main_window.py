@@ -22,7 +22,7 @@ from mamview.core.cache.db import connect
 from mamview.core.paths import Library
 from mamview.qt.bridge import Bridge
 from mamview.qt.exam_grid import LAYOUT_NAMES, ExamGrid
-from mamview.qt.library_data import ExamInfo, ExamScore, latest_scores, patient_exams
+from mamview.core.worklist import ExamInfo, ExamScore, latest_scores, patient_exams
 from mamview.qt.metrics_panel import MetricsPanel
 from mamview.qt.patient_list import PatientList, PatientRow
 from mamview.qt.problems_panel import ProblemsPanel

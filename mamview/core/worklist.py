@@ -1,4 +1,5 @@
-"""Thin read-only queries the window needs, built on core.cache (no domain rules here).
+"""Read-only queries the reading window needs: a woman's exams with images and scores, and the
+latest score per woman for the worklist (on core.cache; no Qt).
 
 They run on the GUI thread's own connection and only read small tables: a few ms per call.
 """
