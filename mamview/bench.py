@@ -13,6 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from mamview.core.ingest import drain
+
 
 def _machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
@@ -50,7 +52,7 @@ def bench_import(patients: int = 6, size: str = "full", work: str | None = None)
         if lib.home.exists():
             _rmtree(lib.home)
         t = time.perf_counter()
-        summary = _consume(run_import(lib, [cohort], make_previews=False))
+        summary = drain(run_import(lib, [cohort], make_previews=False))
         index_rates.append(summary.files_seen / (time.perf_counter() - t))
 
     # previews of the whole cohort (reduced-resolution decode where possible)
@@ -58,7 +60,7 @@ def bench_import(patients: int = 6, size: str = "full", work: str | None = None)
     db = connect(lib.database)
     n_images = store.counts(db)["images"]
     t = time.perf_counter()
-    _consume(generate_previews(lib, db))
+    drain(generate_previews(lib, db))
     preview_s = time.perf_counter() - t
     db.close()
 
@@ -82,7 +84,7 @@ def bench_import(patients: int = 6, size: str = "full", work: str | None = None)
     lib6 = Library(base / "lib-six")
     if lib6.home.exists():
         _rmtree(lib6.home)
-    _consume(run_import(lib6, [six], make_previews=False))
+    drain(run_import(lib6, [six], make_previews=False))
     db = connect(lib6.database)
     t = time.perf_counter()
     made = sum(1 for ev in generate_previews(lib6, db) if getattr(ev, "phase", "") == "previews")
@@ -107,14 +109,6 @@ def bench_import(patients: int = 6, size: str = "full", work: str | None = None)
 
 def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
-
-
-def _consume(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
 
 
 def _rmtree(p: Path) -> None:

@@ -138,6 +138,15 @@ def run_import(
             db.close()
 
 
+def drain(gen):
+    """Run an import-style generator (events, then a return value) to its end; return the value."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
 def _cancelled(cancel: threading.Event | None) -> bool:
     return cancel is not None and cancel.is_set()
 

@@ -17,13 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def _drain(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+from mamview.core.ingest import drain
 
 
 def _prepare(work: Path, size: str):
@@ -38,7 +32,7 @@ def _prepare(work: Path, size: str):
     if not (other / "images.csv").exists():
         generate_cohort(other, n_patients=1, size="small", seed=3)
     lib = Library(work / f"lib-{size}")
-    _drain(run_import(lib, [p for p in six.iterdir() if p.is_dir()]
+    drain(run_import(lib, [p for p in six.iterdir() if p.is_dir()]
                       + [p for p in other.iterdir() if p.is_dir()]))
     return lib
 

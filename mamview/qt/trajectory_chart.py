@@ -23,6 +23,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from mamview.core.models.registry import DEMO_LABEL
+from mamview.core.report import format_relative_years, years_between
 
 SCORED, PENDING, UNSCORABLE = "scored", "pending", "unscorable"
 
@@ -74,18 +75,6 @@ class ChartPoint:
 def date_to_x(d: datetime.date) -> float:
     """Seconds since the epoch (UTC midnight) — the unit pyqtgraph's DateAxisItem expects."""
     return float(calendar.timegm(d.timetuple()))
-
-
-def years_between(d: datetime.date, anchor: datetime.date) -> float:
-    """(d − anchor) in years (negative for an exam before the anchor)."""
-    return (d - anchor).days / 365.25
-
-
-def format_relative_years(years: float) -> str:
-    """'latest exam' for 0, else e.g. '−2.0 y' (for de-identified captions and axes)."""
-    if abs(years) < 0.05:
-        return "latest exam"
-    return f"{years:+.1f} y".replace("-", "−")
 
 
 def tooltip_text(p: ChartPoint, relative_to: datetime.date | None = None) -> str:

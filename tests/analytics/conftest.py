@@ -10,18 +10,10 @@ from mamview.core import paths
 from mamview.core.cache import scores as score_store
 from mamview.core.cache import store
 from mamview.core.cache.db import connect
-from mamview.core.ingest import run_import
+from mamview.core.ingest import drain, run_import
 from tests.factories import write_mammogram
 
 VIEWS = (("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO"))
-
-
-def drain(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
 
 
 def write_exam(folder, patient_id, date, manufacturer="ACME"):

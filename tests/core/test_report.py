@@ -12,20 +12,13 @@ from mamview.core.cache import scores as score_store
 from mamview.core.cache.db import connect
 from mamview.core.ingest import run_import
 from mamview.core.models.registry import DEMO_LABEL
+from mamview.core.ingest import drain
 from mamview.core.paths import library
 from tests.factories import write_mammogram
 
 NAME, PID, BIRTH = "SMITHSON^ANNABEL", "MRN-48213", "19620415"
 DATES = ["20160310", "20180312", "20200316", "20220321"]
 RISKS = {"20160310": 1.9, "20180312": 2.1, "20200316": 3.4}  # 2022 stays pending
-
-
-def _drain(gen):
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        return stop.value
 
 
 def make_library(home, tmp_path, *, incomplete_first=False):
@@ -40,7 +33,7 @@ def make_library(home, tmp_path, *, incomplete_first=False):
                 write_mammogram(src / d / f"{lat}{view}.dcm", patient_id=PID, patient_name=NAME,
                                 study_date=d, laterality=lat, view=view,
                                 extra={"PatientBirthDate": BIRTH})
-    _drain(run_import(lib, [src], make_previews=False))
+    drain(run_import(lib, [src], make_previews=False))
     db = connect(lib.database)
     pkey = db.execute("SELECT patient_key FROM patients").fetchone()[0]
     keys = {r[1].replace("-", ""): r[0] for r in

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mamview.core.ingest import run_import
+from mamview.core.ingest import drain, run_import
 from mamview.core.paths import Library
 from tests.factories import write_mammogram, write_pdf
 
@@ -15,15 +15,6 @@ VIEWS = (("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO"))
 # RCC stored mirrored: rows run P→A flipped, columns medial→lateral; the display must undo it
 MIRRORED = {("R", "CC"): ("A", "R"), ("L", "CC"): ("P", "L"), ("R", "MLO"): ("A", "HL"),
             ("L", "MLO"): ("P", "HR")}
-
-
-def drain(gen):
-    """Run an import generator to its summary."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
 
 
 def write_reader_files(folder: Path) -> Path:
