@@ -20,6 +20,10 @@ class Settings:
     thresholds_percent: list[float] = field(default_factory=lambda: [1.7, 3.0])
     preview_height: int = 1024
     pacs_nodes: list[dict] = field(default_factory=list)
+    # the window's own DICOM storage node (receives pushes and the priors fetched by C-MOVE)
+    node_enabled: bool = False
+    node_ae_title: str = "MAMVIEW"
+    node_port: int = 11112
 
 
 def load(path: str | os.PathLike) -> Settings:

@@ -21,6 +21,7 @@ class Bridge(QObject):
     importEvent = Signal(object)  # core.ingest Progress / ProblemFound
     importFinished = Signal(object)  # ImportSummary, or an Exception when the import failed
     scoreEvent = Signal(object)  # core.inference events
+    nodeEvent = Signal(object)  # core.net.scp node events (on the node's threads)
     taskDone = Signal(object, object, object)  # callback, result, error (run_task)
 
     def __init__(self, parent: QObject | None = None):
@@ -36,6 +37,10 @@ class Bridge(QObject):
     def post_score_event(self, event) -> None:
         """`on_event` for InferenceService: re-emit in the GUI thread."""
         self.scoreEvent.emit(event)
+
+    def post_node_event(self, event) -> None:
+        """`on_event` for core.net.StorageNode: re-emit in the GUI thread."""
+        self.nodeEvent.emit(event)
 
     # -- short tasks
 

@@ -73,6 +73,9 @@ class MainWindow(QMainWindow):
         self.bridge.importEvent.connect(self._on_import_event)
         self.bridge.importFinished.connect(self._on_import_finished)
         self.bridge.scoreEvent.connect(self._on_score_event)
+        from mamview.qt.dicom_node import DicomNodeController
+
+        self.node_ctl = DicomNodeController(self.lib, self.bridge, self)
         self.service = None
         self.model_entry = None
         self.model_problem = ""
@@ -98,6 +101,7 @@ class MainWindow(QMainWindow):
         self._build_actions()
         self._build_status_bar()
         self._start_first_run_checks()
+        self._wire_dicom_node()
         self._warm_up_analytics()
         self.refresh_patients()
         self.refresh_problems()
@@ -194,6 +198,10 @@ class MainWindow(QMainWindow):
         file_menu.addAction(a("copy", "&Copy figure to clipboard", self.copy_figure))
         file_menu.addSeparator()
         file_menu.addAction(a("settings", "&Settings…", self.open_settings))
+        dicom = self.menuBar().addMenu("&DICOM")
+        dicom.addAction(a("receive", "&Receive images (DICOM node)", self.set_node_running,
+                          checkable=True, checked=False))
+        dicom.addAction(a("fetch_priors", "&Fetch priors from PACS…", self.fetch_priors))
         file_menu.addSeparator()
         file_menu.addAction(a("quit", "&Quit", self.close))
         self.actions_by_name["quit"].setShortcut(QKeySequence.StandardKey.Quit)
@@ -267,6 +275,75 @@ class MainWindow(QMainWindow):
         sb.addPermanentWidget(self.progress)
         sb.addPermanentWidget(self.problems_button)
         sb.addPermanentWidget(self.model_text)
+
+    # ---------------------------------------------------------------- DICOM node
+
+    def _wire_dicom_node(self) -> None:
+        ctl = self.node_ctl
+        ctl.status.connect(self.status_text.setText)
+        ctl.libraryChanged.connect(self._on_received_images)
+        ctl.fetchDone.connect(self._on_fetch_done)
+        if self.settings.node_enabled:
+            self.set_node_running(True)
+
+    def set_node_running(self, on: bool) -> None:
+        """Start or stop the window's DICOM node (AE title and port from the settings)."""
+        if on and not self.node_ctl.running:
+            error = self.node_ctl.start(self.settings.node_ae_title, self.settings.node_port)
+            if error:
+                on = False
+        elif not on:
+            self.node_ctl.stop()
+        act = self.actions_by_name["receive"]
+        act.blockSignals(True)
+        act.setChecked(on)
+        act.blockSignals(False)
+
+    def _on_received_images(self) -> None:
+        if self._closed:
+            return
+        self.refresh_patients()
+        if self.patient_key:
+            self.show_patient(self.patient_key)
+        if self.start_inference:
+            self.score_library()
+
+    def fetch_priors(self, pacs_text: str | None = None) -> None:
+        """Ask a PACS for the woman on screen's earlier MG studies (C-FIND, C-MOVE to our node)."""
+        from PySide6.QtWidgets import QInputDialog
+
+        row = self.patient_list.rows.get(self.patient_key) if self.patient_key else None
+        if row is None:
+            self.status_text.setText("Select a woman first to fetch her priors.")
+            return
+        if not self.node_ctl.running:
+            self.set_node_running(True)
+        if pacs_text is None:
+            known = [n.get("name") or n.get("ae_title") for n in self.settings.pacs_nodes
+                     if isinstance(n, dict)]
+            if known:
+                pacs_text, ok = QInputDialog.getItem(self, "Fetch priors", "PACS", known, 0, True)
+            else:
+                pacs_text, ok = QInputDialog.getText(self, "Fetch priors",
+                                                     "PACS address (AE@host:port)")
+            if not ok or not pacs_text.strip():
+                return
+        error = self.node_ctl.fetch_priors(row.patient_id, pacs_text.strip(), self.settings)
+        if error:
+            self.status_text.setText(error)
+            QMessageBox.warning(self, "Fetch priors", error)
+
+    def _on_fetch_done(self, summary, error) -> None:
+        from mamview.qt.dicom_node import summary_text
+
+        if self._closed:
+            return
+        self.last_fetch = (summary, error)
+        if error:
+            self.status_text.setText(f"Fetch priors failed: {error}")
+            return
+        self.status_text.setText(summary_text(summary).splitlines()[0])
+        self._on_received_images()
 
     # ---------------------------------------------------------------- first-run checks
 
@@ -741,7 +818,12 @@ class MainWindow(QMainWindow):
     def apply_settings(self, new: settings_mod.Settings) -> None:
         """Use changed settings; a new model or device restarts the inference service."""
         restart = (new.model != self.settings.model or new.device != self.settings.device)
+        node_changed = (new.node_enabled, new.node_ae_title, new.node_port) != (
+            self.settings.node_enabled, self.settings.node_ae_title, self.settings.node_port)
         self.settings = new
+        if node_changed:
+            self.set_node_running(False)
+            self.set_node_running(new.node_enabled)
         if restart:
             if self.service is not None:
                 self.service.shutdown(timeout=30)
@@ -783,6 +865,7 @@ class MainWindow(QMainWindow):
             return
         self._closed = True
         self._score_timer.stop()
+        self.node_ctl.stop()
         if self.service is not None:
             self.service.shutdown(timeout=30)
             self.service = None

@@ -3,8 +3,8 @@ the risk thresholds; saved with core.settings."""
 
 from __future__ import annotations
 
-from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox,
-                               QFormLayout, QLabel, QLineEdit)
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox,
+                               QDoubleSpinBox, QFormLayout, QLabel, QLineEdit, QSpinBox)
 
 from mamview.core import settings as settings_mod
 from mamview.core.paths import Library
@@ -58,6 +58,17 @@ class SettingsDialog(QDialog):
         form.addRow("Threshold (increased risk)", self.low)
         form.addRow("Threshold (high)", self.high)
         form.addRow("", QLabel("<small>Defaults: 1.7% (NCCN 2026 increased risk) and 3%.</small>"))
+        self.node_enabled = QCheckBox("Receive images from modalities and PACS")
+        self.node_enabled.setChecked(bool(current.node_enabled))
+        form.addRow("DICOM node", self.node_enabled)
+        self.node_ae = QLineEdit(current.node_ae_title)
+        self.node_ae.setMaxLength(16)
+        form.addRow("Our AE title", self.node_ae)
+        self.node_port = QSpinBox(minimum=1, maximum=65535)
+        self.node_port.setValue(int(current.node_port))
+        form.addRow("Port", self.node_port)
+        form.addRow("", QLabel("<small>PACS nodes for Fetch priors: <tt>pacs_nodes</tt> in "
+                               "settings.json, or type AE@host:port.</small>"))
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save
                                    | QDialogButtonBox.StandardButton.Cancel)
         buttons.accepted.connect(self.accept)
@@ -74,6 +85,9 @@ class SettingsDialog(QDialog):
         s = settings_mod.Settings(**{**self._settings.__dict__})
         s.model = self.model.currentData() or "auto"
         s.device = self.device.currentData() or "auto"
+        s.node_enabled = self.node_enabled.isChecked()
+        s.node_ae_title = self.node_ae.text().strip().upper() or "MAMVIEW"
+        s.node_port = self.node_port.value()
         s.thresholds_percent = sorted({round(self.low.value(), 2), round(self.high.value(), 2)})
         return s
 
