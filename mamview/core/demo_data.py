@@ -6,8 +6,9 @@ between women and falls slowly with age). Most women ("controls") keep a flat 5-
 2%; about one in five ("cases") rise towards 6–7% at their last exam, fastest in the last two
 years, as in the cohort study our users follow (risk-science.md §1.4). The risk is written into
 the pixels as calcification-like bright specks and a faint density whose number and contrast
-grow with log(risk) (`risk_features`), so a model can learn it. The truth goes into sidecar
-CSVs, never into the DICOM files.
+grow with log(risk) (`risk_features`), so a model can learn it; a lead marker pins every image's
+brightest value, so the speck contrast survives a per-image min-max window. The truth goes into
+sidecar CSVs, never into the DICOM files.
 
 The files vary the way real archives do: three transfer syntaxes, two matrix sizes, a
 MONOCHROME1 vendor, a SIGMOID VOI vendor, images stored mirrored with a matching
@@ -133,10 +134,19 @@ def make_women(n: int, seed: int) -> list[Woman]:
 
 def risk_features(risk_percent: float) -> dict:
     """How a risk shows in the image: speck count, speck contrast and a faint density's
-    contrast, all growing with log(risk). Pure, so tests and the model trainer can use it."""
-    z = math.log(max(risk_percent, 0.5) / 1.5)  # ≈0.25 at 2%, ≈1.5 at 6.6%
-    return {"specks": int(round(2 + 10 * z)), "speck_contrast": 0.22 + 0.12 * z,
+    contrast, all growing with log(risk). Pure, so tests and the model trainer can use it.
+
+    The contrast is continuous in log(risk) (controls at 2.0 % vs 2.4 % differ by ~0.05 in
+    attenuation, about nine times the pixel noise), so a network can order women whose speck
+    counts tie; the count alone moves in whole specks and cannot."""
+    z = math.log(max(risk_percent, 0.5) / 1.5)  # ≈0.29 at 2%, ≈1.5 at 6.6%
+    return {"specks": int(round(2 + 10 * z)), "speck_contrast": max(0.03, 0.06 + 0.3 * z),
             "mass_contrast": 0.05 * z}
+
+
+#: Attenuation scale of the tissue (fat, glands, skin, nipple, muscle), leaving headroom below
+#: the marker for the risk specks so they are not clipped on dense tissue.
+TISSUE_SCALE = 0.72
 
 
 def _smooth_noise(shape, scale: int, rng: np.random.Generator) -> np.ndarray:
@@ -163,13 +173,14 @@ def draw_breast(shape: tuple[int, int], view: str, density: float, risk_percent:
     texture = 0.7 * _smooth_noise(shape, 24, rng) + 0.3 * _smooth_noise(shape, 12, rng)
     gland_zone = np.clip(1.2 - r, 0, 1) * np.clip((w - x) / (0.25 * w) * 0.3 + 0.7, 0, 1)
     gland = np.clip(texture * 0.5 + density - 0.35, 0, 1) * gland_zone * (0.25 + 0.45 * density)
-    img = (fat + gland) * inside
+    # tissue kept below ~0.7 so that specks on dense tissue stay below the lead marker (1.0)
+    img = TISSUE_SCALE * (fat + gland) * inside
     skin = (r > 0.965) & inside
-    img[skin] += 0.10
+    img[skin] += TISSUE_SCALE * 0.10
     # nipple at the tip
     ny, nx = cy, w - 1 - depth
     nipple = ((x - nx) ** 2 + (y - ny) ** 2) < (0.012 * h) ** 2
-    img[nipple] = 0.42
+    img[nipple] = TISSUE_SCALE * 0.42
     if view == "MLO":
         # pectoral muscle: a bright wedge along the chest wall, widest at the top
         top_w = w * rng.uniform(0.22, 0.30)
@@ -177,12 +188,25 @@ def draw_breast(shape: tuple[int, int], view: str, density: float, risk_percent:
         edge = top_w * (1 - y / reach) - (w - 1 - x)  # > 0 inside the muscle
         pect = edge > 0
         soft = np.clip(edge / (0.03 * w), 0, 1)
-        muscle = 0.46 + 0.04 * _smooth_noise(shape, 32, rng)
+        muscle = TISSUE_SCALE * (0.46 + 0.04 * _smooth_noise(shape, 32, rng))
         img = np.where(pect, img * (1 - soft) + muscle * soft, img)
         inside = inside | pect
     _add_risk_signal(img, inside & ~skin, r, risk_percent, rng, h)
     img += rng.normal(0, 0.006, size=shape).astype(np.float32) * inside
+    _add_marker(img)
     return np.clip(img, 0, 1)
+
+
+def _add_marker(img: np.ndarray) -> None:
+    """A lead laterality-marker-like block (fully attenuating) in the empty upper corner in
+    front of the nipple. Real mammograms carry one; here it also pins every image's maximum at
+    1.0, so the per-image min-max window Mirai applies no longer rescales the risk specks by
+    whatever tissue happens to be brightest."""
+    h, w = img.shape
+    y0, x0, mh, mw = int(0.03 * h), int(0.04 * w), max(3, int(0.035 * h)), max(2, int(0.025 * w))
+    img[y0:y0 + mh, x0:x0 + mw] = 1.0
+    t = max(1, mh // 4)  # hollow it out like a letter
+    img[y0 + t:y0 + mh - t, x0 + t:x0 + mw] = 0.0
 
 
 def _add_risk_signal(img, region, r, risk_percent, rng, h) -> None:
@@ -190,7 +214,7 @@ def _add_risk_signal(img, region, r, risk_percent, rng, h) -> None:
     ys, xs = np.nonzero(region & (r < 0.85))
     if len(ys) == 0:
         return
-    rad = max(1.0, 0.004 * h)  # still ~2 px wide after downsampling to 256 rows
+    rad = max(1.0, 0.006 * h)  # ~1.5 px sigma after downsampling to 256 rows
     for _ in range(f["specks"]):
         k = int(rng.integers(len(ys)))
         cy, cx = ys[k], xs[k]

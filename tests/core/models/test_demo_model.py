@@ -33,8 +33,9 @@ def test_bundle_is_small_and_records_its_training():
     prov = json.loads((DEMO_DIR / "config.json").read_text())["provenance"]
     assert prov["seed"] != TEST_SEED
     held_out = prov["metrics"]["test"]
-    # the 0.8 target is not met yet: the bundled model recorded 0.65 on its held-out women
-    assert held_out["spearman_5y"] >= 0.6 and held_out["monotone_over_years"]
+    # issue 3's target; the bundled model recorded rho 0.97, MAE 0.11 pp on its held-out women
+    assert held_out["spearman_5y"] >= 0.8 and held_out["monotone_over_years"]
+    assert held_out["mae_5y_pp"] < 0.3
 
 
 def test_demo_model_loads_and_is_labelled(tmp_path):
@@ -87,11 +88,11 @@ def test_scores_follow_the_synthetic_truth(scored_cohort):
     assert np.all(np.diff(risks, axis=1) >= 0)  # cumulative risk never falls over the years
     pred = risks[:, -1]
     true = np.array([truth[e.exam_key] for e in first])
-    # Measured on this cohort (seed 4242, 35 exams): rho 0.72, MAE 0.32 pp. Other 8-woman seeds
-    # range from rho 0.28 to 0.75 (MAE 0.24-0.47 pp), so the bound holds only for this fixed,
-    # deterministic cohort: it catches a broken pipeline or model, not small drifts.
-    assert spearman(pred, true) > 0.6
-    assert np.mean(np.abs(pred - true)) < 0.01  # under 1 percentage point on average
+    # Measured on this cohort (seed 4242, 35 exams): rho 0.96, MAE 0.09 pp. Other 8-woman seeds
+    # (1-4) give rho 0.81-0.98, MAE 0.09-0.13 pp; the bounds are for this fixed, deterministic
+    # cohort and leave room for small numeric drift, not for a model that stops ordering women.
+    assert spearman(pred, true) > 0.85
+    assert np.mean(np.abs(pred - true)) < 0.003  # under 0.3 percentage point on average
 
 
 def test_second_run_is_fully_cached(scored_cohort):
