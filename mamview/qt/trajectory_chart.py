@@ -225,7 +225,7 @@ class TrajectoryChart(QWidget):
         self.empty_text = pg.TextItem("No exams", color=FOREGROUND, anchor=(0.5, 0.5))
         pi.addItem(self.empty_text, ignoreBounds=True)
         self._set_thresholds(self._thresholds)
-        self._redraw()
+        self._redraw(rescale=True)  # an empty chart still shows dates around today, not 0..1
 
     def _vline(self, color: str, label: str) -> pg.InfiniteLine:
         line = pg.InfiniteLine(angle=90, movable=False,
@@ -358,7 +358,7 @@ class TrajectoryChart(QWidget):
         lo, hi = lo - 0.12 * span, hi + 0.08 * span
         vb.setXRange(lo, hi, padding=0)
         vb.setYRange(math.log10(Y_MIN_PERCENT), math.log10(Y_MAX_PERCENT), padding=0)
-        self.empty_text.setPos((lo + hi) / 2, math.log10(3.0))
+        self.empty_text.setPos((lo + hi) / 2, math.log10(8.0))  # clear of the reference lines
 
     def _draw_highlights(self) -> None:
         spots = []
