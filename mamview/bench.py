@@ -6,23 +6,13 @@ Benchmarks live here, not in unit tests: timings depend on the machine.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from mamview.core.bench_format import format_rows, machine_line
 from mamview.core.ingest import drain
-
-
-def _machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-
-
-def _table(rows: list[tuple[str, str]]) -> str:
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
 
 def bench_import(patients: int = 6, size: str = "full", work: str | None = None) -> dict:
@@ -93,7 +83,7 @@ def bench_import(patients: int = 6, size: str = "full", work: str | None = None)
 
     return {
         "benchmark": "import",
-        "machine": _machine(),
+        "machine": machine_line(),
         "cohort": {"patients": patients, "size": size, "files": len(files),
                    "images": n_images, "generation_s": round(gen_s, 1)},
         "header_index_files_per_s": round(statistics.median(index_rates), 1),
@@ -139,7 +129,7 @@ def bench_infer_all(height: int, width: int, batches: list[int] | None, repeats:
     if torch.cuda.is_available():
         runs += bench_infer("cuda", height, width, batch_sizes=batches or [1, 8, 32],
                             dtypes=("fp32", "bf16"), repeats=max(repeats, 3))
-    return {"benchmark": "infer", "machine": _machine(), "runs": runs}
+    return {"benchmark": "infer", "machine": machine_line(), "runs": runs}
 
 
 def main(args, lib) -> int:
@@ -174,7 +164,7 @@ def main(args, lib) -> int:
                          f"{fig['runs'][0]['preprocess_s_per_exam']:.3f} s/exam"))
     else:  # argparse restricts the choices
         raise SystemExit(f"unknown benchmark {args.bench}")
-    print(_table(rows))
+    print(format_rows(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(fig, indent=2))
     return 0

@@ -156,7 +156,7 @@ def measure(work: Path, size: str = "full", repeats: int = 15, stall_seconds: fl
 
 def main(args) -> int:
     """Entry point of `mamview bench gui`."""
-    from mamview.bench import _machine, _table
+    from mamview.core.bench_format import format_rows, machine_line
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="mamview-bench-gui-"))
     try:
@@ -164,7 +164,7 @@ def main(args) -> int:
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    fig["machine"] = _machine()
+    fig["machine"] = machine_line()
     rows = [("machine", fig["machine"]),
             ("data", f"one woman, 6 exams × 4 views ({args.size}), previews "
                      f"{fig['preview_shape'][0]}×{fig['preview_shape'][1]} from the cache")]
@@ -179,7 +179,7 @@ def main(args) -> int:
                  f"{s['seconds']} s, {s['exams_scored_meanwhile']} exams scored on "
                  f"{s['inference_device']}"))
     print("mamview bench gui")
-    print(_table(rows))
+    print(format_rows(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(fig, indent=2))
     return 0

@@ -9,13 +9,13 @@ previews (received and indexed).
 
 from __future__ import annotations
 
-import os
-import platform
 import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from mamview.core.bench_format import format_rows, machine_line
 
 
 def bench_net(patients: int = 6, size: str = "small", work: str | None = None,
@@ -60,8 +60,7 @@ def bench_net(patients: int = 6, size: str = "small", work: str | None = None,
                                f"{len(files)} received: {run.stderr[-500:]}")
         return {
             "benchmark": "net",
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                       f"Python {platform.python_version()}",
+            "machine": machine_line(),
             "cohort": {"patients": patients, "size": size, "instances": len(files),
                        "megabytes": round(total_bytes / 1e6, 1)},
             "previews": make_previews,
@@ -89,5 +88,4 @@ def table(fig: dict) -> str:
          f"{fig['received_and_indexed_instances_per_s']} instances/s "
          f"({fig['received_and_indexed_s']} s)"),
     ]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+    return format_rows(rows)
