@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+# the node forwards its inference service's ExamScored as is (one event type for a score)
+from mamview.core.inference import ExamScored
 from mamview.core.net.nodes import check_ae_title
 
 log = logging.getLogger("mamview.net")
@@ -123,15 +125,6 @@ class ExamComplete:
     exam_key: str
     patient_id: str
     exam_date: str
-
-
-@dataclass(frozen=True)
-class ExamScored:
-    exam_key: str
-    risk: tuple[float, ...]  # cumulative risk fractions, years 1..5
-    model_id: str
-    model_label: str
-    cached: bool
 
 
 @dataclass(frozen=True)
@@ -676,7 +669,7 @@ class StorageNode:
             with self._lock:
                 self.stats.exams_scored += 1
             risk5 = ev.risk[-1] * 100 if ev.risk else float("nan")
-            self._emit(ExamScored(ev.exam_key, ev.risk, ev.model_id, ev.model_label, ev.cached),
+            self._emit(ev,
                        f"exam scored: {ev.exam_key}: 5-year risk {risk5:.2f}% "
                        f"(model {ev.model_id}" + (f", {ev.model_label}" if ev.model_label else "")
                        + (", from cache" if ev.cached else "") + ")")
