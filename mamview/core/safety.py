@@ -14,9 +14,9 @@ from pathlib import Path
 
 from mamview.core.errors import InputRefused
 
-# PS3.5 §9.1: components of digits separated by dots, no leading zero in a multi-digit component,
-# at most 64 characters.
-_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+# PS3.5 §9.1: components of digits separated by dots, at most 64 characters. Leading zeros in a
+# component break the letter of the rule but are common in real archives, so they are admitted.
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 MAX_UID_LENGTH = 64
 # C0 and C1 controls and DEL (ESC starts terminal escape sequences)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
