@@ -24,6 +24,11 @@ class Settings:
     node_enabled: bool = False
     node_ae_title: str = "MAMVIEW"
     node_port: int = 11112
+    # whom the node accepts: calling AE titles and peer addresses (the PACS nodes above are added);
+    # with none of them it starts only when node_allow_any is chosen, and then warns that it is open
+    node_allowed_aes: list[str] = field(default_factory=list)
+    node_allowed_hosts: list[str] = field(default_factory=list)
+    node_allow_any: bool = False
 
 
 def load(path: str | os.PathLike) -> Settings:
