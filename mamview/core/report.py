@@ -9,13 +9,20 @@ De-identification: the name, PatientID and birth date are replaced by a pseudony
 years (capped at "90+", as HIPAA Safe Harbor does); every date becomes years relative to the
 woman's latest exam; exam keys, accession numbers and SOP UIDs are never written. A last scrub
 pass removes any identifier that reached a string by another route (e.g. a metric note).
+
+Burned-in annotation: text written into the pixels (a name, ID or birth date) cannot be scrubbed,
+so a de-identified figure withholds the pixels of every image that has, or may have, such text
+(see `withholds_pixels`); the tile says so and the footer counts the images withheld.
 """
 
 from __future__ import annotations
 
 import datetime
+import io
+import os
 import re
 import secrets
+import stat
 from dataclasses import dataclass, field
 
 from mamview import __version__
@@ -28,6 +35,14 @@ METRICS_HEADING = "Change metrics — research use, not validated"
 STANDARD_LABELS = tuple(view_label(s.value, v.value) for s, v in STANDARD_VIEWS)
 _ISO_DATE = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})\b")
 _REMOVED = "[removed]"
+WITHHELD_NOTE = "image withheld: burned-in annotation"
+# Secondary Capture and its multi-frame classes (…1.7.1 – …1.7.4): screenshots and digitised
+# films, where burned-in text is the rule rather than the exception
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+# the header part of a file read for the flag: enough for any real header (the flag sits just
+# before the pixels), and a bound on what a hostile file can make us read
+_HEADER_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -51,6 +66,7 @@ class TileCaption:
     tile_key: str
     caption: str
     exam_index: int  # index into ExportContent.chart_points
+    withheld: bool = False  # pixels must not be drawn: burned-in annotation (de-identified only)
 
 
 @dataclass(frozen=True)
@@ -77,9 +93,23 @@ class ExportContent:
     deidentified: bool
     metadata: dict[str, str] = field(default_factory=dict)  # PNG text chunks / PDF info
 
+    @property
+    def withheld_count(self) -> int:
+        """How many tiles are drawn blank because of burned-in annotation."""
+        return sum(1 for t in self.tiles if t.withheld)
+
+    @property
+    def withheld_line(self) -> str:
+        """The footer's note on withheld images ('' when none is)."""
+        n = self.withheld_count
+        if not n:
+            return ""
+        return f"{n} image{'s' if n > 1 else ''} withheld: burned-in annotation"
+
     def drawn_text(self) -> list[str]:
         """Every string the figure draws or writes (besides numeric chart axes and the legend)."""
         out = list(self.title_lines) + [t.caption for t in self.tiles]
+        out += [WITHHELD_NOTE for t in self.tiles if t.withheld] + [self.withheld_line]
         out += [p.label for p in self.chart_points] + [p.reason or "" for p in self.chart_points]
         out += [self.model_line, self.model_name, self.model_label, self.metrics_heading]
         out += [f"{a}: {b}" for a, b in self.metrics_rows] + list(self.flags)
@@ -177,6 +207,96 @@ def scrub(text: str, identifiers: list[str], anchor: datetime.date | None) -> st
             pattern = rf"(?<![^\W\d_]){pattern}(?![^\W\d_])"
         text = re.sub(pattern, _REMOVED, text, flags=re.IGNORECASE)
     return text
+
+
+# ---------------------------------------------------------------- burned-in annotation
+
+
+def withholds_pixels(flag: str | None, sop_class_uid: str | None) -> bool:
+    """Whether a de-identified figure must withhold an image's pixels.
+
+    `flag` is BurnedInAnnotation ('YES', 'NO', or ''/None when absent or unreadable);
+    `sop_class_uid` is None when it could not be learnt. Anything but a clear 'NO' counts as
+    'YES' when stated. An unknown flag withholds on Secondary Capture (screenshots, digitised
+    films) and when the SOP class is unknown too, but not on a known mammography class: there
+    the attribute is Type 1 (DX / MG image modules), modalities keep annotations in overlays
+    or presentation states, and a missing flag is a converter's slip, not a sign of text in the
+    pixels; blanking every such image would make figures of converted archives useless.
+    """
+    value = (flag or "").strip().upper()
+    if value:
+        return value != "NO"
+    if sop_class_uid is None:
+        return True
+    uid = sop_class_uid.strip()
+    return uid == SECONDARY_CAPTURE or uid.startswith(SECONDARY_CAPTURE + ".")
+
+
+def header_burned_in(path: str | os.PathLike) -> tuple[str | None, str | None]:
+    """(BurnedInAnnotation, SOP Class UID) read from a file's header; None for each value that
+    could not be read. Never raises for a bad file; reads only a regular file, at most a few MB,
+    and never inflates a deflated dataset (its flag counts as unknown)."""
+    try:
+        head = _read_head(path)
+    except (OSError, ValueError, TypeError):
+        return None, None
+    if head is None:
+        return None, None
+    try:
+        return _parse_burned_in(head)
+    except Exception:  # pydicom raises many types for damaged headers
+        return None, None
+
+
+def _read_head(path) -> bytes | None:
+    # O_NONBLOCK: opening a FIFO put in the image's place must not hang the export
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(_HEADER_BYTES)
+    finally:
+        os.close(fd)
+
+
+def _parse_burned_in(head: bytes) -> tuple[str | None, str | None]:
+    from pydicom import dcmread
+    from pydicom.filereader import read_dataset, read_preamble
+
+    buf = io.BytesIO(head)
+    read_preamble(buf, True)
+    # file meta (always explicit VR little endian) first: pydicom would inflate a deflated
+    # dataset whole, without a bound
+    meta = read_dataset(buf, False, True, stop_when=lambda tag, vr, length: tag.group != 2)
+    if str(meta.get("TransferSyntaxUID", "")) == _DEFLATED:
+        return None, str(meta.get("MediaStorageSOPClassUID", "")).strip() or None
+    buf.seek(0)
+    ds = dcmread(buf, force=True, stop_before_pixels=True,
+                 specific_tags=["SOPClassUID", "BurnedInAnnotation"])
+    uid = str(ds.get("SOPClassUID", "") or meta.get("MediaStorageSOPClassUID", "")).strip()
+    flag = str(ds.get("BurnedInAnnotation", "") or "").strip()
+    return flag or None, uid or None
+
+
+def image_withheld(row: dict) -> bool:
+    """Whether an image (a `store.exam_images` row) is withheld from a de-identified figure.
+
+    The flag and SOP class come from the row when ingest stored them; an absent or empty flag
+    is read from the file's header (an unreadable header counts as unknown)."""
+    flag = (row.get("burned_in_annotation") or "").strip()
+    sop_class = (row.get("sop_class_uid") or "").strip() or None
+    if not flag and row.get("path"):
+        read_flag, read_class = header_burned_in(row["path"])
+        flag, sop_class = read_flag or "", sop_class or read_class
+    return withholds_pixels(flag, sop_class)
+
+
+def tile_withheld(images: list[dict], label: str) -> bool:
+    """Whether the tile of `label` ('RCC' …) must be withheld: any present image of the exam the
+    window could show there is (safe even if the window's choice among duplicates changes)."""
+    return any(image_withheld(im) for im in images
+               if im.get("label") == label and not im.get("missing"))
 
 
 # ---------------------------------------------------------------------------- layout
@@ -296,9 +416,11 @@ def build_export_content(db, patient_key: str, current_key: str | None, prior_ke
     tiles_order, grid = layout_exams(layout, [e for _, e in placed] or exams,
                                      current_key, prior_key)
     current_key = tiles_order[-1][0] if tiles_order and current_key not in index_of else current_key
+    images_of = {e["exam_key"]: e.get("images") or [] for e in exams}
     tiles = tuple(
         TileCaption(f"{ek}|{lab}", f"{lab} · {when_text(ek)} · {risk_text(ek)}",
-                    index_of.get(ek, -1))
+                    index_of.get(ek, -1),
+                    withheld=deidentify and tile_withheld(images_of.get(ek, []), lab))
         for ek, lab in tiles_order)
 
     model_name, model_label = _model_names(model_id, lib) if model_id else ("no model", "")
@@ -339,6 +461,9 @@ def build_export_content(db, patient_key: str, current_key: str | None, prior_ke
     }
     if not deidentify:
         meta["Patient"] = f"{who} (ID {patient.get('patient_id', '')})"
+    withheld = sum(1 for t in tiles if t.withheld)
+    if withheld:
+        meta["Withheld"] = f"{withheld} image(s): burned-in annotation"
 
     content = ExportContent(
         title_lines=title, tiles=tiles, grid=grid, chart_points=tuple(chart),

@@ -6,6 +6,8 @@ grabbed from the live widget), so a de-identified figure shows years relative to
 instead of dates. Tile images come from the window (`ExamGrid.tile_images()`) as
 (tile key, QImage) pairs; a tile key is '<exam_key>|<view label>' (e.g. '|P1|2020-03-16|RCC').
 Their captions are always the content's, never the key, because keys hold the patient ID.
+A tile the content marks withheld (burned-in annotation in a de-identified figure) is drawn blank
+with a note, whatever image the window hands in for it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from PySide6.QtGui import (QColor, QFont, QFontMetricsF, QGuiApplication, QImage
 from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QFileDialog, QHBoxLayout,
                                QLabel, QLineEdit, QMessageBox, QPushButton, QVBoxLayout, QWidget)
 
-from mamview.core.report import SCORED, ExportContent, new_pseudonym
+from mamview.core.report import SCORED, WITHHELD_NOTE, ExportContent, new_pseudonym
 from mamview.qt.trajectory_chart import ChartPoint, TrajectoryChart, legend_lines
 
 # Logical page (landscape, about A4 proportions); PNGs are drawn at SCALE × this size.
@@ -87,8 +89,9 @@ def _match_images(content: ExportContent, tile_images) -> list[QImage | None]:
     return out
 
 
-def paint_figure(p: QPainter, content: ExportContent, tile_images=()) -> None:
-    """Draw the whole figure on a painter whose logical page is PAGE_W × PAGE_H."""
+def paint_figure(p: QPainter, content: ExportContent, tile_images=()) -> list[QRectF]:
+    """Draw the whole figure on a painter whose logical page is PAGE_W × PAGE_H; return each
+    content tile's cell in page units (where its image, or its withheld note, was drawn)."""
     p.setRenderHint(QPainter.RenderHint.Antialiasing)
     p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
     p.fillRect(QRectF(0, 0, PAGE_W, PAGE_H), _BG)
@@ -110,8 +113,8 @@ def paint_figure(p: QPainter, content: ExportContent, tile_images=()) -> None:
     footer_h = 96.0
     body = QRectF(x0, y, w, PAGE_H - MARGIN - footer_h - y)
     tiles_w = body.width() * 0.56
-    _paint_tiles(p, content, _match_images(content, tile_images),
-                 QRectF(body.left(), body.top(), tiles_w - 12, body.height()))
+    cells = _paint_tiles(p, content, _match_images(content, tile_images),
+                         QRectF(body.left(), body.top(), tiles_w - 12, body.height()))
     right = QRectF(body.left() + tiles_w, body.top(), body.width() - tiles_w, body.height())
     chart_h = right.height() * 0.60
     _paint_chart(p, content, QRectF(right.left(), right.top(), right.width(), chart_h))
@@ -122,23 +125,33 @@ def paint_figure(p: QPainter, content: ExportContent, tile_images=()) -> None:
     fy = PAGE_H - MARGIN - footer_h + 6
     p.setPen(QPen(QColor("#2a2f36"), 1))
     p.drawLine(QPointF(x0, fy - 4), QPointF(x0 + w, fy - 4))
-    fy += _text(p, QRectF(x0, fy, w, 30), content.model_line, 13, _FG, bold=True)
+    if content.withheld_line:
+        # on the model line's row, right-aligned: the footer keeps its height
+        _text(p, QRectF(x0 + w * 0.64, fy, w * 0.36, 30), "⚠ " + content.withheld_line, 13,
+              _ACCENT, bold=True, flags=Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignTop)
+    fy += _text(p, QRectF(x0, fy, w * (0.63 if content.withheld_line else 1), 30),
+                content.model_line, 13, _FG, bold=True)
     fy += _text(p, QRectF(x0, fy + 2, w, 30), content.disclaimer, 13, _ACCENT, bold=True) + 4
     _text(p, QRectF(x0, fy, w, PAGE_H - fy), "  ·  ".join(content.provenance), 10.5, _DIM)
+    return cells
 
 
-def _paint_tiles(p: QPainter, content: ExportContent, images, area: QRectF) -> None:
+def _paint_tiles(p: QPainter, content: ExportContent, images, area: QRectF) -> list[QRectF]:
     rows, cols = content.grid
     if not content.tiles:
         _text(p, area, "No images", 16, _DIM, flags=Qt.AlignmentFlag.AlignCenter)
-        return
+        return []
     gap = 4.0
+    cells = []
     cw, ch = (area.width() - gap * (cols - 1)) / cols, (area.height() - gap * (rows - 1)) / rows
     for i, (tile, img) in enumerate(zip(content.tiles, images)):
         r, c = divmod(i, cols)
         cell = QRectF(area.left() + c * (cw + gap), area.top() + r * (ch + gap), cw, ch)
+        cells.append(cell)
         p.fillRect(cell, Qt.GlobalColor.black)
-        if img is not None and not img.isNull():
+        if tile.withheld:
+            _paint_withheld(p, cell.adjusted(0, 0, 0, -18))
+        elif img is not None and not img.isNull():
             s = min(cell.width() / img.width(), (cell.height() - 18) / img.height())
             iw, ih = img.width() * s, img.height() * s
             # tiles come already oriented for hanging (chest walls back to back) from the grid
@@ -157,6 +170,20 @@ def _paint_tiles(p: QPainter, content: ExportContent, images, area: QRectF) -> N
         text = QFontMetricsF(p.font()).elidedText(tile.caption, Qt.TextElideMode.ElideRight,
                                                   box.width())
         p.drawText(box, int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter), text)
+    return cells
+
+
+def _paint_withheld(p: QPainter, area: QRectF) -> None:
+    """A withheld tile: blank, framed in the accent colour, with the note in its middle."""
+    p.save()
+    try:
+        p.setPen(QPen(_ACCENT, 1.5, Qt.PenStyle.DashLine))
+        p.setBrush(Qt.BrushStyle.NoBrush)
+        p.drawRect(area.adjusted(6, 6, -6, -6))
+    finally:
+        p.restore()
+    _text(p, area.adjusted(12, 12, -12, -12), "⚠\n" + WITHHELD_NOTE, 13, _ACCENT, bold=True,
+          flags=Qt.AlignmentFlag.AlignCenter)
 
 
 def _paint_chart(p: QPainter, content: ExportContent, area: QRectF) -> None:
@@ -260,11 +287,10 @@ def write_figure(content: ExportContent, tile_images, path, fmt: str | None = No
     if fmt not in ("png", "pdf"):
         raise ValueError(f"unsupported export format {fmt!r}: use png or pdf")
     path.parent.mkdir(parents=True, exist_ok=True)
+    # the temporary file stays mkstemp's 0600 while the figure is written (it may name the
+    # woman); it gets the usual mode only once whole, just before it takes the final name
     fd, tmp = tempfile.mkstemp(prefix=".mamview-export-", suffix="." + fmt, dir=path.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would surprise whoever opens the file next
     try:
         if fmt == "png":
             # quality 60 = a lighter zlib level: ~25% faster than the default, ~15% larger
@@ -272,11 +298,19 @@ def write_figure(content: ExportContent, tile_images, path, fmt: str | None = No
                 raise OSError(f"could not write PNG to {path}")
         else:
             _write_pdf(content, tile_images, tmp)
+        os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _current_umask() -> int:
+    # os.umask can only be read by setting it; put it straight back
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def copy_to_clipboard(content, tile_images=(), *, deidentify: bool = True) -> QImage:
@@ -313,6 +347,9 @@ class ExportDialog(QDialog):
                                         "years relative to the latest exam)")
         self.deidentify_box.setChecked(True)  # the safe default for a tumour board
         lay.addWidget(self.deidentify_box)
+        # said before saving, so a blank tile in the figure is no surprise
+        lay.addWidget(QLabel("Images whose header says text is burned into the pixels "
+                             "(BurnedInAnnotation) are withheld from a de-identified figure."))
         row = QHBoxLayout()
         row.addWidget(QLabel("Pseudonym:"))
         self.pseudonym_edit = QLineEdit(new_pseudonym())

@@ -162,3 +162,12 @@ def test_scrub_matches_name_parts_as_words_and_spares_model_words():
     assert "DEMO" not in ids and "ANN" in ids
     assert report.scrub("annual exam of Ann, demo model, id DEMO0004", ids, None) == \
         "annual exam of [removed], demo model, id [removed]"
+
+
+def test_no_image_is_withheld_without_burned_in_annotation(cohort):
+    """The cohort's files say BurnedInAnnotation NO: a de-identified figure shows every tile."""
+    lib, db, pkey, keys = cohort
+    c = report.build_export_content(db, pkey, keys[3], keys[2], "8up", True, lib=lib)
+    assert [t.withheld for t in c.tiles] == [False] * 8
+    assert c.withheld_count == 0 and not c.withheld_line and "Withheld" not in c.metadata
+    assert report.WITHHELD_NOTE not in c.drawn_text()

@@ -2,6 +2,7 @@
 hanging, chart and metrics carries the woman's name nowhere — text chunks or drawn strings."""
 
 import pytest
+from PySide6.QtGui import QImage
 
 from mamview.core.cache import scores as score_store
 from mamview.core.cache.db import connect
@@ -68,3 +69,40 @@ def test_window_identified_export_and_clipboard(reader_copy, open_window, qtbot,
     assert "TESTER, ANNA · ID P1" in content.title_lines[1]
     img = win.copy_figure()  # the clipboard copy is de-identified by default
     assert img is not None and not img.isNull()
+
+
+def test_window_withholds_a_burned_in_image_from_the_deidentified_png(
+        open_window, qtbot, tmp_path):
+    """The real window's tile images: the current RCC says BurnedInAnnotation YES and has a
+    full-white label block; the de-identified figure shows none of it, the identified one does."""
+    from mamview.core.ingest import drain, run_import
+    from mamview.core.paths import Library
+    from tests.attack.test_export_phi import _accent, _cells, _count, _pixels, _white
+    from tests.factories import write_mammogram
+
+    for side, view in (("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO")):
+        burned = side + view == "RCC"
+        write_mammogram(tmp_path / "files" / f"{side}{view}.dcm", patient_id="P9",
+                        patient_name="LABEL^LENA", study_date="20240115", laterality=side,
+                        view=view, orientation=None, pixels=_pixels(side, view, burned),
+                        extra={"BurnedInAnnotation": "YES" if burned else "NO"})
+    lib = Library(tmp_path / "home")
+    drain(run_import(lib, [tmp_path / "files"]))
+    win = open_window(lib)
+    key = next(k for k, r in win.patient_list.rows.items() if r.patient_id == "P9")
+    win.patient_list.select(key)
+    qtbot.waitUntil(lambda: win.patient_key == key, timeout=5000)
+    qtbot.waitUntil(lambda: len(export.window_tile_images(win)) == 4, timeout=5000)
+
+    tiles = export.window_tile_images(win)
+    found = {}
+    for deid in (True, False):
+        content = export.content_for_window(win, deid)
+        rcc = next(i for i, t in enumerate(content.tiles) if t.tile_key.endswith("|RCC"))
+        out = win.export_figure(str(tmp_path / f"board-{deid}.png"), deidentify=deid)
+        img = QImage(str(out))
+        cell = _cells(content, tiles)[rcc]
+        found[deid] = (_count(img, cell, export.SCALE, _white),
+                       _count(img, cell, export.SCALE, _accent))
+    assert found[True][0] == 0 and found[True][1] > 1000  # withheld, with its note
+    assert found[False][0] > 10000 and found[False][1] == 0  # shown as today
