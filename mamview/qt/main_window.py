@@ -787,7 +787,10 @@ class MainWindow(QMainWindow):
         }
 
     def export_figure(self, path: str | None = None, deidentify: bool | None = None):
-        """File → Export figure: delegated to qt.export when it is installed."""
+        """File → Export figure: delegated to qt.export when it is installed.
+
+        A figure written straight to `path` is de-identified unless `deidentify` is False, as in
+        the dialog and the clipboard: an identified figure must be asked for."""
         try:
             from mamview.qt import export
         except ImportError:
@@ -796,7 +799,7 @@ class MainWindow(QMainWindow):
         dialog = getattr(export, "export_dialog", None)
         if path is None and dialog is not None:
             return dialog(self)
-        return export.export_figure(self, path, deidentify=bool(deidentify))
+        return export.export_figure(self, path, deidentify=deidentify is not False)
 
     def copy_figure(self):
         try:
