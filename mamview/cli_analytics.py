@@ -116,17 +116,17 @@ def cmd_score(args, lib: Library) -> int:
         return 130
     finally:
         svc.shutdown()
-    print(f"Model: {entry.name}" + (f" — {entry.label}" if entry.label else ""))
-    print(f"Device: {svc.device_label}")
+    print(cli.term(f"Model: {entry.name}" + (f" — {entry.label}" if entry.label else "")))
+    print(f"Device: {cli.term(svc.device_label)}")
     print(f"Scored {computed + cached} exams ({computed} computed, {cached} already in the cache).")
     seconds = time.perf_counter() - t0
     if computed:
         print(f"Throughput: {computed / seconds:.2f} exams/s computed ({seconds:.1f} s in all, "
               f"model loading included)")
     for reason, n in sorted(unscorable.items()):
-        print(f"Not scored, {reason}: {n}")
+        print(cli.term(f"Not scored, {reason}: {n}"))
     for ev in failed:
-        print(f"Failed: {ev.exam_key}: {ev.message}")
+        print(cli.term(f"Failed: {ev.exam_key}: {ev.message}"))
     return 1 if failed else 0
 
 
@@ -149,7 +149,7 @@ def cmd_trajectory(args, lib: Library) -> int:
 
     if bool(args.patient) == bool(args.all):
         raise cli.CliError("name one PATIENT or use --all")
-    db = cli._open_db(lib)
+    db = cli._open_db(lib, reading=True)
     try:
         if args.all:
             people = [(r["patient_key"], r["patient_id"]) for r in
@@ -182,12 +182,12 @@ def cmd_trajectory(args, lib: Library) -> int:
         cli._print_json(out if args.all else out[0])
         return 0
     for pid, rep in results:
-        print(f"Patient {pid}")
+        print(f"Patient {cli.term(pid)}")
         for mid in sorted({p.model_id for p in rep.points}):
             if labels.get(mid):
-                print(f"  Model {mid}: {labels[mid]}")
+                print(cli.term(f"  Model {mid}: {labels[mid]}"))
         for label, value in rep.display_rows():
-            print(f"  {label + ':':<36} {value}")
+            print(cli.term(f"  {label + ':':<36} {value}"))
         if not rep.points:
             print("  Run `mamview score` to compute risks.")
     return 0
@@ -213,7 +213,7 @@ def cmd_cohort(args, lib: Library) -> int:
             scores = cohort.read_score_table(args.scores)
             model = f"scores from {Path(args.scores).name} (not computed by mamview)"
         else:
-            db = cli._open_db(lib)
+            db = cli._open_db(lib, reading=True)
             try:
                 model_id = args.model or _default_model(db)
                 if not model_id:
@@ -246,11 +246,12 @@ def cmd_cohort(args, lib: Library) -> int:
 
 
 def _print_cohort(report) -> None:
-    print(f"Model: {report.model}")
+    term = cli.term  # the model's name and the CSV's values come from outside
+    print(f"Model: {term(report.model)}")
     print(f"Women: {report.women} ({report.cases} cases, {report.controls} controls), "
           f"{report.exams} exams")
     for reason, n in report.excluded.items():
-        print(f"  excluded: {reason}: {n}")
+        print(f"  excluded: {term(reason)}: {n}")
     print("\nMedian 5-year risk (IQR) by years before the index exam:")
     print(f"  {'years':>5}  {'cases':>22}  {'controls':>22}")
     by = {(y["group"], y["year"]): y for y in report.yearly}
@@ -270,7 +271,7 @@ def _print_cohort(report) -> None:
         print(f"  difference      {m['slope_difference']:+.3f} (p = {m['slope_difference_p']:.2g})"
               + ("" if m["converged"] else "  [did not converge]"))
         if m["note"]:
-            print(f"  {m['note']}")
+            print(f"  {term(m['note'])}")
     print("\nDiscrimination (AUC, DeLong 95% CI):")
     names = {"index_score": "index score", "change_2y": "change over 2 years",
              "index_score_same_women": "index score (same women)", "both": "both (cross-validated)"}
@@ -282,10 +283,10 @@ def _print_cohort(report) -> None:
         print(f"  {names.get(key, key):<28} {a['auc']:.3f} ({a['ci'][0]:.3f}–{a['ci'][1]:.3f}); "
               f"{a['n_cases']} cases / {a['n_controls']} controls")
     for note in report.notes:
-        print(f"Note: {note}")
+        print(f"Note: {term(note)}")
     if report.files:
-        print("\nWrote: " + ", ".join(Path(p).name for p in report.files.values())
-              + f" in {Path(report.files['results_csv']).parent}")
+        print("\nWrote: " + ", ".join(term(Path(p).name) for p in report.files.values())
+              + f" in {term(Path(report.files['results_csv']).parent)}")
 
 
 # ---------------------------------------------------------------- DICOM SR
@@ -303,7 +304,7 @@ def cmd_sr(args, lib: Library) -> int:
             node = PacsNode.parse(args.send)
         except ValueError as exc:
             raise cli.CliError(str(exc)) from exc
-    db = cli._open_db(lib)
+    db = cli._open_db(lib, reading=True)  # writes only into --out
     written, skipped = [], []
     try:
         if db.execute("SELECT 1 FROM exams WHERE exam_key = ?", [args.target]).fetchone():
@@ -336,9 +337,9 @@ def cmd_sr(args, lib: Library) -> int:
     finally:
         db.close()
     for path in written:
-        print(f"Wrote {path}")
+        print(f"Wrote {cli.term(path)}")
     for msg in skipped:
-        print(f"Skipped: {msg}")
+        print(f"Skipped: {cli.term(msg)}")
     if node and written:
         from mamview.core.net.nodes import NetError
         from mamview.core.net.qr import send_files
@@ -347,9 +348,10 @@ def cmd_sr(args, lib: Library) -> int:
             summary = send_files(node, written, args.our_ae)
         except NetError as exc:
             raise cli.CliError(str(exc)) from exc
-        print(f"Sent {summary.sent} of {len(written)} to {node.ae_title}@{node.host}:{node.port}")
+        print(cli.term(f"Sent {summary.sent} of {len(written)} to "
+                       f"{node.ae_title}@{node.host}:{node.port}"))
         for path, why in summary.failed:
-            print(f"Not sent: {path}: {why}")
+            print(cli.term(f"Not sent: {path}: {why}"))
         if summary.failed:
             return 1
     if not written:

@@ -68,10 +68,8 @@ def _window_visible() -> bool:
 
 def cmd_gui(args, lib: Library) -> int:
     _need_display()
-    try:
-        lib.ensure()
-    except OSError as exc:
-        raise cli.CliError(f"the library folder {lib.home} is not usable: {exc}") from exc
+    # an unusable library is refused by `run` itself: on stderr and, on a screen, in a dialog,
+    # since a window opened from the desktop has no terminal to read
     from mamview.qt.app import run
 
     return run(lib, device=getattr(args, "device", None), patient=getattr(args, "patient", None),
@@ -85,7 +83,7 @@ def cmd_demo(args, lib: Library) -> int:
         print("No display to open a window on: running the console demo "
               "(use --no-gui to say so).", file=sys.stderr)
     elif not args.no_gui:
-        lib.ensure()
+        cli.ensure_library(lib)
         out = lib.home / "demo-cohort"
         if out.exists() and any(out.iterdir()) and not (out / ".mamview-demo-cohort").exists():
             raise cli.CliError(f"{out} exists and is not a demo cohort; move it away first")
@@ -99,7 +97,7 @@ def _demo_console(args, lib: Library) -> int:
     from mamview.core.demo_data import generate_cohort
     from mamview.core.ingest import run_import
 
-    lib.ensure()
+    cli.ensure_library(lib)
     out = lib.home / "demo-cohort"
     if not (out / "images.csv").exists():
         print(f"Generating a synthetic demo cohort of {args.patients} women in {out} …")

@@ -52,8 +52,12 @@ def inside(root: str | os.PathLike, path: str | os.PathLike) -> Path:
 
 
 def printable(text: object) -> str:
-    """`text` with control characters shown as escapes, safe to write to a terminal or a log line."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+    """`text` with control characters shown as escapes, safe to write to a terminal or a log line.
+
+    Undecodable bytes of file names (lone surrogates from surrogateescape) are shown as \\udcXX
+    rather than making the write fail."""
+    clean = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+    return clean.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def private_umask() -> int:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import sys
+from pathlib import Path
 
-from PySide6.QtGui import QColor, QPalette
-from PySide6.QtWidgets import QApplication
+from PySide6.QtGui import QColor, QPalette, QGuiApplication
+from PySide6.QtWidgets import QApplication, QMessageBox
 
+from mamview.core.errors import MamviewError
 from mamview.core.paths import Library
+
+# exit status when the window cannot open on the library (as the CLI's expected failures)
+EXIT_UNUSABLE_LIBRARY = 2
 
 DARK = {
     QPalette.ColorRole.Window: "#161616", QPalette.ColorRole.WindowText: "#d8d8d8",
@@ -56,9 +63,13 @@ def run(lib: Library, *, demo: bool = False, device: str | None = None,
         layout: str | None = None) -> int:
     """Open the window on `lib` (and start the live demo when asked); returns the exit code."""
     app = application()
-    from mamview.qt.main_window import MainWindow
+    try:
+        _check_library(lib)  # before the window's heavy imports: an unusable library fails fast
+        from mamview.qt.main_window import MainWindow
 
-    win = MainWindow(lib, device=device)
+        win = MainWindow(lib, device=device)
+    except (MamviewError, OSError, sqlite3.Error) as exc:
+        return refuse_library(lib, exc)
     screen = app.primaryScreen()
     if screen is not None:  # fill the screen (no window manager under Xvfb to maximise it)
         win.setGeometry(screen.availableGeometry())
@@ -76,6 +87,45 @@ def run(lib: Library, *, demo: bool = False, device: str | None = None,
     app.aboutToQuit.connect(win.shutdown)
     _quit_on_signals(app)
     return app.exec()
+
+
+def _check_library(lib: Library) -> None:
+    """Raise what stops the window from using `lib`: folders that cannot be made, a database
+    that cannot be opened for writing (read-only, locked, damaged)."""
+    from mamview.core.cache.db import connect
+
+    lib.ensure()
+    connect(lib.database).close()
+
+
+def refuse_library(lib: Library, exc: BaseException) -> int:
+    """Say why the window cannot open on `lib`: one line on stderr and, where a screen shows
+    it, a dialog. Returns the exit status."""
+    from mamview.core.cache.db import database_error, folder_error
+    from mamview.core.safety import printable
+
+    if isinstance(exc, sqlite3.Error):
+        err = database_error(exc, lib.database)
+        if err is None:
+            raise exc  # not the library's state: a bug, for the top-level handler
+        exc = err
+    elif isinstance(exc, OSError) and not isinstance(exc, MamviewError):
+        if not _in_library(lib, exc.filename):
+            raise exc  # some other file: not the library's fault
+        exc = folder_error(lib.home, exc)
+    message = printable(exc)
+    print(f"mamview: {message}", file=sys.stderr)
+    if QGuiApplication.platformName() not in ("offscreen", "minimal"):
+        QMessageBox.critical(None, "mamview cannot open the library", message)
+    return EXIT_UNUSABLE_LIBRARY
+
+
+def _in_library(lib: Library, filename: object) -> bool:
+    if not isinstance(filename, (str, bytes)):
+        return False
+    target = Path(os.path.abspath(os.fsdecode(filename)))
+    home = Path(os.path.abspath(lib.home))
+    return target == home or home in target.parents
 
 
 def _quit_on_signals(app: QApplication) -> None:

@@ -30,3 +30,21 @@ def test_demo_no_gui_writes_and_imports(home, capsys):
     out = capsys.readouterr().out
     assert "Imported" in out and "Synthetic data" in out
     assert (home / "demo-cohort" / "images.csv").is_file()
+
+
+def test_gui_on_an_unusable_library_says_why_and_exits_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")  # no dialog to click away offscreen
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the library folder should go")
+    assert main(["--home", str(blocker / "lib"), "gui"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("mamview: ") and str(blocker / "lib") in err
+
+
+def test_gui_on_a_damaged_database_says_why_and_exits_2(home, capsys):
+    home.mkdir()
+    (home / "cache.sqlite").write_bytes(b"not a database " * 100)
+    assert main(["--home", str(home), "gui"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mamview: the library database") and "damaged" in err
