@@ -29,6 +29,18 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction,
                    help="accept only this calling AE title (repeatable)")
     s.add_argument("--allow-host", action="append", default=[], metavar="HOST",
                    help="accept only this peer address, network (10.0.0.0/24) or name (repeatable)")
+    s.add_argument("--allow-any", action="store_true",
+                   help="accept any calling AE title from any address (not recommended: anyone "
+                        "who reaches the port can store into the library); one of --allow-ae, "
+                        "--allow-host or --allow-any is required")
+    d = _default_limits()
+    s.add_argument("--max-associations", type=int, default=d.max_associations, metavar="N",
+                   help=f"connections served at once, in all (default {d.max_associations})")
+    s.add_argument("--max-per-peer", type=int, default=d.max_per_peer, metavar="N",
+                   help=f"connections served at once from one address (default {d.max_per_peer})")
+    s.add_argument("--max-instance-mb", type=int, default=d.max_instance_bytes >> 20,
+                   metavar="MB", help="largest instance accepted, in MiB (default "
+                                      f"{d.max_instance_bytes >> 20}); a larger one is aborted")
     s.add_argument("--no-score", action="store_true", help="do not score complete exams")
     s.add_argument("--model", default=None, help="model id (default: the settings' model)")
     s.add_argument("--device", default=None, choices=("auto", "cpu", "cuda", "mps"))
@@ -73,6 +85,26 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction,
 # ---------------------------------------------------------------- helpers
 
 
+def _default_limits():
+    from mamview.core.net.guard import NodeLimits
+
+    return NodeLimits()
+
+
+def _listen_limits(args):
+    """The node's caps from the command line; MamviewError for a value that makes no sense."""
+    import dataclasses
+
+    from mamview.core.errors import MamviewError
+
+    for name in ("max_associations", "max_per_peer", "max_instance_mb"):
+        if getattr(args, name) < 1:
+            raise MamviewError(f"--{name.replace('_', '-')} must be at least 1")
+    return dataclasses.replace(_default_limits(), max_associations=args.max_associations,
+                               max_per_peer=args.max_per_peer,
+                               max_instance_bytes=args.max_instance_mb << 20)
+
+
 def _console_log(quiet: bool) -> logging.Handler | None:
     """Node log lines on stderr (they also go to the library's log file)."""
     if quiet:
@@ -97,25 +129,37 @@ def _node(text: str, lib: Library):
 # ---------------------------------------------------------------- commands
 
 
+LISTEN_NEEDS_A_CHOICE = (
+    "listen needs to know whom to accept: give the modalities and PACS allowed to send with "
+    "--allow-ae AE and/or --allow-host HOST (repeatable; an address, a network such as "
+    "10.0.0.0/24 or a name), or --allow-any to accept any peer (not recommended)")
+
+
 def cmd_listen(args, lib: Library) -> int:
     import signal
     import threading
 
     from mamview import cli
     from mamview.core import settings as settings_mod
-    from mamview.core.net.scp import StorageNode
+    from mamview.core.errors import MamviewError
+    from mamview.core.net.scp import OPEN_WARNING, StorageNode
 
+    if not (args.allow_ae or args.allow_host or args.allow_any):
+        raise MamviewError(LISTEN_NEEDS_A_CHOICE)  # secure default: never open by accident
     st = settings_mod.load(lib.settings_file)
     try:
         lib.ensure()
         node = StorageNode(lib, ae_title=args.ae_title, port=args.port, host=args.host,
                            allowed_aes=args.allow_ae or None, allowed_hosts=args.allow_host or None,
-                           score=not args.no_score, model=args.model or st.model,
-                           device=args.device or st.device)
+                           allow_any=args.allow_any, limits=_listen_limits(args),
+                           score=not args.no_score,
+                           model=args.model or st.model, device=args.device or st.device)
     except ValueError as exc:
         raise cli.CliError(str(exc)) from exc
     except OSError as exc:
         raise cli.CliError(f"the library folder {lib.home} is not usable: {exc}") from exc
+    if node.is_open:
+        print(f"mamview: warning: {OPEN_WARNING} (--allow-any)", file=sys.stderr, flush=True)
     handler = _console_log(args.quiet)
     stop = threading.Event()
 
@@ -175,8 +219,10 @@ def cmd_fetch_priors(args, lib: Library) -> int:
 
     pacs = _node(args.pacs, lib)
     try:
+        # the temporary node takes only what the PACS we asked sends
         node = StorageNode(lib, ae_title=args.our_ae, port=args.port, host=args.host,
-                           score=args.score)
+                           score=args.score, allowed_aes=[pacs.ae_title],
+                           allowed_hosts=[pacs.host])
     except ValueError as exc:
         raise cli.CliError(str(exc)) from exc
     cli._open_db(lib).close()

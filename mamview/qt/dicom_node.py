@@ -3,6 +3,11 @@
 The node (core.net.StorageNode) runs on its own threads; its events come back through the
 bridge. It does not score: the window's own inference service scores what it indexes, so the
 worklist and chart update exactly as after a File → Import.
+
+Whom the node accepts comes from the settings: `node_allowed_aes` / `node_allowed_hosts`, plus
+the PACS nodes of the settings (their AE titles; their hosts where addresses are restricted).
+With none of them it starts only when `node_allow_any` is set, and is then open: `is_open` is
+True and `openChanged(True, warning)` is emitted so the window can show a lasting warning.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ class DicomNodeController(QObject):
     status = Signal(str)  # one line for the status bar
     libraryChanged = Signal()  # received images were indexed (throttled)
     fetchDone = Signal(object, object)  # FetchSummary or None, error message or None
+    openChanged = Signal(bool, str)  # the node accepts any peer (True) and the warning to show
 
     def __init__(self, lib: Library, bridge, parent: QObject | None = None):
         super().__init__(parent)
@@ -36,30 +42,47 @@ class DicomNodeController(QObject):
     def running(self) -> bool:
         return self.node is not None
 
-    def start(self, ae_title: str, port: int) -> str | None:
-        """Open the node; returns a message for the user when it cannot (port in use, bad AE)."""
+    @property
+    def is_open(self) -> bool:
+        """True while the node runs open to any peer (`node_allow_any`, no allow-list)."""
+        return self.node is not None and self.node.is_open
+
+    def start(self, ae_title: str, port: int, settings=None) -> str | None:
+        """Open the node (whom it accepts: from `settings`, read from the library when not
+        given); returns a message for the user when it cannot (no allow-list and no explicit
+        allow-any, port in use, bad AE title)."""
+        from mamview.core import settings as settings_mod
+        from mamview.core.errors import MamviewError
         from mamview.core.net import NetError, StorageNode
 
         if self.node is not None:
             return None
+        st = settings if settings is not None else settings_mod.load(self.lib.settings_file)
+        aes, hosts = allow_lists(st)
         try:
             node = StorageNode(self.lib, ae_title=ae_title, port=port, score=False,
-                               on_event=self.bridge.post_node_event)
+                               on_event=self.bridge.post_node_event, allowed_aes=aes,
+                               allowed_hosts=hosts, allow_any=bool(st.node_allow_any))
             node.start()
-        except (OSError, ValueError, NetError) as exc:
+        except (OSError, ValueError, NetError, MamviewError) as exc:
             msg = f"The DICOM node could not start on port {port}: {exc}"
             self.status.emit(msg)
             return msg
         self.node = node
-        self.status.emit(f"DICOM node {node.ae_title} listening on port {node.bound_port}")
+        self.status.emit(f"DICOM node {node.ae_title} listening on port {node.bound_port}"
+                         + (" — open to any peer" if node.is_open else ""))
+        self.openChanged.emit(node.is_open, open_warning() if node.is_open else "")
         return None
 
     def stop(self) -> None:
         """Close the port; what was received stays in the library's inbox and index."""
         node, self.node = self.node, None
         if node is not None:
+            was_open = node.is_open
             node.stop()
             self.status.emit("DICOM node stopped")
+            if was_open:
+                self.openChanged.emit(False, "")
 
     def fetch_priors(self, patient_id: str, pacs_text: str, settings) -> str | None:
         """C-FIND + C-MOVE her earlier MG studies from `pacs_text` (address or settings name)
@@ -75,6 +98,10 @@ class DicomNodeController(QObject):
         except (NetError, ValueError) as exc:
             return str(exc)
         our_ae = self.node.ae_title
+        try:
+            self.node.allow(pacs.ae_title, pacs.host)  # the PACS we ask must be let in
+        except ValueError as exc:
+            return str(exc)
         self.status.emit(f"Fetching priors of {patient_id} from {pacs} …")
 
         def done(summary, error):
@@ -100,6 +127,34 @@ class DicomNodeController(QObject):
             self.status.emit(f"DICOM node refused {ev.calling_ae} from {ev.address}: {ev.reason}")
         elif isinstance(ev, scp.NodeError):
             self.status.emit(f"DICOM node: {ev.message}")
+
+
+def allow_lists(settings) -> tuple[list[str], list[str]]:
+    """Calling AE titles and peer addresses the window's node accepts, from the settings.
+
+    The PACS nodes of the settings are added: their AE titles always, their hosts only where
+    the user restricts addresses (the node requires both lists to match)."""
+    from mamview.core.net import nodes_from_settings
+
+    pacs, _errors = nodes_from_settings(settings)
+    aes = list(settings.node_allowed_aes or [])
+    hosts = list(settings.node_allowed_hosts or [])
+    if not aes and not hosts:
+        if settings.node_allow_any:
+            return [], []  # open, as chosen
+        return list(dict.fromkeys(n.ae_title for n in pacs)), []  # only the known PACS
+    if aes:
+        aes += [n.ae_title for n in pacs if n.ae_title not in aes]
+    if hosts:
+        hosts += [n.host for n in pacs if n.host not in hosts]
+    return aes, hosts
+
+
+def open_warning() -> str:
+    """The sentence the window shows while its node is open to any peer."""
+    from mamview.core.net.scp import OPEN_WARNING
+
+    return OPEN_WARNING[0].upper() + OPEN_WARNING[1:] + ". Restrict it in Settings → DICOM node."
 
 
 def summary_text(summary) -> str:

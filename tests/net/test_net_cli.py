@@ -71,7 +71,7 @@ def test_listen_on_a_port_in_use_says_so(home, capsys):
         s.listen()
         port = s.getsockname()[1]
         assert main(["--home", str(home), "listen", "--port", str(port), "--host", LOOPBACK,
-                     "--no-score", "--quiet"]) == 2
+                     "--no-score", "--quiet", "--allow-any"]) == 2
     assert "cannot listen" in capsys.readouterr().err
 
 

@@ -37,11 +37,31 @@ def window(qtbot):
         win.shutdown()
 
 
-def _enable_node(lib, port: int) -> None:
+def _enable_node(lib, port: int, **choice) -> None:
     lib.ensure()
     s = settings_mod.load(lib.settings_file)
     s.node_enabled, s.node_ae_title, s.node_port = True, "MAMVIEW", port
+    s.node_allowed_aes = ["MODALITY"]  # the PACS asked for priors is let in by fetch_priors
+    for k, v in choice.items():
+        setattr(s, k, v)
     settings_mod.save(s, lib.settings_file)
+
+
+def test_window_node_is_open_only_when_chosen_and_says_so(home, window, qtbot):
+    lib = library(home)
+    _enable_node(lib, free_port(), node_allowed_aes=[])  # no allow-list, no allow-any
+    win = window(lib)
+    assert not win.node_ctl.running
+    assert "whom to accept" in win.status_text.text()
+    _enable_node(lib, free_port(), node_allowed_aes=[], node_allow_any=True)
+    win = window(lib)
+    seen = []
+    win.node_ctl.openChanged.connect(lambda is_open, text: seen.append((is_open, text)))
+    win.set_node_running(False)
+    win.set_node_running(True)
+    assert win.node_ctl.running and win.node_ctl.is_open
+    assert seen[-1][0] is True and "any calling AE title" in seen[-1][1]
+    assert "open to any peer" in win.status_text.text()
 
 
 def test_window_node_receives_a_push_and_the_worklist_shows_it(home, cohort, scu_config, window,

@@ -66,7 +66,8 @@ def test_fetch_priors_skips_studies_already_in_the_library(home, pacs):
               == studies[0].study_instance_uid]
     assert main(["--home", str(home), "import", "--no-previews", *oldest]) == 0
     seen = []
-    with StorageNode(lib, "MAMVIEW", port=pacs.node_port, host=LOOPBACK, score=False) as node:
+    with StorageNode(lib, "MAMVIEW", port=pacs.node_port, host=LOOPBACK, score=False,
+                     allowed_aes=["PACS"]) as node:
         summary = fetch_priors(lib, "BENCH0001", PacsNode.parse(pacs.address), "MAMVIEW",
                                progress=lambda done, total, study: seen.append((done, total)))
         assert node.wait_idle(60)

@@ -65,18 +65,19 @@ def test_pushed_cohort_is_stored_indexed_and_scored_and_a_second_push_adds_nothi
     lib = library(home)
     rec = Recorder()
     expected = {r["sop_instance_uid"]: r for r in csv.DictReader(open(cohort / "images.csv"))}
-    with scp.StorageNode(lib, port=0, host=LOOPBACK, on_event=rec, device="cpu") as node:
+    with scp.StorageNode(lib, port=0, host=LOOPBACK, on_event=rec, device="cpu",
+                         allow_any=True) as node:
         r = push(node, cohort_folders(cohort), scu_config)
         assert r.returncode == 0, r.stderr
         assert node.wait_idle(180)
         stored = {uid for (uid,) in db_rows(lib, "SELECT sop_instance_uid FROM images")}
         assert stored == set(expected)
         assert len(inbox_files(lib)) == len(expected)
-        # every image indexed from the inbox, in the patient/study layout, with a preview
+        # every image indexed from the inbox, in the hashed patient/study layout, with a preview
         for uid, path, pid, study in db_rows(
                 lib, "SELECT i.sop_instance_uid, i.path, p.patient_id, i.study_uid FROM images i "
                      "JOIN patients p ON p.patient_key = i.patient_key"):
-            assert path == str(lib.inbox.resolve() / pid / study / f"{uid}.dcm")
+            assert path == str(scp.inbox_path(lib.inbox.resolve(), pid, study, uid))
         assert db_rows(lib, "SELECT count(*) FROM previews")[0][0] == len(expected)
         assert not list((lib.inbox / scp.INCOMING).iterdir())  # no temporary file left
 
@@ -124,7 +125,8 @@ def test_a_truncated_instance_gets_a_failure_status_and_the_association_goes_on(
                 if r["transfer_syntax_uid"] == "1.2.840.10008.1.2.1"]
     good = [cohort / r["path"] for r in explicit[:3]]
     bad = _short_pixel_copy(good[0], tmp_path / "short.dcm")
-    with scp.StorageNode(lib, port=0, host=LOOPBACK, on_event=rec, score=False) as node:
+    with scp.StorageNode(lib, port=0, host=LOOPBACK, on_event=rec, score=False,
+                         allow_any=True) as node:
         # storescu sends the bad one between good ones, in one association
         r = push(node, [good[1], bad, good[2]], scu_config, extra=["-v"])
         assert r.returncode == 0, r.stderr
@@ -181,7 +183,7 @@ def test_restart_reindexes_the_inbox(home, cohort, scu_config):
     node was down) are indexed at the next start; half-received temporary files are dropped."""
     lib = library(home)
     folders = cohort_folders(cohort)
-    with scp.StorageNode(lib, port=0, host=LOOPBACK, score=False) as node:
+    with scp.StorageNode(lib, port=0, host=LOOPBACK, score=False, allow_any=True) as node:
         assert push(node, folders[:1], scu_config).returncode == 0
         assert node.wait_idle(60)
     n = len(inbox_files(lib))
@@ -189,7 +191,7 @@ def test_restart_reindexes_the_inbox(home, cohort, scu_config):
     for suffix in ("", "-wal", "-shm"):  # the cache is gone, the inbox is not
         (lib.home / f"cache.sqlite{suffix}").unlink(missing_ok=True)
     (lib.inbox / scp.INCOMING / "dead.part").write_bytes(b"half a file")
-    with scp.StorageNode(lib, port=0, host=LOOPBACK, score=False) as node:
+    with scp.StorageNode(lib, port=0, host=LOOPBACK, score=False, allow_any=True) as node:
         assert node.wait_idle(60)
     assert db_rows(lib, "SELECT count(*) FROM images")[0][0] == n
     assert not (lib.inbox / scp.INCOMING / "dead.part").exists()
@@ -197,17 +199,19 @@ def test_restart_reindexes_the_inbox(home, cohort, scu_config):
 
 def test_a_port_in_use_is_a_clear_oserror(home):
     lib = library(home)
-    with scp.StorageNode(lib, port=0, host=LOOPBACK, score=False) as node:
+    with scp.StorageNode(lib, port=0, host=LOOPBACK, score=False, allow_any=True) as node:
         with pytest.raises(OSError):
-            scp.StorageNode(lib, port=node.bound_port, host=LOOPBACK, score=False).start()
+            scp.StorageNode(lib, port=node.bound_port, host=LOOPBACK, score=False,
+                            allow_any=True).start()
 
 
-def test_safe_names_never_escape_the_inbox():
-    assert scp.safe_name("../../etc", "x") == "etc"
-    assert scp.safe_name("..", "fallback") == "fallback"
-    assert scp.safe_name("", "fallback") == "fallback"
-    assert scp.safe_name("DOE^JANE 12/3", "x") == "DOE_JANE_12_3"
-    assert not scp.safe_name(".hidden", "x").startswith(".")
+def test_inbox_names_are_hashes_that_stay_in_the_inbox(tmp_path):
+    inbox = tmp_path / "inbox"
+    p = scp.inbox_path(inbox, "../../etc", "1.2.3", "1.2.3.4")
+    assert p.parent.parent.parent == inbox
+    assert all(len(part) == 32 for part in (p.parent.parent.name, p.parent.name, p.stem))
+    assert p.suffix == ".dcm" and ".." not in p.parts
+    assert scp.inbox_path(inbox, "", "1.2", "1.3") != scp.inbox_path(inbox, "", "1.2", "1.4")
 
 
 def test_an_exam_is_complete_when_its_fourth_view_arrives(home, cohort, scu_config):
@@ -218,7 +222,8 @@ def test_an_exam_is_complete_when_its_fourth_view_arrives(home, cohort, scu_conf
     date = rows[0]["exam_date"]
     views = [cohort / r["path"] for r in rows if r["exam_date"] == date]
     assert len(views) == 4
-    with scp.StorageNode(lib, port=0, host=LOOPBACK, on_event=rec, score=False) as node:
+    with scp.StorageNode(lib, port=0, host=LOOPBACK, on_event=rec, score=False,
+                         allow_any=True) as node:
         assert push(node, views[:3], scu_config).returncode == 0
         assert node.wait_idle(60)
         assert rec.of(scp.ExamComplete) == []
@@ -226,3 +231,25 @@ def test_an_exam_is_complete_when_its_fourth_view_arrives(home, cohort, scu_conf
         assert node.wait_idle(60)
     assert [e.exam_date for e in rec.of(scp.ExamComplete)] == [date]
     assert [e.patient_id for e in rec.of(scp.ExamComplete)] == ["DEMO0001"]
+
+
+def test_files_in_the_old_inbox_layout_still_import_and_count_as_duplicates(
+        home, cohort, scu_config):
+    """Instances received before inbox names were hashed (`<PatientID>/<StudyUID>/<SOP>.dcm`)
+    are indexed at start; the same instance pushed again is a duplicate, not a second file."""
+    import shutil
+
+    lib = library(home)
+    one = next(cohort.rglob("*.dcm"))
+    ds = pydicom.dcmread(one, stop_before_pixels=True)
+    old = lib.inbox / ds.PatientID / ds.StudyInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+    old.parent.mkdir(parents=True)
+    shutil.copyfile(one, old)
+    with scp.StorageNode(lib, port=0, host=LOOPBACK, score=False, allowed_aes=["MODALITY"],
+                         make_previews=False) as node:
+        assert node.wait_idle(60)
+        assert db_rows(lib, "SELECT path FROM images") == [(str(old.resolve()),)]
+        assert push(node, [one], scu_config).returncode == 0
+        assert node.wait_idle(60)
+        assert node.stats.duplicates == 1 and node.stats.received == 0
+    assert inbox_files(lib) == [old]

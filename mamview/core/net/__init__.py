@@ -7,7 +7,9 @@ request is made):
 - `PacsNode.parse("AE@host:port")`, `PacsNode.from_dict`, `nodes_from_settings(settings)`
 - `echo(node, our_ae) -> EchoResult`
 - `StorageNode(lib, ae_title, port, host, allowed_aes, allowed_hosts, score, model, device,
-  on_event)` with `start()`, `stop()`, `wait_idle()`, `bound_port`, `stats`; events in `scp`
+  on_event, allow_any, limits)` with `start()`, `stop()`, `wait_idle()`, `allow()`,
+  `bound_port`, `is_open`, `stats`; events in `scp`. Without an allow-list it needs
+  `allow_any=True` (else `scp.NodeOpenRefused`); `guard.NodeLimits` holds its timeouts and caps
 - `find_studies(node, patient_id, our_ae)`, `fetch_priors(lib, patient_id, pacs, our_ae,
   move_destination, progress) -> FetchSummary`, `send_files(node, paths, our_ae) -> SendSummary`
 - `NetError`: a network operation failed; its message is for the user

@@ -41,7 +41,7 @@ def bench_net(patients: int = 6, size: str = "small", work: str | None = None,
         lib = Library(lib_home)
         cfg = dcmtk.write_storescu_config(base / "storescu.cfg")
         node = StorageNode(lib, "BENCH", port=0, host="127.0.0.1", score=False,
-                           make_previews=make_previews).start()
+                           make_previews=make_previews, allowed_hosts=["127.0.0.1"]).start()
         try:
             if not node.wait_idle(60):
                 raise RuntimeError("the node did not get ready")

@@ -1,14 +1,19 @@
 """The storage node: a C-STORE receiver that files mammograms into the library and scores them.
 
 Each received instance is written atomically into the library's inbox (a temporary file in
-`inbox/.incoming`, fsync, then `os.replace` to `inbox/<PatientID>/<StudyInstanceUID>/<SOP>.dcm`),
-so no half-written file is ever visible. Received files are indexed in batches by the core
+`inbox/.incoming`, fsync, then `os.replace` to `inbox/<h(PatientID)>/<h(StudyUID)>/<h(SOP)>.dcm`,
+where h is `safety.hashed_name`: no value a peer sends ever becomes a path component), so no
+half-written file is ever visible. An instance whose SOP or Study Instance UID is not a valid
+UID is refused with a failure status. Received files are indexed in batches by the core
 import (`core.ingest.run_import`) on one indexer thread: when an association ends, when a
 batch fills, or after a short window. Exams that have their four standard views are queued for
 scoring on the node's own `InferenceService` (its model loads when the first exam needs it).
 
 Every handler returns a DICOM status instead of raising: a bad instance gets a failure status
-and the association goes on. At start the inbox is re-indexed, so nothing received before a
+and the association goes on. Peers are bounded in time, memory and number (`guard`: PDU
+deadlines and size caps, an instance size cap, connection caps per peer and in total), and the
+node is open to any peer only when asked to (`allow_any`), with a warning. The indexer survives
+any failure of one instance (native decoder panics included) and is restarted if it dies. At start the inbox is re-indexed, so nothing received before a
 crash or power cut is lost. Events are plain frozen dataclasses passed to `on_event` (on a
 worker thread; a GUI must hop to its own thread) and written to `<library>/logs/dicom-node.log`.
 """
@@ -18,18 +23,22 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import re
 import socket
 import sqlite3
 import threading
 import time
 import uuid
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from mamview.core import safety
+from mamview.core.errors import InputRefused, MamviewError
 # the node forwards its inference service's ExamScored as is (one event type for a score)
 from mamview.core.inference import ExamScored
+from mamview.core.net import guard
+from mamview.core.net.guard import NodeLimits
 from mamview.core.net.nodes import check_ae_title
 
 log = logging.getLogger("mamview.net")
@@ -69,6 +78,20 @@ CANNOT_UNDERSTAND = 0xC000
 
 FLUSH_COUNT = 64  # index after this many new files…
 FLUSH_WINDOW_S = 1.0  # …or this long after the first unindexed one, or when an association ends
+WATCHDOG_S = 1.0  # how often the indexer thread is checked
+MAX_INDEXER_DEATHS = 3  # in a row on one batch: that batch is left in the inbox for the next start
+MAX_POISONED_PER_BATCH = 64  # previews retried after a decoder failure, at most
+REPEAT_LOG_S = 10.0  # the same refusal of the same peer is logged at most this often
+
+# what a decoder failure may be, native panics included; never these two
+_FATAL = (KeyboardInterrupt, SystemExit)
+
+OPEN_WARNING = ("the DICOM node accepts any calling AE title from any address: anyone who can "
+                "reach this port can store images into the library")
+
+
+class NodeOpenRefused(MamviewError):
+    """A node was asked to start with no allow-list and without an explicit allow_any."""
 
 
 # ---------------------------------------------------------------- events
@@ -79,6 +102,7 @@ class NodeStarted:
     ae_title: str
     host: str
     port: int
+    open: bool = False  # True: any peer may store (allow_any); a window shows a warning
 
 
 @dataclass(frozen=True)
@@ -158,15 +182,6 @@ class NodeStats:
 # ---------------------------------------------------------------- helpers
 
 
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def safe_name(text: str, fallback: str) -> str:
-    """A folder or file name made of letters, digits and ._- only (never hidden, never '..')."""
-    name = _SAFE.sub("_", (text or "").strip())[:64].strip("._") or fallback
-    return name
-
-
 def _host_matcher(allowed: Iterable[str]) -> list:
     """Networks (an address is a /32 or /128) of the allowed peers; host names are resolved now."""
     nets = []
@@ -185,19 +200,13 @@ def _host_matcher(allowed: Iterable[str]) -> list:
     return nets
 
 
-def _make_server_class():
-    from pynetdicom.transport import ThreadedAssociationServer
-
-    class _GuardedServer(ThreadedAssociationServer):
-        """Refuses connections from peers outside the node's address allow-list."""
-
-        node: "StorageNode | None" = None
-
-        def verify_request(self, request, client_address) -> bool:
-            node = self.node
-            return node is None or node._peer_allowed(client_address)
-
-    return _GuardedServer
+def inbox_path(inbox: Path, patient_id: str, study_uid: str, sop_uid: str) -> Path:
+    """Where a received instance is filed: names hashed from its identifiers, inside `inbox`
+    (InputRefused if the result were not)."""
+    dest = (inbox / safety.hashed_name(patient_id or "") / safety.hashed_name(study_uid)
+            / safety.hashed_name(sop_uid, ".dcm"))
+    safety.inside(inbox, dest)
+    return dest
 
 
 # ---------------------------------------------------------------- the node
@@ -206,23 +215,32 @@ def _make_server_class():
 class StorageNode:
     """A DICOM Storage SCP (and Verification SCP) that files mammograms into a library.
 
-    `allowed_aes` / `allowed_hosts`: when given, only these calling AE titles / peer addresses
-    (IPs, networks such as 10.0.0.0/24, or host names) may associate. `score`: queue complete
-    exams for scoring with `model` on `device`. `on_event(event)` receives `NodeEvent`s on
-    worker threads.
+    `allowed_aes` / `allowed_hosts`: only these calling AE titles / peer addresses (IPs,
+    networks such as 10.0.0.0/24, or host names) may associate. Without either, `allow_any`
+    must be True (the node is then open, `is_open`, and says so in its log); otherwise
+    `NodeOpenRefused`. `limits`: time, size and count caps (`guard.NodeLimits`). `score`:
+    queue complete exams for scoring with `model` on `device`. `on_event(event)` receives
+    `NodeEvent`s on worker threads.
     """
 
     def __init__(self, lib, ae_title: str = "MAMVIEW", port: int = 11112, host: str = "0.0.0.0",
                  allowed_aes: Iterable[str] | None = None,
                  allowed_hosts: Iterable[str] | None = None, score: bool = True,
                  model: str = "auto", device: str = "auto",
-                 on_event: Callable[[object], None] | None = None, make_previews: bool = True):
+                 on_event: Callable[[object], None] | None = None, make_previews: bool = True,
+                 allow_any: bool = False, limits: NodeLimits | None = None):
         self.lib = lib
         self.ae_title = check_ae_title(ae_title)
         self.port = int(port)
         self.host = host
         self.allowed_aes = [check_ae_title(a) for a in allowed_aes or []]
         self._allowed_nets = _host_matcher(allowed_hosts or [])
+        if not (self.allowed_aes or self._allowed_nets or allow_any):
+            raise NodeOpenRefused(
+                "the DICOM node needs to know whom to accept: name the calling AE titles or "
+                "peer addresses allowed to send (an allow-list), or choose explicitly to "
+                "accept any peer")
+        self.limits = limits or NodeLimits()
         self.score = score
         self.model = model
         self.device = device
@@ -232,20 +250,23 @@ class StorageNode:
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
         self._pending: list[str] = []  # received, not yet indexed
+        self._inflight: list[str] = []  # the batch the indexer works on
         self._first_pending_at = 0.0
         self._flush_now = False
         self._indexing = False
         self._reindexed = False
         self._stopping = False
         self._received_uids: set[str] = set()
-        self._local = threading.local()
         self._server = None
         self._ae = None
         self._indexer: threading.Thread | None = None
+        self._indexer_deaths = 0
+        self._watchdog: threading.Thread | None = None
         self._service = None
         self._model_entry = None
         self._service_broken = False
         self._log_handler: logging.Handler | None = None
+        self._turned_away: dict[tuple, tuple[float, int]] = {}
 
     # -- public API
 
@@ -257,6 +278,29 @@ class StorageNode:
     @property
     def running(self) -> bool:
         return self._server is not None
+
+    @property
+    def is_open(self) -> bool:
+        """True when any calling AE title from any address may store (no allow-list)."""
+        return not (self.allowed_aes or self._allowed_nets)
+
+    def allow(self, ae_title: str, host: str) -> None:
+        """Also accept this peer (a PACS we ask to send us studies): its AE title joins the
+        AE allow-list, its host the address allow-list where there is one."""
+        if self.is_open:
+            return
+        title = check_ae_title(ae_title)
+        if self.allowed_aes and title not in self.allowed_aes:
+            self.allowed_aes.append(title)
+            if self._ae is not None:
+                self._ae.require_calling_aet = list(self.allowed_aes)
+        if self._allowed_nets:
+            self._allowed_nets = self._allowed_nets + _host_matcher([host])
+
+    @property
+    def indexer_alive(self) -> bool:
+        """True while the indexer thread runs (it is restarted when it dies)."""
+        return self._indexer is not None and self._indexer.is_alive()
 
     def start(self) -> "StorageNode":
         """Open the port and start the indexer (which first re-indexes the inbox).
@@ -275,12 +319,13 @@ class StorageNode:
 
         connect(self.lib.database).close()  # create / migrate before any reader opens it
 
+        lim = self.limits
         ae = AE(ae_title=self.ae_title)
-        ae.maximum_pdu_size = 131072  # fewer, larger PDUs: dcmtk peers send up to this
-        ae.network_timeout = 60
-        ae.acse_timeout = 30
-        ae.dimse_timeout = 60
-        ae.maximum_associations = 16
+        ae.maximum_pdu_size = lim.max_pdu_size
+        ae.network_timeout = lim.network_timeout_s
+        ae.acse_timeout = lim.acse_timeout_s
+        ae.dimse_timeout = lim.dimse_timeout_s
+        ae.maximum_associations = lim.max_associations
         if self.allowed_aes:
             ae.require_calling_aet = self.allowed_aes
         ae.add_supported_context(Verification)
@@ -288,27 +333,32 @@ class StorageNode:
             ae.add_supported_context(uid, list(TRANSFER_SYNTAXES))
         handlers = [
             (evt.EVT_C_STORE, self._handle_store),
+            (evt.EVT_DIMSE_RECV, guard.mark_progress),
             (evt.EVT_RELEASED, self._association_ended),
             (evt.EVT_ABORTED, self._association_ended),
             (evt.EVT_REJECTED, self._association_rejected),
         ]
+        server_class = guard.make_server_class(self._peer_allowed, self._connection_refused,
+                                               self._connection_dropped)
         server = ae.make_server((self.host, self.port), ae_title=self.ae_title,
-                                evt_handlers=handlers, server_class=_make_server_class())
-        server.node = self
+                                evt_handlers=handlers, server_class=server_class, limits=lim)
         self.port = server.server_address[1]  # the real port when 0 (any free one) was asked
         threading.Thread(target=server.serve_forever, name=f"mamview-scp-{self.port}",
                          daemon=True).start()
         ae._servers.append(server)  # so ae.shutdown() stops it, as start_server would
         self._ae, self._server = ae, server
         self._stopping = False
-        self._indexer = threading.Thread(target=self._index_loop, name="mamview-scp-indexer",
-                                         daemon=True)
-        self._indexer.start()
-        self._emit(NodeStarted(self.ae_title, self.host, self.bound_port),
+        self._start_indexer()
+        self._watchdog = threading.Thread(target=self._watch_indexer, name="mamview-scp-watchdog",
+                                          daemon=True)
+        self._watchdog.start()
+        self._emit(NodeStarted(self.ae_title, self.host, self.bound_port, self.is_open),
                    f"listening as {self.ae_title} on {self.host}:{self.bound_port}"
                    + (f", calling AEs {', '.join(self.allowed_aes)}" if self.allowed_aes else "")
                    + (f", peers {', '.join(map(str, self._allowed_nets))}"
                       if self._allowed_nets else ""))
+        if self.is_open:  # NodeStarted.open tells listeners; the log says it in words
+            log.warning("[%s:%s] warning: %s", self.ae_title, self.port, OPEN_WARNING)
         return self
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
@@ -321,7 +371,8 @@ class StorageNode:
             self._cv.notify_all()
         while time.monotonic() < deadline:
             with self._cv:
-                files_done = self._reindexed and not self._pending and not self._indexing
+                files_done = (self._reindexed and not self._pending and not self._indexing
+                              and self.indexer_alive)
                 if self._pending:
                     self._flush_now = True
                     self._cv.notify_all()
@@ -338,6 +389,7 @@ class StorageNode:
             return
         port = self.bound_port
         try:
+            self._server.drop_all()  # no peer's read or send holds the shutdown up
             self._ae.shutdown()  # closes the port and the open associations
         except Exception as exc:  # noqa: BLE001 - stopping must not fail halfway
             log.warning("while closing the port: %s", exc)
@@ -346,6 +398,8 @@ class StorageNode:
             self._stopping = True
             self._flush_now = True
             self._cv.notify_all()
+        if self._watchdog is not None:
+            self._watchdog.join(timeout)
         if self._indexer is not None:
             self._indexer.join(timeout)
         if self._service is not None:
@@ -363,7 +417,7 @@ class StorageNode:
     # -- events and log
 
     def _emit(self, event, message: str, level: int = logging.INFO) -> None:
-        log.log(level, "[%s:%s] %s", self.ae_title, self.port, message)
+        log.log(level, "[%s:%s] %s", self.ae_title, self.port, safety.printable(message))
         if self._on_event is not None:
             try:
                 self._on_event(event)
@@ -371,7 +425,13 @@ class StorageNode:
                 log.exception("event listener failed")
 
     def _open_log(self) -> None:
-        handler = logging.FileHandler(self.lib.logs / LOG_FILE_NAME, encoding="utf-8")
+        path = self.lib.logs / LOG_FILE_NAME
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))  # private
+        try:
+            os.chmod(path, 0o600)  # also a log made before logs were private
+        except OSError:
+            pass
+        handler = logging.FileHandler(path, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         handler.addFilter(lambda rec: f"[{self.ae_title}:{self.port}]" in rec.getMessage())
         log.addHandler(handler)
@@ -385,36 +445,50 @@ class StorageNode:
             self._log_handler.close()
             self._log_handler = None
 
-    # -- association guards
+    # -- association guards (the server's threads)
 
-    def _peer_allowed(self, client_address) -> bool:
+    def _peer_allowed(self, address: str) -> bool:
         if not self._allowed_nets:
             return True
         try:
-            addr = ipaddress.ip_address(client_address[0])
+            addr = ipaddress.ip_address(address)
         except ValueError:
-            addr = None
-        if addr is not None and getattr(addr, "ipv4_mapped", None):
-            addr = addr.ipv4_mapped
-        if addr is not None and any(addr.version == n.version and addr in n
-                                    for n in self._allowed_nets):
-            return True
+            return False
+        return any(addr.version == n.version and addr in n for n in self._allowed_nets)
+
+    def _connection_refused(self, address: str, reason: str) -> None:
+        self._peer_turned_away(address, reason, "refused a connection from")
+
+    def _connection_dropped(self, address: str, reason: str) -> None:
+        self._peer_turned_away(address, reason, "dropped the connection from")
+
+    def _peer_turned_away(self, address: str, reason: str, verb: str) -> None:
+        """Count it; tell it, at most once per peer, verb and reason every REPEAT_LOG_S (a
+        flood of connections must not flood the log)."""
+        now = time.monotonic()
+        key = (address, verb, reason.split(" ", 1)[-1])
         with self._lock:
             self.stats.refused += 1
-        self._emit(AssociationRefused("", str(client_address[0]), "address not allowed"),
-                   f"refused a connection from {client_address[0]}: address not allowed",
-                   logging.WARNING)
-        return False
+            last, hidden = self._turned_away.get(key, (0.0, 0))
+            if now - last < REPEAT_LOG_S:
+                self._turned_away[key] = (last, hidden + 1)
+                return
+            if len(self._turned_away) >= 1024:
+                self._turned_away.clear()
+            self._turned_away[key] = (now, 0)
+        more = f" ({hidden} more like it not shown)" if hidden else ""
+        self._emit(AssociationRefused("", address, reason),
+                   f"{verb} {address}: {reason}{more}", logging.WARNING)
 
     def _association_rejected(self, event) -> None:
         calling = event.assoc.requestor.ae_title
+        allowed = not self.allowed_aes or calling in self.allowed_aes
+        reason = "too many associations" if allowed else "calling AE title not allowed"
         with self._lock:
             self.stats.refused += 1
-        self._emit(AssociationRefused(calling, str(event.assoc.requestor.address),
-                                      "calling AE title not allowed"),
+        self._emit(AssociationRefused(calling, str(event.assoc.requestor.address), reason),
                    f"rejected an association from {calling!r} at "
-                   f"{event.assoc.requestor.address}: calling AE title not allowed",
-                   logging.WARNING)
+                   f"{event.assoc.requestor.address}: {reason}", logging.WARNING)
 
     def _association_ended(self, event) -> None:
         with self._cv:
@@ -422,7 +496,7 @@ class StorageNode:
                 self._flush_now = True
                 self._cv.notify_all()
 
-    # -- receiving
+    # -- receiving (association threads)
 
     @property
     def _incoming(self) -> Path:
@@ -439,12 +513,11 @@ class StorageNode:
     def _already_have(self, sop_uid: str) -> bool:
         if sop_uid in self._received_uids:
             return True
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(f"file:{self.lib.database}?mode=ro", uri=True, timeout=10)
-            self._local.conn = conn
-        row = conn.execute("SELECT 1 FROM images WHERE sop_instance_uid = ? AND NOT missing",
-                           [sop_uid]).fetchone()
+        # a short-lived connection: association threads come and go, none may leak one
+        with closing(sqlite3.connect(f"file:{self.lib.database}?mode=ro", uri=True,
+                                     timeout=10)) as conn:
+            row = conn.execute("SELECT 1 FROM images WHERE sop_instance_uid = ? AND NOT missing",
+                               [sop_uid]).fetchone()
         return row is not None
 
     def _handle_store(self, event) -> int:
@@ -452,22 +525,18 @@ class StorageNode:
         from mamview.core.dicom import headers
         from mamview.core.domain import Problem
 
-        calling = event.assoc.requestor.ae_title
+        calling = safety.printable(event.assoc.requestor.ae_title)
         uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
         tmp = None
         try:
-            if uid and self._already_have(uid):
+            if safety.is_valid_uid(uid) and self._already_have(uid):
                 with self._lock:
                     self.stats.duplicates += 1
                 self._emit(InstanceStored(uid, "", "", "", calling, True),
                            f"{uid} from {calling}: already in the library", logging.DEBUG)
                 return SUCCESS
-            data = event.encoded_dataset(include_meta=True)
             tmp = self._incoming / f"{uuid.uuid4().hex}.part"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            _write_received(event, tmp)
             hdr = headers.read_header(tmp)
             if isinstance(hdr, Problem):
                 status = CANNOT_UNDERSTAND if hdr.reason in (
@@ -475,9 +544,12 @@ class StorageNode:
                     "empty file", "no pixel data") else NOT_OUR_SOP_CLASS
                 return self._failed(uid, calling, status, f"{hdr.reason}: {hdr.detail}")
             uid = hdr.sop_instance_uid or uid
-            dest = (self.lib.inbox / safe_name(hdr.patient_id, "no-patient-id")
-                    / safe_name(hdr.study_instance_uid, "no-study-uid")
-                    / f"{safe_name(uid, uuid.uuid4().hex)}.dcm")
+            for what, value in (("SOP Instance UID", uid),
+                                ("Study Instance UID", hdr.study_instance_uid)):
+                if not safety.is_valid_uid(value):
+                    return self._failed(uid, calling, NOT_OUR_SOP_CLASS,
+                                        f"invalid {what} {value!r}")
+            dest = inbox_path(self.lib.inbox, hdr.patient_id, hdr.study_instance_uid, uid)
             dest.parent.mkdir(parents=True, exist_ok=True)
             with self._lock:
                 duplicate = uid in self._received_uids or dest.exists()
@@ -500,11 +572,18 @@ class StorageNode:
                        f"from {calling}", logging.DEBUG)
             self._enqueue(str(dest))
             return SUCCESS
+        except InputRefused as exc:
+            return self._failed(uid, calling, NOT_OUR_SOP_CLASS, str(exc))
         except OSError as exc:
             return self._failed(uid, calling, OUT_OF_RESOURCES, f"could not write: {exc}")
-        except Exception as exc:  # noqa: BLE001 - one bad instance never stops the node
+        except sqlite3.Error as exc:  # the index is busy or unusable: the peer may retry
+            return self._failed(uid, calling, OUT_OF_RESOURCES, f"the library's index: {exc}")
+        except _FATAL:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - one bad instance never stops the node
             return self._failed(uid, calling, CANNOT_UNDERSTAND, f"{type(exc).__name__}: {exc}")
         finally:
+            guard.store_handled(event.assoc)
             if tmp is not None:
                 try:
                     tmp.unlink()
@@ -527,65 +606,169 @@ class StorageNode:
             if len(self._pending) >= FLUSH_COUNT:
                 self._cv.notify_all()
 
-    # -- indexing (indexer thread)
+    # -- indexing (indexer thread, watched)
+
+    def _start_indexer(self) -> None:
+        self._indexer = threading.Thread(target=self._index_loop, name="mamview-scp-indexer",
+                                         daemon=True)
+        self._indexer.start()
+
+    def _watch_indexer(self) -> None:
+        """Restart the indexer if it died (it should not: it catches everything it can).
+        `stop` joins this thread before the indexer, so a late restart is joined too."""
+        while True:
+            with self._cv:
+                if self._stopping:
+                    return
+                self._cv.wait(WATCHDOG_S)
+                if self._stopping:
+                    return
+                dead = not self.indexer_alive
+            if dead:
+                self._restart_indexer()
+
+    def _restart_indexer(self) -> None:
+        skip_reindex = False
+        with self._cv:
+            batch, self._inflight = self._inflight, []
+            self._indexing = False
+            self._indexer_deaths += 1
+            dropped = self._indexer_deaths > MAX_INDEXER_DEATHS
+            if batch and not dropped:
+                self._pending[:0] = batch  # tried again first
+                self._flush_now = True
+            if dropped:
+                self._indexer_deaths = 0
+                skip_reindex = not self._reindexed
+                self._reindexed = True  # a re-index that keeps killing it is not tried again
+        what = (f"; {len(batch)} files stay in the inbox until the next start" if batch and dropped
+                else "; the inbox re-index is skipped until the next start"
+                if dropped and skip_reindex
+                else f"; its {len(batch)} files are indexed again" if batch else "")
+        self._emit(NodeError(f"the indexer thread had stopped; restarted{what}"),
+                   f"the indexer thread had stopped; restarted{what}", logging.ERROR)
+        self._start_indexer()
 
     def _index_loop(self) -> None:
         from mamview.core.cache.db import connect
 
         db = connect(self.lib.database, migrate=False)
         try:
-            try:
-                self._reindex_inbox(db)
-            except Exception as exc:  # noqa: BLE001
-                self._emit(NodeError(f"re-indexing the inbox failed: {exc}"),
-                           f"re-indexing the inbox failed: {exc}", logging.ERROR)
-            with self._cv:
-                self._reindexed = True
-            while True:
+            if not self._reindexed:
+                self._guarded("re-indexing the inbox", self._reindex_inbox, db)
                 with self._cv:
-                    while True:
-                        if self._pending and (self._flush_now or self._stopping
-                                              or len(self._pending) >= FLUSH_COUNT):
-                            break
-                        if self._stopping:
-                            return
-                        if self._pending:
-                            wait = self._first_pending_at + FLUSH_WINDOW_S - time.monotonic()
-                            if wait <= 0:
-                                break
-                            self._cv.wait(wait)
-                        else:
-                            self._flush_now = False
-                            self._cv.wait(0.5)
-                    batch, self._pending = self._pending, []
-                    self._flush_now = False
-                    self._indexing = True
-                try:
-                    self._index_batch(db, batch)
-                except Exception as exc:  # noqa: BLE001 - the files stay in the inbox
-                    self._emit(NodeError(f"indexing {len(batch)} received files failed: {exc}"),
-                               f"indexing {len(batch)} received files failed: {exc}",
-                               logging.ERROR)
-                finally:
-                    with self._cv:
-                        self._indexing = False
+                    self._reindexed = True
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                self._guarded(f"indexing {len(batch)} received files", self._index_batch,
+                              db, batch)
+                # not in a finally: if the thread dies, the watchdog finds the batch in flight
+                with self._cv:
+                    self._inflight = []
+                    self._indexing = False
+                    self._indexer_deaths = 0
         finally:
             db.close()
 
-    def _run_import(self, db, paths: list) -> object:
+    def _next_batch(self) -> list[str] | None:
+        """Wait for a batch to index (count, window, flush or stop); None when stopping."""
+        with self._cv:
+            while True:
+                if self._pending and (self._flush_now or self._stopping
+                                      or len(self._pending) >= FLUSH_COUNT):
+                    break
+                if self._stopping:
+                    return None
+                if self._pending:
+                    wait = self._first_pending_at + FLUSH_WINDOW_S - time.monotonic()
+                    if wait <= 0:
+                        break
+                    self._cv.wait(wait)
+                else:
+                    self._flush_now = False
+                    self._cv.wait(0.5)
+            batch, self._pending = self._pending, []
+            self._inflight = batch
+            self._flush_now = False
+            self._indexing = True
+            return batch
+
+    def _guarded(self, what: str, fn, db, *args) -> bool:
+        """Run `fn(db, *args)`; any failure (a decoder panic included) is logged, the node
+        goes on. Returns False on failure."""
+        try:
+            fn(db, *args)
+            return True
+        except _FATAL:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the files stay in the inbox
+            _rollback(db)
+            msg = f"{what} failed: {type(exc).__name__}: {exc}"
+            self._emit(NodeError(msg), msg, logging.ERROR)
+            return False
+
+    def _run_import(self, db, paths: list, make_previews: bool | None = None) -> object:
         from mamview.core.ingest import run_import
 
-        gen = run_import(self.lib, paths, make_previews=self.make_previews, db=db)
+        previews = self.make_previews if make_previews is None else make_previews
+        gen = run_import(self.lib, paths, make_previews=previews, db=db)
         while True:
             try:
                 next(gen)
             except StopIteration as stop:
                 return stop.value
 
+    def _import(self, db, paths: list):
+        """Import `paths`; if a file makes that fail (a decoder panic), index the headers,
+        then make the previews skipping each image whose decoder fails."""
+        try:
+            return self._run_import(db, paths)
+        except _FATAL:
+            raise
+        except BaseException as exc:  # noqa: BLE001
+            _rollback(db)
+            msg = (f"importing {len(paths)} files failed ({type(exc).__name__}: {exc}); "
+                   f"going on file by file")
+            self._emit(NodeError(msg), msg, logging.ERROR)
+        summary = self._run_import(db, paths, make_previews=False)
+        if self.make_previews:
+            self._previews_skipping_poison(db)
+        return summary
+
+    def _previews_skipping_poison(self, db) -> None:
+        """Make the missing previews; an image whose decoder fails in a way the import did
+        not catch is recorded as a decode error (so no later batch trips on it), bounded."""
+        from mamview.core import ingest
+        from mamview.core.cache import store
+
+        for _ in range(MAX_POISONED_PER_BATCH):
+            todo = store.images_needing_previews(db, ingest.PREVIEW_PIPELINE_VERSION)
+            done = 0
+            try:
+                for ev in ingest.generate_previews(self.lib, db):
+                    if isinstance(ev, ingest.ProblemFound) or (
+                            isinstance(ev, ingest.Progress) and ev.phase == "previews"):
+                        done += 1
+                return
+            except _FATAL:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - a native decoder panic
+                _rollback(db)
+                if done >= len(todo):
+                    raise
+                row = todo[done]
+                message = f"the decoder failed: {type(exc).__name__}: {exc}"
+                store.record_decode_error(db, row["sop_instance_uid"], row["path"], message)
+                self._emit(NodeError(f"{row['path']}: {message}"),
+                           f"no preview for {row['sop_instance_uid']}: {message}",
+                           logging.WARNING)
+
     def _reindex_inbox(self, db) -> None:
         """Index whatever lies in the inbox (received before a restart) and queue its exams."""
         t0 = time.perf_counter()
-        summary = self._run_import(db, [self.lib.inbox])
+        summary = self._import(db, [self.lib.inbox])
         inbox = str(self.lib.inbox.resolve()) + os.sep
         keys = [r[0] for r in db.execute(
             "SELECT DISTINCT exam_key FROM images WHERE substr(path, 1, ?) = ? AND NOT missing",
@@ -601,7 +784,7 @@ class StorageNode:
 
     def _index_batch(self, db, batch: list[str]) -> None:
         t0 = time.perf_counter()
-        summary = self._run_import(db, batch)
+        summary = self._import(db, batch)
         added = summary.added + summary.updated
         with self._lock:
             self.stats.indexed += added
@@ -696,3 +879,27 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _rollback(db) -> None:
+    """End a transaction a failure left open (the connection stays usable)."""
+    conn = getattr(db, "conn", db)
+    try:
+        if conn.in_transaction:
+            conn.rollback()
+    except sqlite3.Error:
+        pass
+
+
+def _write_received(event, path: Path) -> None:
+    """The received data set as a DICOM file, private to the user, durable; written from
+    pynetdicom's buffer without copying it (an instance may be gigabytes)."""
+    from pynetdicom.dsutils import encode_file_meta
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(b"\x00" * 128 + b"DICM")
+        f.write(encode_file_meta(event.file_meta))
+        f.write(event.request.DataSet.getbuffer())
+        f.flush()
+        os.fsync(f.fileno())
