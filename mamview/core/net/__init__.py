@@ -15,8 +15,24 @@ request is made):
 - `NetError`: a network operation failed; its message is for the user
 """
 
-from mamview.core.net.nodes import (EchoResult, NetError, PacsNode, echo,  # noqa: F401
-                                    nodes_from_settings, resolve_node)
-from mamview.core.net.qr import (FetchSummary, SendSummary, StudyInfo,  # noqa: F401
-                                 fetch_priors, find_studies, send_files)
-from mamview.core.net.scp import StorageNode  # noqa: F401
+import importlib
+
+# Loaded on first use (PEP 562): `mamview --help` and the node's defaults in the parser must
+# not pay for pynetdicom, the inference service and the decoders (about 1.5 s).
+_EXPORTS = {
+    **dict.fromkeys(("EchoResult", "NetError", "PacsNode", "echo", "nodes_from_settings",
+                     "resolve_node"), "nodes"),
+    **dict.fromkeys(("FetchSummary", "SendSummary", "StudyInfo", "fetch_priors", "find_studies",
+                     "send_files"), "qr"),
+    "StorageNode": "scp",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
