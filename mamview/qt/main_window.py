@@ -270,7 +270,12 @@ class MainWindow(QMainWindow):
         self.checks_button.clicked.connect(self._show_check_results)
         self.checks_button.hide()
         self.check_results: list = []
+        # lasting, unlike status_text: a node open to any peer must stay visible while it runs
+        self.node_open_label = QLabel("⚠ DICOM node open to any peer")
+        self.node_open_label.setStyleSheet("color: #ff6b6b; font-weight: bold;")
+        self.node_open_label.hide()
         sb.addWidget(self.status_text, 1)
+        sb.addPermanentWidget(self.node_open_label)
         sb.addPermanentWidget(self.checks_button)
         sb.addPermanentWidget(self.progress)
         sb.addPermanentWidget(self.problems_button)
@@ -283,13 +288,15 @@ class MainWindow(QMainWindow):
         ctl.status.connect(self.status_text.setText)
         ctl.libraryChanged.connect(self._on_received_images)
         ctl.fetchDone.connect(self._on_fetch_done)
+        ctl.openChanged.connect(self._on_node_open_changed)
         if self.settings.node_enabled:
             self.set_node_running(True)
 
     def set_node_running(self, on: bool) -> None:
         """Start or stop the window's DICOM node (AE title and port from the settings)."""
         if on and not self.node_ctl.running:
-            error = self.node_ctl.start(self.settings.node_ae_title, self.settings.node_port)
+            error = self.node_ctl.start(self.settings.node_ae_title, self.settings.node_port,
+                                        self.settings)
             if error:
                 on = False
         elif not on:
@@ -298,6 +305,10 @@ class MainWindow(QMainWindow):
         act.blockSignals(True)
         act.setChecked(on)
         act.blockSignals(False)
+
+    def _on_node_open_changed(self, is_open: bool, warning: str) -> None:
+        self.node_open_label.setToolTip(warning)
+        self.node_open_label.setVisible(is_open)
 
     def _on_received_images(self) -> None:
         if self._closed:
@@ -821,8 +832,9 @@ class MainWindow(QMainWindow):
     def apply_settings(self, new: settings_mod.Settings) -> None:
         """Use changed settings; a new model or device restarts the inference service."""
         restart = (new.model != self.settings.model or new.device != self.settings.device)
-        node_changed = (new.node_enabled, new.node_ae_title, new.node_port) != (
-            self.settings.node_enabled, self.settings.node_ae_title, self.settings.node_port)
+        node_fields = ("node_enabled", "node_ae_title", "node_port", "node_allowed_aes",
+                       "node_allowed_hosts", "node_allow_any", "pacs_nodes")
+        node_changed = any(getattr(new, f) != getattr(self.settings, f) for f in node_fields)
         self.settings = new
         if node_changed:
             self.set_node_running(False)

@@ -67,6 +67,18 @@ class SettingsDialog(QDialog):
         self.node_port = QSpinBox(minimum=1, maximum=65535)
         self.node_port.setValue(int(current.node_port))
         form.addRow("Port", self.node_port)
+        self.node_aes = QLineEdit(", ".join(current.node_allowed_aes))
+        self.node_aes.setPlaceholderText("e.g. MG_ROOM1, PACS")
+        form.addRow("Accept calling AE titles", self.node_aes)
+        self.node_hosts = QLineEdit(", ".join(current.node_allowed_hosts))
+        self.node_hosts.setPlaceholderText("e.g. 10.1.2.3, 10.1.4.0/24")
+        form.addRow("Accept from addresses", self.node_hosts)
+        self.node_any = QCheckBox("Accept any peer (not recommended: anyone who reaches the port "
+                                  "can store images)")
+        self.node_any.setChecked(bool(current.node_allow_any))
+        form.addRow("", self.node_any)
+        form.addRow("", QLabel("<small>The PACS nodes for Fetch priors are accepted too. With no list and "
+                               "no \u201cany peer\u201d the node does not start.</small>"))
         form.addRow("", QLabel("<small>PACS nodes for Fetch priors: <tt>pacs_nodes</tt> in "
                                "settings.json, or type AE@host:port.</small>"))
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save
@@ -88,6 +100,9 @@ class SettingsDialog(QDialog):
         s.node_enabled = self.node_enabled.isChecked()
         s.node_ae_title = self.node_ae.text().strip().upper() or "MAMVIEW"
         s.node_port = self.node_port.value()
+        s.node_allowed_aes = _items(self.node_aes.text(), upper=True)
+        s.node_allowed_hosts = _items(self.node_hosts.text())
+        s.node_allow_any = self.node_any.isChecked()
         s.thresholds_percent = sorted({round(self.low.value(), 2), round(self.high.value(), 2)})
         return s
 
@@ -96,3 +111,13 @@ class SettingsDialog(QDialog):
         s = self.result_settings()
         settings_mod.save(s, self.lib.settings_file)
         return s
+
+
+def _items(text: str, upper: bool = False) -> list[str]:
+    """A comma- or space-separated list from a line edit, without blanks or repeats."""
+    out: list[str] = []
+    for part in text.replace(",", " ").split():
+        part = part.upper() if upper else part
+        if part not in out:
+            out.append(part)
+    return out

@@ -62,6 +62,29 @@ def test_window_node_is_open_only_when_chosen_and_says_so(home, window, qtbot):
     assert win.node_ctl.running and win.node_ctl.is_open
     assert seen[-1][0] is True and "any calling AE title" in seen[-1][1]
     assert "open to any peer" in win.status_text.text()
+    # the lasting warning stays when later messages replace the status text
+    win.status_text.setText("something else")
+    assert win.node_open_label.isVisible() and "any calling AE title" in win.node_open_label.toolTip()
+    win.set_node_running(False)
+    assert not win.node_open_label.isVisible()
+
+
+def test_settings_dialog_edits_whom_the_node_accepts(home, qtbot):
+    from mamview.qt.app import application
+    from mamview.qt.settings_dialog import SettingsDialog
+
+    application()
+    lib = library(home)
+    lib.ensure()
+    dlg = SettingsDialog(lib, settings_mod.Settings())
+    qtbot.addWidget(dlg)
+    dlg.node_aes.setText("mg_room1, PACS  mg_room1")
+    dlg.node_hosts.setText("10.1.2.3, 10.1.4.0/24")
+    s = dlg.save()
+    assert s.node_allowed_aes == ["MG_ROOM1", "PACS"]
+    assert s.node_allowed_hosts == ["10.1.2.3", "10.1.4.0/24"]
+    assert s.node_allow_any is False
+    assert settings_mod.load(lib.settings_file).node_allowed_aes == ["MG_ROOM1", "PACS"]
 
 
 def test_window_node_receives_a_push_and_the_worklist_shows_it(home, cohort, scu_config, window,
