@@ -79,7 +79,7 @@ grep -Eq "^Scored [1-9]" "$WORK/score.log" || fail "score: no exam was scored"
 PORT=$(( 20000 + RANDOM % 20000 ))
 # env execs the bundle, so $! is the node's own PID (a backgrounded function would be a subshell)
 env -i PATH=/usr/bin:/bin HOME="$WORK/home" LANG=C.UTF-8 TMPDIR="$WORK" MAMVIEW_HOME="$WORK/library" \
-    "$EXE" listen --host 127.0.0.1 --port "$PORT" --no-score > "$WORK/listen.log" 2>&1 &
+    "$EXE" listen --host 127.0.0.1 --port "$PORT" --allow-host 127.0.0.1 --no-score > "$WORK/listen.log" 2>&1 &
 NODE=$!
 echoed=""
 for _ in $(seq 60); do
