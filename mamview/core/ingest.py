@@ -9,8 +9,10 @@ committed; the next run completes the rest.
 
 from __future__ import annotations
 
-import hashlib
+import errno
+import logging
 import os
+import stat
 import threading
 import time
 from collections import Counter
@@ -20,15 +22,30 @@ from typing import Generator, Iterable
 
 import sqlite_utils
 
+from mamview.core import safety
 from mamview.core.cache import store
 from mamview.core.cache.db import connect
 from mamview.core.dicom import headers
 from mamview.core.domain import ImageHeader, Problem
+from mamview.core.errors import MamviewError
 from mamview.core.paths import Library
+
+log = logging.getLogger(__name__)
 
 BATCH_SIZE = 256
 PREVIEW_HEIGHT = 1024
 PREVIEW_PIPELINE_VERSION = 1
+# A preview's temp file lives while one PNG is encoded (well under a second); one this old was
+# left by a killed import, never by a concurrent writer.
+ORPHAN_TEMP_AGE_S = 600
+
+# Problem reasons of the search for files (no file of these is ever opened)
+NOT_FOUND = "not found"
+UNREADABLE_FOLDER = "unreadable folder"
+UNUSABLE_NAME = "unusable file name"
+PREVIEW_NOT_WRITTEN = "preview not written"
+
+_swept: set[Path] = set()  # previews folders cleaned of orphan temp files by this process
 
 
 @dataclass(frozen=True)
@@ -75,32 +92,115 @@ Event = Progress | ProblemFound
 def find_files(paths: Iterable[str | os.PathLike]) -> tuple[list[str], list[Problem]]:
     """Expand files, folders (recursively) and DICOMDIRs into a sorted list of absolute paths.
 
-    A path that does not exist is returned as a Problem instead of raising.
+    Nothing is opened except DICOMDIRs named in `paths` (regular files only). A path that does
+    not exist, a folder that cannot be listed, a DICOMDIR that cannot be read or names a file
+    outside its folder, and a file name that the cache cannot store are Problems, not errors.
     """
     found: set[str] = set()
     problems: list[Problem] = []
     for p in paths:
-        path = Path(p).expanduser()
-        if not path.exists():
-            problems.append(Problem(str(path), "not found", "no such file or folder"))
+        path = Path(p).expanduser().absolute()
+        try:
+            info = path.stat()
+        except OSError as exc:
+            missing = isinstance(exc, (FileNotFoundError, NotADirectoryError))
+            problems.append(Problem(shown_path(str(path)), NOT_FOUND if missing else headers.UNREADABLE_FILE,
+                                    "no such file or folder" if missing else (exc.strerror or str(exc))))
             continue
         path = path.resolve()
-        if path.is_dir():
-            for root, dirs, files in os.walk(path):
-                # hidden files and folders (.DS_Store, .git, our cohort marker) are not exams
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for name in files:
-                    if name.upper() == "DICOMDIR" or name.startswith("."):
-                        continue  # DICOMDIR is an index: the files it names are in the walk
-                    found.add(os.path.join(root, name))
+        if stat.S_ISDIR(info.st_mode):
+            _walk(path, found, problems)
         elif path.name.upper() == "DICOMDIR":
-            try:
-                found.update(str(f.resolve()) for f in headers.dicomdir_files(path))
-            except (ValueError, OSError) as exc:
-                problems.append(Problem(str(path), "unreadable DICOMDIR", str(exc)))
+            _add_dicomdir(path, found, problems)
         else:
-            found.add(str(path))
-    return sorted(found), problems
+            found.add(str(path))  # a special file is refused by the header scan, unopened
+    usable = []
+    for f in sorted(found):
+        if storable(f):
+            usable.append(f)
+        else:
+            problems.append(Problem(shown_path(f), UNUSABLE_NAME,
+                                    "the file name is not valid UTF-8; rename the file to import it"))
+    return usable, problems
+
+
+def _walk(root: Path, found: set[str], problems: list[Problem]) -> None:
+    """Add the files under `root`; a folder that cannot be listed is a Problem.
+
+    Folders are listed through directory fds (os.fwalk) where the platform has them, so a
+    tree nested deeper than PATH_MAX is still listed and its files are recorded by name.
+    """
+    def unreadable(exc: OSError, path: str | None = None) -> None:
+        detail = exc.strerror or str(exc)
+        if exc.errno == errno.ENAMETOOLONG:
+            detail += ": the folder is nested deeper than the system's path limit; its files cannot be read"
+        problems.append(Problem(shown_path(path or str(exc.filename or root)), UNREADABLE_FOLDER, detail))
+
+    def add(folder: str, files: list[str]) -> None:
+        for name in files:
+            if name.upper() == "DICOMDIR" or name.startswith("."):
+                continue  # DICOMDIR is an index: the files it names are in the walk
+            found.add(os.path.join(folder, name))
+
+    if not hasattr(os, "fwalk"):
+        for folder, dirs, files in os.walk(root, onerror=unreadable):
+            # hidden files and folders (.DS_Store, .git, our cohort marker) are not exams
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            add(folder, files)
+        return
+    try:
+        for folder, dirs, files, dir_fd in os.fwalk(root):
+            dirs[:] = _enterable(folder, dirs, dir_fd, unreadable)
+            add(folder, files)
+    except OSError as exc:  # the root, or a listing that failed midway (a damaged disc)
+        unreadable(exc, str(root) if exc.filename in (None, str(root)) else None)
+
+
+def _enterable(folder: str, dirs: list[str], dir_fd: int, unreadable) -> list[str]:
+    """The subfolders of `folder` the walk can enter, sorted; others are reported with their
+    full path (fwalk's own error names only the last component). Hidden folders and links to
+    folders are left out, as os.walk does."""
+    keep = []
+    for name in sorted(d for d in dirs if not d.startswith(".")):
+        try:
+            if stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                continue
+            os.close(os.open(name, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0), dir_fd=dir_fd))
+        except OSError as exc:
+            unreadable(exc, os.path.join(folder, name))
+            continue
+        keep.append(name)
+    return keep
+
+
+def _add_dicomdir(path: Path, found: set[str], problems: list[Problem]) -> None:
+    """Add the files a DICOMDIR names inside its folder; refused references are Problems."""
+    try:
+        files, refused = headers.dicomdir_entries(path)
+    except (ValueError, OSError) as exc:
+        problems.append(Problem(shown_path(str(path)), headers.UNREADABLE_DICOMDIR,
+                                f"{exc}; import its folder instead"))
+        return
+    found.update(str(f.resolve()) for f in files)  # inside the media: checked with links resolved
+    problems.extend(refused)
+
+
+def storable(path: str) -> bool:
+    """True when `path` can be stored in the cache (sqlite TEXT is UTF-8) and opened again from
+    the stored text: names that are not valid in the file system encoding decode to lone
+    surrogates (surrogateescape), which cannot be stored."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown_path(path: str) -> str:
+    """`path` as storable text: undecodable bytes of a file name are shown as \\xNN escapes."""
+    if storable(path):
+        return path
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def run_import(
@@ -114,15 +214,19 @@ def run_import(
     """Index `paths` into the library's cache, yielding events; returns the summary."""
     t0 = time.perf_counter()
     lib.ensure()
+    if lib.previews not in _swept:  # leftovers are a dead process's: once per process is enough
+        remove_orphan_temp_files(lib)
+        _swept.add(lib.previews)
     own_db = db is None
     db = db or connect(lib.database)
     summary = ImportSummary()
     try:
         yield Progress("finding", 0, 0)
-        roots = [Path(p).expanduser() for p in paths]
-        files, not_found = find_files(roots)
+        roots = [Path(p).expanduser().absolute() for p in paths]
+        files, walk_problems = find_files(roots)
+        store.replace_walk_problems(db, [shown_path(str(r)) for r in roots], walk_problems)
         summary.files_seen = len(files)
-        for prob in not_found:
+        for prob in walk_problems:
             summary.skipped[prob.reason] += 1
             yield ProblemFound(prob)
 
@@ -183,7 +287,8 @@ def _index(
             st = os.stat(path)
             stat = (st.st_size, st.st_mtime_ns)
         except OSError as exc:
-            prob = Problem(path, "unreadable file", str(exc))
+            prob = Problem(path, headers.UNREADABLE_FILE, exc.strerror or str(exc))
+            batch_problems.append(prob)  # recorded, and looked at again next time
             summary.skipped[prob.reason] += 1
             yield ProblemFound(prob)
             continue
@@ -226,10 +331,65 @@ def _notice_deleted(db: sqlite_utils.Database, roots: list[Path], seen: set[str]
     return db.execute("SELECT count(*) FROM images WHERE missing").fetchone()[0]
 
 
+def preview_name(sop_uid: str) -> str:
+    """The preview's path relative to the previews folder: a hash of the UID, sharded by its
+    first two hex digits to keep folders small. No character of the UID reaches the name."""
+    name = safety.hashed_name(sop_uid, ".png")
+    return f"{name[:2]}/{name}"
+
+
 def preview_file(lib: Library, sop_uid: str) -> Path:
-    """Where the preview PNG of an image lives (sharded to keep folders small)."""
-    shard = hashlib.sha1(sop_uid.encode()).hexdigest()[:2]
-    return lib.previews / shard / f"{sop_uid}.png"
+    """Where the preview PNG of an image is written (InputRefused if it were outside the library)."""
+    return safety.inside(lib.previews, lib.previews / preview_name(sop_uid))
+
+
+def stored_preview(lib: Library, file: str) -> Path | None:
+    """The preview file a `previews` row names (its `file` column, relative to the previews
+    folder, older rows included), or None if that would lie outside the previews folder."""
+    try:
+        return safety.inside(lib.previews, lib.previews / file)
+    except MamviewError:
+        return None
+
+
+def remove_orphan_temp_files(lib: Library, min_age_s: float = ORPHAN_TEMP_AGE_S) -> int:
+    """Delete preview temp files (`*.tmp`) a killed import left behind; returns how many.
+
+    Only files older than `min_age_s` go: a concurrent import's temp file is younger.
+    """
+    removed = 0
+    cutoff = time.time() - min_age_s
+    try:
+        shards = [e for e in os.scandir(lib.previews) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return 0
+    for shard in shards:
+        try:
+            entries = list(os.scandir(shard.path))
+        except OSError:
+            continue
+        for entry in entries:
+            if not entry.name.endswith(".tmp"):
+                continue
+            try:
+                info = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except OSError as exc:
+                log.warning("could not remove %s: %s", entry.path, exc)
+    return removed
+
+
+def _write_preview(lib: Library, sop_uid: str, array) -> str:
+    """Write the preview PNG of `sop_uid`; returns its name relative to the previews folder."""
+    from mamview.core import previews
+
+    rel = preview_name(sop_uid)
+    out = preview_file(lib, sop_uid)
+    out.parent.mkdir(mode=safety.PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    previews.save_png(array, out)
+    return rel
 
 
 def generate_previews(
@@ -252,7 +412,7 @@ def generate_previews(
             return
         try:
             pv = previews.make_preview(row["path"], target_height=PREVIEW_HEIGHT, reduced=reduced)
-        except (PixelDecodeError, OSError, ValueError) as exc:
+        except (PixelDecodeError, MamviewError, OSError, ValueError) as exc:
             message = str(exc) or type(exc).__name__
             store.record_decode_error(db, row["sop_instance_uid"], row["path"], message)
             if summary is not None:
@@ -260,14 +420,22 @@ def generate_previews(
                 summary.skipped["corrupt pixel data"] += 1
             yield ProblemFound(Problem(row["path"], "corrupt pixel data", message))
             continue
-        out = preview_file(lib, row["sop_instance_uid"])
-        out.parent.mkdir(parents=True, exist_ok=True)
-        previews.save_png(pv.array, out)
+        try:
+            rel = _write_preview(lib, row["sop_instance_uid"], pv.array)
+        except (MamviewError, OSError, ValueError) as exc:
+            # the disk, not the image: this image only, tried again at the next import
+            message = f"{type(exc).__name__}: {exc}"
+            store.record_problem(db, row["path"], PREVIEW_NOT_WRITTEN, message)
+            if summary is not None:
+                summary.preview_failures += 1
+                summary.skipped[PREVIEW_NOT_WRITTEN] += 1
+            yield ProblemFound(Problem(row["path"], PREVIEW_NOT_WRITTEN, message))
+            continue
         store.save_preview_row(
             db,
             {
                 "sop_instance_uid": row["sop_instance_uid"],
-                "file": str(out.relative_to(lib.previews)),
+                "file": rel,
                 "width": int(pv.array.shape[1]),
                 "height": int(pv.array.shape[0]),
                 "flip_lr": int(pv.flip_lr),
@@ -278,6 +446,7 @@ def generate_previews(
                 "source_mtime_ns": row["mtime_ns"],
                 "pipeline_version": PREVIEW_PIPELINE_VERSION,
             },
+            solved=(row["path"], PREVIEW_NOT_WRITTEN),
         )
         if summary is not None:
             summary.previews += 1

@@ -6,11 +6,18 @@ DICOM inbox. It can always be deleted and rebuilt from the user's files (models 
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
+
+from mamview.core import safety
+
+log = logging.getLogger(__name__)
 
 ENV_HOME = "MAMVIEW_HOME"
 APP_NAME = "mamview"
@@ -55,10 +62,41 @@ class Library:
         return self.home / "settings.json"
 
     def ensure(self) -> "Library":
-        """Create the folders; raises OSError with the path when the location is not writable."""
+        """Create the folders, private to the user (700; files 600 through the umask).
+
+        Also tightens an existing library made before files were private: its folders become
+        700 and its database files 600. Raises OSError (errno and path set; the CLI words it)
+        when a folder cannot be created or written.
+        """
+        safety.private_umask()  # everything this process writes from now on is private
         for p in (self.home, self.previews, self.models, self.logs, self.inbox):
-            p.mkdir(parents=True, exist_ok=True)
+            p.mkdir(mode=safety.PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "the folder is not writable for this user", str(p))
+        for p in (self.home, self.previews, self.models, self.logs, self.inbox):
+            _make_private(p, safety.PRIVATE_DIR_MODE)
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            db_file = self.database.with_name(self.database.name + suffix)
+            if db_file.is_file():
+                _make_private(db_file, safety.PRIVATE_FILE_MODE)
         return self
+
+
+def _make_private(path: Path, mode: int) -> None:
+    """chmod `path` to `mode` unless it already has it.
+
+    Left alone: links, anything another user owns (root must not lock a user out of her own
+    library) and shared sticky folders such as /tmp given as --home.
+    """
+    try:
+        info = path.lstat()
+        if stat.S_ISLNK(info.st_mode) or stat.S_IMODE(info.st_mode) == mode:
+            return
+        if info.st_uid != os.geteuid() or info.st_mode & stat.S_ISVTX:
+            return
+        os.chmod(path, mode)
+    except OSError as exc:
+        log.warning("could not make %s private: %s", path, exc)
 
 
 def library(home: str | os.PathLike | None = None) -> Library:

@@ -1,5 +1,6 @@
 """The exam cache on a real SQLite file: grouping, idempotency, duplicates, changes, deletions."""
 
+import dataclasses
 import json
 import threading
 
@@ -47,8 +48,11 @@ def test_database_is_wal_and_migrated(db, tmp_path):
         db.table_names()
     )
     # reopening applies nothing twice
+    from mamview.core.cache.migrations import migrations
+
     again = connect(tmp_path / "cache.sqlite")
-    assert again.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 1
+    applied = again.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0]
+    assert applied == len(list(migrations.pending(connect(tmp_path / "other.sqlite", migrate=False))))
     again.close()
 
 
@@ -182,3 +186,115 @@ def test_window_presets_round_trip(db, tmp_path):
     assert img["window_presets"] == [{"center": 2000, "width": 4000, "function": "SIGMOID",
                                       "explanation": "NORMAL", "lut_index": None}]
     assert json.loads(json.dumps(img))  # JSON-friendly for `mamview exams --json`
+
+
+# ---------------------------------------------------------------- keys, columns, migrations
+
+
+def test_keys_of_plain_values_are_unchanged():
+    h = header("/x/a.dcm", "1.1", pid="P1")
+    assert store.patient_key(h) == "|P1"
+    assert store.exam_key(h) == "|P1|2024-01-05"
+    assert store.patient_key_of("", "", "1.2.3") == "|no-id:1.2.3"
+    assert store.patient_key_of("ISS", "P1") == "ISS|P1"
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [(("A|B", "C"), ("A", "B|C")), (("", "no-id:1.2.3"), ("", "")), (("", "50%7Cx"), ("", "50|x")),
+     (("A%", "B"), ("A", "%B")), (("", "%6Eo-id:1"), ("", "no-id:1"))],
+)
+def test_keys_never_collide(db, tmp_path, a, b):
+    (issuer_a, pid_a), (issuer_b, pid_b) = a, b
+    assert store.patient_key_of(issuer_a, pid_a, "1.2.3") != store.patient_key_of(issuer_b, pid_b, "1.2.3")
+    ha = dataclasses.replace(header(tmp_path / "a.dcm", "1.1", pid=pid_a), issuer_of_patient_id=issuer_a)
+    hb = dataclasses.replace(header(tmp_path / "b.dcm", "1.2", pid=pid_b), issuer_of_patient_id=issuer_b)
+    store.write_batch(db, [ha, hb], [])
+    assert store.counts(db)["patients"] == 2
+    assert store.counts(db)["exams"] == 2
+
+
+def test_exam_images_carry_the_phi_check_columns(db, tmp_path):
+    h = dataclasses.replace(header(tmp_path / "a.dcm", "1.1"), burned_in_annotation="YES")
+    store.write_batch(db, [h], [])
+    (row,) = store.exam_images(db, store.exam_key(h))
+    assert row["burned_in_annotation"] == "YES"
+    assert row["sop_class_uid"] == "1.2.840.10008.5.1.4.1.1.1.2"
+
+
+def _old_cache(path):
+    """A cache at the schema before escaped keys (m001 + m002)."""
+    from mamview.core.cache.migrations import migrations
+
+    old = connect(path, migrate=False)
+    migrations.apply(old, stop_before="m003_escaped_keys")
+    return old
+
+
+def _insert_old_image(db, key, pid, issuer, uid, path, date="2024-01-05"):
+    exam = f"{key}|{date}"
+    db.execute("INSERT OR IGNORE INTO patients (patient_key, patient_id, issuer) VALUES (?, ?, ?)",
+               [key, pid, issuer])
+    db.execute("INSERT OR IGNORE INTO exams (exam_key, patient_key, exam_date) VALUES (?, ?, ?)",
+               [exam, key, date])
+    db.execute(
+        "INSERT INTO images (sop_instance_uid, exam_key, patient_key, path, size, mtime_ns, study_uid, "
+        "series_uid, sop_class_uid, transfer_syntax_uid, modality, laterality, laterality_source, view, "
+        "view_source, is_standard, rows, columns, bits_stored, photometric) VALUES "
+        "(?, ?, ?, ?, 1, 1, '1.2', '1.2.1', '1.2.840.10008.5.1.4.1.1.1.2', '1.2.840.10008.1.2.1', 'MG', "
+        "'R', 'tag', 'CC', 'tag', 1, 10, 8, 12, 'MONOCHROME2')",
+        [uid, exam, key, path],
+    )
+    db.execute("INSERT INTO files (path, size, mtime_ns, outcome, sop_instance_uid) VALUES (?, 1, 1, 'image', ?)",
+               [path, uid])
+    return exam
+
+
+def test_migration_rewrites_old_keys_and_their_scores(tmp_path):
+    old = _old_cache(tmp_path / "cache.sqlite")
+    with old.conn:
+        bar_exam = _insert_old_image(old, "A|B|C", "B|C", "A", "1.1", "/x/a.dcm")
+        plain_exam = _insert_old_image(old, "|P1", "P1", "", "1.2", "/x/b.dcm")
+        for exam, n in ((bar_exam, 1), (plain_exam, 2)):
+            old.execute(
+                "INSERT INTO scores (cache_key, exam_key, model_id, model_version, weights_sha256, "
+                "preprocessing_version, input_uids, status, computed_at) "
+                "VALUES (?, ?, 'm', '1', 'h', '1', '[]', 'ok', 'now')", [f"k{n}", exam])
+    old.close()
+
+    db = connect(tmp_path / "cache.sqlite")
+    keys = dict(db.execute("SELECT patient_id, patient_key FROM patients").fetchall())
+    assert keys == {"B|C": "A|B%7CC", "P1": "|P1"}
+    assert sorted(r[0] for r in db.execute("SELECT exam_key FROM scores")) == [
+        "A|B%7CC|2024-01-05", "|P1|2024-01-05"]
+    assert db.execute("SELECT exam_key, patient_key FROM images WHERE path = '/x/a.dcm'").fetchone() == (
+        "A|B%7CC|2024-01-05", "A|B%7CC")
+    # the rewritten woman's files are read again (a merged second woman is split then)
+    assert [r[0] for r in db.execute("SELECT path FROM files")] == ["/x/b.dcm"]
+    assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+    db.close()
+
+
+def test_migration_drops_images_indexed_with_invalid_uids(tmp_path):
+    old = _old_cache(tmp_path / "cache.sqlite")
+    with old.conn:
+        _insert_old_image(old, "|P1", "P1", "", "../../../../x", "/x/evil.dcm")
+        _insert_old_image(old, "|P2", "P2", "", "1.2.3", "/x/good.dcm")
+    old.close()
+    db = connect(tmp_path / "cache.sqlite")
+    assert [r[0] for r in db.execute("SELECT sop_instance_uid FROM images")] == ["1.2.3"]
+    assert [r[0] for r in db.execute("SELECT path FROM files")] == ["/x/good.dcm"]
+    assert [r[0] for r in db.execute("SELECT patient_key FROM patients")] == ["|P2"]
+    assert db.execute("SELECT burned_in_annotation FROM images").fetchone() == ("",)
+    db.close()
+
+
+def test_walk_problems_are_replaced_by_the_next_look(db, tmp_path):
+    root = str(tmp_path / "media")
+    store.write_batch(db, [], [Problem(root + "/bad.dcm", "not DICOM")], {root + "/bad.dcm": (1, 1)})
+    store.replace_walk_problems(db, [root], [Problem(root + "/locked", "unreadable folder")])
+    store.replace_walk_problems(db, [str(tmp_path / "other")], [Problem(str(tmp_path / "other"), "not found")])
+    assert {p["path"] for p in store.list_problems(db)} == {
+        root + "/bad.dcm", root + "/locked", str(tmp_path / "other")}
+    store.replace_walk_problems(db, [root], [])  # the folder can be read now
+    assert {p["path"] for p in store.list_problems(db)} == {root + "/bad.dcm", str(tmp_path / "other")}

@@ -374,3 +374,153 @@ def test_fast_fields_give_the_same_answers(tmp_path):
         classify.laterality, classify.view, classify.view_modifiers, classify.mammogram_kind, classify.kind_detail
     ):
         assert func(fast) == func(ds)
+
+
+# --- untrusted values ---------------------------------------------------------------------------
+
+# pydicom warns about the invalid values these files carry on purpose
+_invalid_values = pytest.mark.filterwarnings("ignore:.*(Invalid value for VR|exceeds the maximum length)")
+
+
+@_invalid_values
+@pytest.mark.parametrize(
+    "field, value",
+    [("sop_uid", "../../../../x"), ("sop_uid", "/etc/passwd"), ("sop_uid", "1." * 40 + "1"),
+     ("sop_uid", "1.2.a"), ("study_uid", "../study"), ("series_uid", "1.2.3/4")],
+)
+def test_invalid_uids_are_problems(tmp_path, field, value):
+    with pytest.warns(UserWarning):  # pydicom warns, and writes it anyway
+        p = write_mammogram(tmp_path / "a.dcm", **{field: value})
+    problem = _problem(p)
+    assert problem.reason == headers.INVALID_UID
+    assert "is not a DICOM UID" in problem.detail
+
+
+def test_uid_padding_is_not_part_of_the_uid(tmp_path):
+    ds = dcmread(write_mammogram(tmp_path / "a.dcm", sop_uid="1.2.3.4"))
+    ds["SOPInstanceUID"].value = "1.2.3.4\x00"
+    ds.save_as(tmp_path / "a.dcm")
+    assert _header(tmp_path / "a.dcm").sop_instance_uid == "1.2.3.4"
+
+
+def _in_thread(func, *args, timeout=10.0):
+    """func(*args) in a daemon thread; fails instead of hanging the suite when it blocks."""
+    import threading
+
+    out: list = []
+
+    def run():
+        try:
+            out.append((True, func(*args)))
+        except Exception as exc:
+            out.append((False, exc))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert out, f"{func.__name__} blocked for {timeout} s"
+    ok, value = out[0]
+    if not ok:
+        raise value
+    return value
+
+
+def test_a_fifo_is_never_opened(tmp_path):
+    fifo = tmp_path / "pipe.dcm"
+    os.mkfifo(fifo)
+    problem = _in_thread(read_header, fifo)
+    assert (problem.reason, problem.detail) == (headers.NOT_REGULAR, "a FIFO")
+    assert _in_thread(headers.open_regular, fifo) is None
+    with pytest.raises(ValueError, match="not a regular file"):
+        _in_thread(headers.dicomdir_entries, fifo)
+
+
+def _deflated(tmp_path, name="d.dcm"):
+    from tests.factories import DeflatedExplicitVRLittleEndian
+
+    return write_mammogram(tmp_path / name, transfer_syntax=DeflatedExplicitVRLittleEndian,
+                           shape=(512, 416))
+
+
+def test_deflated_file_over_the_inflate_cap_is_too_large(tmp_path, monkeypatch):
+    p = _deflated(tmp_path)  # 512 × 416 × 2 bytes of pixels
+    assert isinstance(read_header(p), ImageHeader)
+    monkeypatch.setenv("MAMVIEW_MAX_INFLATED_BYTES", str(100_000))
+    problem = _problem(p)
+    assert problem.reason == headers.TOO_LARGE
+    assert "100,000" in problem.detail
+
+
+def test_cut_deflated_file_is_truncated(tmp_path):
+    p = _deflated(tmp_path)
+    data = p.read_bytes()
+    for keep in (0.5, 0.9, 0.99):
+        cut = tmp_path / f"cut{keep}.dcm"
+        cut.write_bytes(data[: int(len(data) * keep)])
+        assert _problem(cut).reason == headers.TRUNCATED
+
+
+def _dicomdir_with(tmp_path, parts):
+    """A DICOMDIR whose first image record references `parts`."""
+    dicomdir = write_dicomdir(tmp_path / "media")
+    ds = dcmread(dicomdir)
+    record = next(r for r in ds.DirectoryRecordSequence if r.DirectoryRecordType == "IMAGE")
+    record.ReferencedFileID = parts
+    ds.save_as(dicomdir)
+    return dicomdir
+
+
+@_invalid_values
+@pytest.mark.parametrize("parts", [["..", "outside.dcm"], ["/etc/passwd"], ["", "etc", "passwd"],
+                                   ["PT000000", "..", "..", "x"], ["LINK"]])
+def test_dicomdir_references_outside_the_media_are_refused(tmp_path, parts):
+    write_mammogram(tmp_path / "outside.dcm")
+    (tmp_path / "media").mkdir()
+    os.symlink(tmp_path / "outside.dcm", tmp_path / "media" / "LINK")
+    dicomdir = _dicomdir_with(tmp_path, parts)
+    files, refused = headers.dicomdir_entries(dicomdir)
+    assert len(files) == 1 and files[0].is_relative_to(tmp_path / "media")
+    assert [p.reason for p in refused] == [headers.OUTSIDE_MEDIA]
+    assert dicomdir_files(dicomdir) == files
+
+
+def test_cut_dicomdir_is_refused(tmp_path):
+    dicomdir = write_dicomdir(tmp_path / "media")
+    data = dicomdir.read_bytes()
+    for keep in (0.5, 0.95):
+        dicomdir.write_bytes(data[: int(len(data) * keep)])
+        with pytest.raises(ValueError):
+            dicomdir_files(dicomdir)
+
+
+def test_a_file_over_the_size_cap_is_not_read(tmp_path, monkeypatch):
+    p = write_mammogram(tmp_path / "a.dcm")
+    monkeypatch.setenv("MAMVIEW_MAX_FILE_BYTES", str(p.stat().st_size - 1))
+    assert _problem(p).reason == headers.TOO_LARGE
+
+
+@pytest.mark.parametrize("fill", [b"\x00", b"\x08\x00\x20\x00DA\x08\x0020240101"])
+def test_a_large_run_of_garbage_elements_ends_the_scan_at_once(tmp_path, fill):
+    """Zeros (or one element repeated) after the file meta read as millions of elements."""
+    import time
+
+    src = write_mammogram(tmp_path / "src.dcm")
+    data = src.read_bytes()
+    meta_end = 144 + int.from_bytes(data[140:144], "little")
+    p = tmp_path / "garbage.dcm"
+    p.write_bytes(data[:meta_end] + fill * (64 * 1024**2 // len(fill)))
+    t0 = time.perf_counter()
+    assert _problem(p).reason in (headers.UNREADABLE_HEADER, headers.NOT_A_MAMMOGRAM, headers.TRUNCATED)
+    assert time.perf_counter() - t0 < 2
+
+
+@pytest.mark.parametrize("rows, columns, frames", [(65535, 65535, 1), (16385, 100, 1), (9000, 8000, 1)])
+def test_declared_sizes_over_the_caps_are_too_large(tmp_path, rows, columns, frames):
+    p = write_mammogram(tmp_path / "a.dcm")
+    ds = dcmread(p)
+    ds.Rows, ds.Columns = rows, columns
+    ds.NumberOfFrames = frames
+    ds.save_as(p)  # the pixel data no longer fits: the size is refused before that is checked
+    problem = _problem(p)
+    assert problem.reason == headers.TOO_LARGE
+    assert "over the limit" in problem.detail

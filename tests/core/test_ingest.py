@@ -5,6 +5,7 @@ import shutil
 import sqlite3
 
 import pytest
+from pydicom import dcmread
 
 from mamview.core.cache import store
 from mamview.core.cache.db import connect
@@ -160,6 +161,9 @@ def test_duplicate_files_are_reported(tmp_path, lib):
 def test_missing_path_is_a_problem_not_a_crash(tmp_path, lib):
     summary, events = consume(run_import(lib, [tmp_path / "does-not-exist"]))
     assert summary.skipped["not found"] == 1
+    db = connect(lib.database)
+    assert [(p["path"], p["reason"]) for p in store.list_problems(db)] == [
+        (str(tmp_path / "does-not-exist"), "not found")]
 
 
 def test_image_without_view_tags_is_unknown(tmp_path, lib):
@@ -183,3 +187,94 @@ def test_dicomdir_imports_the_files_it_names(tmp_path, lib):
     (exam,) = store.list_exams(db)
     assert sorted(im["label"] for im in exam["images"]) == ["LCC", "RCC"]
     assert all(str(tmp_path / "cd") in im["path"] for im in exam["images"])
+
+
+def test_preview_names_are_hashes_inside_the_previews_folder(lib):
+    from mamview.core import safety
+    from mamview.core.ingest import preview_file, preview_name, stored_preview
+
+    for uid in ("1.2.3", "../../../../x", "/etc/passwd", "a" * 300):
+        rel = preview_name(uid)
+        name = safety.hashed_name(uid, ".png")
+        assert rel == f"{name[:2]}/{name}"
+        assert preview_file(lib, uid) == (lib.previews / rel).resolve()
+    legacy = "ab/1.2.3.png"  # rows written before names were hashed keep working
+    assert stored_preview(lib, legacy) == (lib.previews / legacy).resolve()
+    assert stored_preview(lib, "../../etc/passwd") is None
+    assert stored_preview(lib, "/etc/passwd") is None
+
+
+def test_a_preview_that_cannot_be_written_is_a_problem_for_that_image_alone(tmp_path, lib):
+    from mamview.core.ingest import PREVIEW_NOT_WRITTEN, preview_name
+
+    files = write_exam(tmp_path / "in")
+    blocked = files[1]
+    uid = str(dcmread(blocked, stop_before_pixels=True).SOPInstanceUID)
+    lib.ensure()
+    shard = lib.previews / preview_name(uid).split("/")[0]
+    shard.write_bytes(b"a file where the shard folder should be")
+
+    summary, _ = consume(run_import(lib, [tmp_path / "in"]))
+
+    db = connect(lib.database)
+    assert summary.preview_failures == 1 and summary.previews == 3
+    problems = {p["path"]: p["reason"] for p in store.list_problems(db)}
+    assert problems == {str(blocked): PREVIEW_NOT_WRITTEN}
+    assert db.execute("SELECT decode_error FROM images WHERE sop_instance_uid = ?", [uid]).fetchone() == ("",)
+
+    shard.unlink()
+    summary, _ = consume(run_import(lib, [tmp_path / "in"]))
+    assert summary.previews == 1
+    assert store.list_problems(db) == []
+
+
+def test_orphan_temp_files_are_removed_only_when_old(lib):
+    import time
+
+    from mamview.core.ingest import remove_orphan_temp_files
+
+    lib.ensure()
+    shard = lib.previews / "ab"
+    shard.mkdir()
+    old, fresh, png = shard / "x.png.1.tmp", shard / "y.png.2.tmp", shard / "z.png"
+    for p in (old, fresh, png):
+        p.write_bytes(b"x")
+    os.utime(old, (time.time() - 3600,) * 2)
+    os.utime(png, (time.time() - 3600,) * 2)
+    assert remove_orphan_temp_files(lib) == 1
+    assert not old.exists() and fresh.exists() and png.exists()
+
+
+def test_a_file_name_that_cannot_be_stored_is_a_problem_alone(tmp_path, lib):
+    from mamview.core.ingest import UNUSABLE_NAME, find_files
+
+    files = write_exam(tmp_path / "in")
+    bad = os.fsencode(str(tmp_path / "in")) + b"/caf\xe9.dcm"
+    shutil.copyfile(files[0], bad)
+    found, problems = find_files([tmp_path / "in"])
+    assert found == sorted(str(f) for f in files)
+    assert [(p.path, p.reason) for p in problems] == [(str(tmp_path / "in") + "/caf\\xe9.dcm", UNUSABLE_NAME)]
+
+
+def test_ensure_never_locks_a_shared_folder(tmp_path):
+    import stat as st
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)  # like /tmp given as --home
+    lib = Library(shared).ensure()
+    assert st.S_IMODE(shared.stat().st_mode) == 0o1777
+    assert st.S_IMODE(lib.previews.stat().st_mode) == 0o700
+
+
+def test_the_walk_without_fwalk_finds_the_same_files(tmp_path, monkeypatch):
+    from mamview.core.ingest import find_files
+
+    files = write_exam(tmp_path / "in" / "a")
+    write_mammogram(tmp_path / "in" / ".hidden" / "x.dcm")
+    (tmp_path / "in" / "DICOMDIR").write_bytes(b"not read in a walk")
+    os.symlink(tmp_path / "in" / "a", tmp_path / "in" / "link")  # links to folders are not followed
+    with_fds = find_files([tmp_path / "in"])
+    monkeypatch.delattr(os, "fwalk")  # as on Windows
+    assert find_files([tmp_path / "in"]) == with_fds
+    assert with_fds == (sorted(str(f) for f in files), [])

@@ -117,6 +117,84 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m002_burned_in_annotation(db: sqlite_utils.Database) -> None:
+    # BurnedInAnnotation (YES / NO), for the export's PHI check; '' = unknown until re-read
+    db.execute("ALTER TABLE images ADD COLUMN burned_in_annotation TEXT NOT NULL DEFAULT ''")
+
+
+@migrations()
+def m003_escaped_keys(db: sqlite_utils.Database) -> None:
+    """Patient and exam keys escape '%' and '|' in their parts (a '|' in an ID made two women
+    share a key). Keys of other values are unchanged; affected ones are rewritten here, and
+    their files re-read at the next import, which splits women that had been merged."""
+    rows = db.execute(
+        "SELECT patient_key, patient_id, issuer FROM patients WHERE patient_id != '' AND "
+        "(instr(patient_id, '|') OR instr(patient_id, '%') OR patient_id LIKE 'no-id:%' "
+        "OR instr(issuer, '|') OR instr(issuer, '%'))"
+    ).fetchall()
+    for old, pid, issuer in rows:
+        new = _escaped_patient_key(issuer, pid)
+        if new != old:
+            _rekey_patient(db, old, new)
+
+
+def _escaped_patient_key(issuer: str, patient_id: str) -> str:
+    # a frozen copy of store.patient_key_of as of this migration (migrations never change)
+    def esc(v: str) -> str:
+        return v.replace("%", "%25").replace("|", "%7C")
+
+    pid = esc(patient_id.strip())
+    if pid.startswith("no-id:"):
+        pid = "%6E" + pid[1:]
+    return f"{esc(issuer.strip())}|{pid}"
+
+
+def _rekey_patient(db: sqlite_utils.Database, old: str, new: str) -> None:
+    """Move a patient, her exams, images and scores from key `old` to `new` (foreign keys hold)."""
+    db.execute(
+        "INSERT OR IGNORE INTO patients (patient_key, patient_id, issuer, name, birth_date) "
+        "SELECT ?, patient_id, issuer, name, birth_date FROM patients WHERE patient_key = ?",
+        [new, old],
+    )
+    for (exam,) in db.execute("SELECT exam_key FROM exams WHERE patient_key = ?", [old]).fetchall():
+        new_exam = new + exam[len(old):]  # the old exam key is the old patient key, '|', date
+        db.execute(
+            "INSERT OR IGNORE INTO exams (exam_key, patient_key, exam_date, study_uids, accession_numbers, "
+            "description) SELECT ?, ?, exam_date, study_uids, accession_numbers, description "
+            "FROM exams WHERE exam_key = ?",
+            [new_exam, new, exam],
+        )
+        db.execute("UPDATE images SET exam_key = ?, patient_key = ? WHERE exam_key = ?", [new_exam, new, exam])
+        db.execute("UPDATE scores SET exam_key = ? WHERE exam_key = ?", [new_exam, exam])
+        db.execute("DELETE FROM exams WHERE exam_key = ?", [exam])
+    db.execute("DELETE FROM patients WHERE patient_key = ?", [old])
+    # images of another woman may have been merged under the old key: read them again
+    db.execute("DELETE FROM files WHERE path IN (SELECT path FROM images WHERE patient_key = ?)", [new])
+
+
+@migrations()
+def m004_invalid_uids(db: sqlite_utils.Database) -> None:
+    """Images indexed before UIDs were checked leave the cache if a UID is not a DICOM UID;
+    their files are read again at the next import and listed as problems."""
+    from mamview.core.safety import is_valid_uid
+
+    bad = [
+        (uid, path)
+        for uid, path, study, series in db.execute(
+            "SELECT sop_instance_uid, path, study_uid, series_uid FROM images"
+        ).fetchall()
+        if not is_valid_uid(uid) or any(v and not is_valid_uid(v) for v in (study, series))
+    ]
+    for uid, path in bad:
+        db.execute("DELETE FROM previews WHERE sop_instance_uid = ?", [uid])
+        db.execute("DELETE FROM images WHERE sop_instance_uid = ?", [uid])
+        db.execute("DELETE FROM files WHERE path = ?", [path])
+    if bad:
+        db.execute("DELETE FROM exams WHERE exam_key NOT IN (SELECT exam_key FROM images)")
+        db.execute("DELETE FROM patients WHERE patient_key NOT IN (SELECT patient_key FROM exams)")
+
+
 def _run(db: sqlite_utils.Database, script: str) -> None:
     # executescript() would COMMIT first and break the migration's transaction
     for statement in script.split(";"):

@@ -18,15 +18,34 @@ from mamview.core.cache.db import write_transaction
 from mamview.core.domain import ImageHeader, Problem, STANDARD_VIEWS, view_label
 
 
+NO_ID_MARKER = "no-id:"
+
+
+def escape_key_part(value: str) -> str:
+    """`value` with `%` and `|` percent-escaped, so `|` can separate the parts of a key.
+
+    Values without these characters are unchanged, so keys written before stay valid.
+    """
+    return value.replace("%", "%25").replace("|", "%7C")
+
+
+def patient_key_of(issuer: str, patient_id: str, study_uid: str = "") -> str:
+    """The patient key for these values (see `patient_key`)."""
+    pid = patient_id.strip()
+    if not pid:
+        return f"|{NO_ID_MARKER}{escape_key_part(study_uid)}"
+    pid = escape_key_part(pid)
+    if pid.startswith(NO_ID_MARKER):
+        pid = "%6E" + pid[1:]  # 'n' escaped: a real ID never reads as the no-ID group
+    return f"{escape_key_part(issuer.strip())}|{pid}"
+
+
 def patient_key(header: ImageHeader) -> str:
-    """Stable key of the woman an image belongs to: issuer|PatientID.
+    """Stable key of the woman an image belongs to: issuer|PatientID, each part escaped.
 
     Files without a PatientID are grouped per study, never merged with other women.
     """
-    pid = header.patient_id.strip()
-    if not pid:
-        return f"|no-id:{header.study_instance_uid}"
-    return f"{header.issuer_of_patient_id.strip()}|{pid}"
+    return patient_key_of(header.issuer_of_patient_id, header.patient_id, header.study_instance_uid)
 
 
 def iso_date(dicom_date: str) -> str:
@@ -40,7 +59,7 @@ def iso_date(dicom_date: str) -> str:
 def exam_key(header: ImageHeader) -> str:
     """A screening exam is one woman's images of one day: studies split per image merge."""
     date = iso_date(header.study_date) or iso_date(header.content_date)
-    return f"{patient_key(header)}|{date or 'study:' + header.study_instance_uid}"
+    return f"{patient_key(header)}|{date or 'study:' + escape_key_part(header.study_instance_uid)}"
 
 
 def _image_row(h: ImageHeader) -> dict:
@@ -79,6 +98,7 @@ def _image_row(h: ImageHeader) -> dict:
         "pixel_spacing": json.dumps(list(h.pixel_spacing)) if h.pixel_spacing else "",
         "breast_implant_present": h.breast_implant_present,
         "lossy_compression": h.lossy_compression,
+        "burned_in_annotation": h.burned_in_annotation,
         "decode_error": "",
     }
 
@@ -260,6 +280,51 @@ def record_decode_error(db: sqlite_utils.Database, sop_uid: str, path: str, mess
         )
 
 
+def record_problem(db: sqlite_utils.Database, path: str, reason: str, detail: str = "") -> None:
+    """List a problem with an indexed image that does not change what is known of the image
+    (e.g. its preview could not be written); `clear_problem` removes it once solved."""
+    with write_transaction(db):
+        db.execute(
+            "INSERT OR REPLACE INTO problems (path, reason, detail) VALUES (?, ?, ?)", [path, reason, detail]
+        )
+
+
+def clear_problem(db: sqlite_utils.Database, path: str, reason: str) -> None:
+    """Remove the problem `reason` recorded for `path`, if any."""
+    with write_transaction(db):
+        db.execute("DELETE FROM problems WHERE path = ? AND reason = ?", [path, reason])
+
+
+def replace_walk_problems(db: sqlite_utils.Database, roots: Iterable[str], problems: Iterable[Problem]) -> None:
+    """Record the problems found while looking for files under `roots` (missing paths,
+    unreadable folders, refused DICOMDIR references…), replacing those of the last look.
+
+    Such problems belong to no indexed file: rows of `problems` under a root with neither a
+    `files` nor an `images` row are the ones replaced.
+    """
+    prefixes = [r.rstrip("/\\") for r in roots]
+
+    def under(path: str) -> bool:
+        return any(path == p or path.startswith((p + "/", p + "\\", p + " → ")) for p in prefixes)
+
+    with write_transaction(db):
+        stale = [
+            r[0]
+            for r in db.execute(
+                "SELECT path FROM problems WHERE path NOT IN (SELECT path FROM files) "
+                "AND path NOT IN (SELECT path FROM images)"
+            )
+            if under(r[0])
+        ]
+        for path in stale:
+            db.execute("DELETE FROM problems WHERE path = ?", [path])
+        for p in problems:
+            db.execute(
+                "INSERT OR REPLACE INTO problems (path, reason, detail) VALUES (?, ?, ?)",
+                [p.path, p.reason, p.detail],
+            )
+
+
 # ---------------------------------------------------------------- reading
 
 
@@ -302,7 +367,7 @@ _IMAGE_COLUMNS = (
     "sop_instance_uid, path, laterality, laterality_source, view, view_source, view_modifiers, "
     "is_standard, presentation_intent, missing, decode_error, transfer_syntax_uid, photometric, "
     "rows, columns, manufacturer, study_uid, series_uid, patient_orientation, window_presets, "
-    "size, mtime_ns"
+    "size, mtime_ns, sop_class_uid, burned_in_annotation"
 )
 
 
@@ -396,10 +461,13 @@ def images_needing_previews(
     return rows
 
 
-def save_preview_row(db: sqlite_utils.Database, row: dict) -> None:
-    """Record a written preview file (one short transaction)."""
+def save_preview_row(db: sqlite_utils.Database, row: dict, solved: tuple[str, str] | None = None) -> None:
+    """Record a written preview file (one short transaction); `solved` = (path, reason) of a
+    problem the written file solves, removed in the same transaction."""
     with write_transaction(db):
         db["previews"].upsert(row, pk="sop_instance_uid")
+        if solved:
+            db.execute("DELETE FROM problems WHERE path = ? AND reason = ?", list(solved))
 
 
 def preview_row(db: sqlite_utils.Database, sop_uid: str) -> dict | None:

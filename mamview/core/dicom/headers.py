@@ -10,19 +10,24 @@ from __future__ import annotations
 import os
 import stat
 import struct
+import zlib
 from pathlib import Path
 from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_partial, read_preamble
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pydicom.values import convert_value
 
-from mamview.core.dicom import classify
+from mamview.core import safety
+from mamview.core.dicom import classify, limits
 from mamview.core.dicom.display import window_presets
 from mamview.core.domain import ImageHeader, PresentationIntent, Problem
+from mamview.core.errors import InputRefused, LimitExceeded
 
 # Problem.reason categories (stable; specifics go into Problem.detail)
 EMPTY_FILE = "empty file"
@@ -36,10 +41,23 @@ NOT_A_MAMMOGRAM = classify.NOT_A_MAMMOGRAM
 TOMOSYNTHESIS = classify.TOMOSYNTHESIS
 NOT_AN_IMAGE = classify.NOT_AN_IMAGE
 DICOMDIR = "DICOMDIR"
+NOT_REGULAR = "not a regular file"  # a FIFO, socket or device: never opened
+INVALID_UID = "invalid UID"
+TOO_LARGE = "too large"  # over a cap of limits.DecodeLimits
+
+# What the header of a deflated data set (everything before the pixel data) may inflate to;
+# real headers are a few kB, with overlays and private blobs a few MB.
+_DEFLATED_HEADER_BYTES = 64 * 1024**2
+_INFLATE_CHUNK = 1024**2
+_DEFLATED_UID = DeflatedExplicitVRLittleEndian.encode("ascii")
+_MAX_SKIMMED_META = 64 * 1024
+_MAX_DICOMDIR_BYTES = 256 * 1024**2  # a DICOMDIR of 100,000 images is ~30 MB
+_UID_KEYWORDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 # Large private blobs and overlays before the pixel data are skipped, not read.
 _DEFER_SIZE = 256 * 1024
 _PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
+_PIXEL_TAG_INTS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _ITEM = (0xFFFE, 0xE000)
 _SEQUENCE_DELIMITER = (0xFFFE, 0xE0DD)
@@ -88,9 +106,10 @@ class FastFields:
 def read_header(path: str | os.PathLike) -> ImageHeader | Problem:
     """Scan one file's header. Never raises for bad input: every failure is a Problem.
 
-    Reasons: 'empty file', 'unreadable file', 'not DICOM', 'unreadable header', 'DICOMDIR',
-    'not an image', 'not a mammogram', 'tomosynthesis', 'no pixel data', 'truncated',
-    'corrupt pixel data'. FOR PROCESSING mammograms are returned as headers (the caller decides).
+    Reasons: 'empty file', 'unreadable file', 'not a regular file', 'not DICOM', 'unreadable
+    header', 'DICOMDIR', 'not an image', 'not a mammogram', 'tomosynthesis', 'invalid UID', 'no
+    pixel data', 'truncated', 'corrupt pixel data', 'too large'. FOR PROCESSING mammograms are
+    returned as headers (the caller decides). Only regular files are opened (a FIFO would hang).
     """
     name = str(path)
     try:
@@ -99,15 +118,49 @@ def read_header(path: str | os.PathLike) -> ImageHeader | Problem:
         return Problem(name, UNREADABLE_FILE, exc.strerror or str(exc))
     if stat.S_ISDIR(info.st_mode):
         return Problem(name, NOT_DICOM, "a folder")
+    if not stat.S_ISREG(info.st_mode):
+        return Problem(name, NOT_REGULAR, _file_kind(info.st_mode))
     if info.st_size == 0:
         return Problem(name, EMPTY_FILE)
+    cap = limits.current().max_file_bytes
+    if info.st_size > cap:
+        return Problem(name, TOO_LARGE, f"the file is over {cap:,} bytes (MAMVIEW_MAX_FILE_BYTES)")
     try:
-        with open(name, "rb") as f:
+        f = open_regular(name)
+        if f is None:  # replaced by something else since the stat
+            return Problem(name, NOT_REGULAR, "changed into a special file while being read")
+        with f:
             return _scan(f, name, info)
     except OSError as exc:
         return Problem(name, UNREADABLE_FILE, exc.strerror or str(exc))
     except Exception as exc:  # pydicom raises many types for damaged headers
         return Problem(name, UNREADABLE_HEADER, f"{type(exc).__name__}: {exc}")
+
+
+def open_regular(name: str | os.PathLike) -> BinaryIO | None:
+    """`name` opened for binary reading if it is a regular file, else None (never blocks).
+
+    O_NONBLOCK makes opening a FIFO return at once; fstat then tells what was opened, so a file
+    swapped for a FIFO after a stat is still not read.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(name, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "a special file"
 
 
 def _scan(f: BinaryIO, name: str, info: os.stat_result) -> ImageHeader | Problem:
@@ -121,31 +174,235 @@ def _scan(f: BinaryIO, name: str, info: os.stat_result) -> ImageHeader | Problem
         force = True  # old files without preamble / file meta are still DICOM
     f.seek(0)
     try:
-        ds = dcmread(f, stop_before_pixels=True, force=force, defer_size=_DEFER_SIZE)
+        # the file meta says whether the data set is deflated: pydicom would inflate it unbounded
+        meta_end = _plain_meta_end(f, head)
+        if meta_end is None:  # deflated, or a file meta we cannot skim: parse it first
+            f.seek(0)
+            preamble = read_preamble(f, force)
+            meta = _read_file_meta_info(f)
+            meta_end = f.tell()
+            if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+                return _scan_deflated(f, name, info, preamble, meta)
+        if _starts_with_command_group(f, meta_end):
+            # pydicom would read each 8 bytes of a run of zeros as one more command element
+            return Problem(name, UNREADABLE_HEADER, "a command group (0000) where the data set should start")
+        f.seek(0)
+        stop = _HeaderStop()
+        ds = read_partial(f, stop_when=stop, defer_size=_DEFER_SIZE, force=force)
     except (EOFError, struct.error) as exc:
         # pydicom runs out of bytes only when the file stops inside an element
         return Problem(name, TRUNCATED, f"the file ends inside the header ({exc})")
+    if stop.garbage:
+        return Problem(name, UNREADABLE_HEADER, stop.garbage)
     pixel_start = f.tell()
     fields = FastFields(ds)
-    deflated = fields.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
-    if not deflated and pixel_start >= info.st_size:
+    if pixel_start >= info.st_size:
         # no pixel data found: was the header cut, or is it garbage?
         problem = _cut_or_corrupt_header(ds, pixel_start, info.st_size, name)
         if problem is not None:
             return problem
+    problem = _kind_problem(ds, fields, name) or _pixel_problem(f, ds, fields, pixel_start, info.st_size, name)
+    if problem is not None:
+        return problem
+    return _header(fields, name, info)
+
+
+def _plain_meta_end(f: BinaryIO, head: bytes) -> int | None:
+    """Where the file meta ends, when its group length says so and its bytes do not hold the
+    Deflated transfer syntax UID; None otherwise (the caller then parses the meta).
+
+    Skimming the bytes spares a second parse of the meta for almost every file.
+    """
+    if head[128:132] != b"DICM":
+        return None
+    f.seek(132)
+    group_length = f.read(12)
+    if len(group_length) < 12 or group_length[:6] != b"\x02\x00\x00\x00UL":
+        return None
+    (length,) = struct.unpack("<I", group_length[8:12])
+    if length > _MAX_SKIMMED_META:
+        return None
+    meta = f.read(length)
+    if len(meta) < length or _DEFLATED_UID in meta:
+        return None
+    return 144 + length
+
+
+def _starts_with_command_group(f: BinaryIO, at: int) -> bool:
+    """True when the bytes at `at` (after the file meta) start group 0000 (never in a stored file)."""
+    f.seek(at)
+    return f.read(2) == b"\x00\x00"
+
+
+class _HeaderStop:
+    """`stop_when` for pydicom: stop before the pixel data, or where the elements turn out to
+    be garbage (a run of zeros or a repeating pattern read as elements, thousands a
+    megabyte), so a large damaged file costs a few elements, not minutes. `garbage` says why."""
+
+    MAX_ELEMENTS = 100_000  # top-level elements of one header; real ones have a few hundred
+    MAX_DISORDER = 64  # elements out of ascending order; a few occur in sloppy real files
+
+    def __init__(self) -> None:
+        self.garbage = ""
+        self._last = -1
+        self._repeats = 0
+        self._count = 0
+        self._disorder = 0
+
+    def __call__(self, tag: int, vr: str | None, length: int) -> bool:
+        tag = int(tag)  # pydicom's BaseTag compares slowly; this runs for every element
+        if tag in _PIXEL_TAG_INTS:
+            return True
+        self._count += 1
+        # pydicom may ask twice about the first element (its VR probe), never three times
+        self._repeats = self._repeats + 1 if tag == self._last else 0
+        if tag < self._last:
+            self._disorder += 1
+        self._last = tag
+        if self._repeats >= 2 or self._disorder > self.MAX_DISORDER or self._count > self.MAX_ELEMENTS:
+            self.garbage = f"the header turns into garbage at element ({tag >> 16:04X},{tag & 0xFFFF:04X})"
+            return True
+        return False
+
+
+def _kind_problem(ds: Dataset, fields: FastFields, name: str) -> Problem | None:
+    """Problem unless the header is a mammogram's with valid UIDs."""
     if not classify.sop_class_uid(fields) and not fields.get("Modality") and "Rows" not in ds:
         # pydicom reads damaged headers leniently; nothing usable came out of this one
         return Problem(name, UNREADABLE_HEADER, "no SOP Class, Modality or image attributes could be read")
-
     if classify.sop_class_uid(fields) == classify.MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
         return Problem(name, DICOMDIR, "a DICOMDIR index; its referenced files are read instead")
     ok, reason = classify.mammogram_kind(fields)
     if not ok:
         return Problem(name, reason, classify.kind_detail(fields))
-    problem = _pixel_problem(f, ds, fields, pixel_start, info.st_size, name)
+    return _uid_problem(fields, name) or _declared_size_problem(fields, name)
+
+
+def _declared_size_problem(ds: FastFields, name: str) -> Problem | None:
+    """TOO_LARGE when the declared image is over a cap of `limits.current()`: it would never
+    be decoded, so it is not indexed (and a deflated one is not inflated for a preview)."""
+    caps = limits.current()
+    rows, columns = classify.as_int(ds.get("Rows"), 0) or 0, classify.as_int(ds.get("Columns"), 0) or 0
+    frames = classify.as_int(ds.get("NumberOfFrames"), 1) or 1
+    declared = f"the header declares {rows}×{columns} pixels × {frames} frames"
+    for value, cap, var in (
+        (max(rows, columns), caps.max_side, "MAMVIEW_MAX_SIDE"),
+        (rows * columns, caps.max_frame_pixels, "MAMVIEW_MAX_FRAME_PIXELS"),
+        (frames, caps.max_frames, "MAMVIEW_MAX_FRAMES"),
+        (_expected_pixel_bytes(ds), caps.max_pixel_bytes, "MAMVIEW_MAX_PIXEL_BYTES"),
+    ):
+        if value > cap:
+            return Problem(name, TOO_LARGE, f"{declared}, over the limit of {cap:,} ({var})")
+    return None
+
+
+def _uid(value: object) -> str:
+    """A UI value as text, without the trailing spaces or NULs that pad it to an even length."""
+    return "" if value is None else str(value).strip(" \x00")
+
+
+def _sop_instance_uid(ds: FastFields) -> str:
+    return _uid(ds.get("SOPInstanceUID")) or _uid(ds.file_meta.get("MediaStorageSOPInstanceUID"))
+
+
+def _uid_problem(ds: FastFields, name: str) -> Problem | None:
+    """Problem when the SOP Instance UID (or a Study/Series UID present) is not a valid UID.
+
+    These values name cache rows and, hashed, preview files; anything else in them is refused.
+    """
+    values = {"SOPInstanceUID": _sop_instance_uid(ds)}
+    for keyword in _UID_KEYWORDS[1:]:
+        if ds.get(keyword) not in (None, ""):
+            values[keyword] = _uid(ds.get(keyword))
+    for keyword, value in values.items():
+        if not value:
+            return Problem(name, INVALID_UID, f"{keyword} is missing")
+        if not safety.is_valid_uid(value):
+            shown = safety.printable(value[:80]) + ("…" if len(value) > 80 else "")
+            return Problem(name, INVALID_UID, f"{keyword} {shown!r} is not a DICOM UID (digits and dots, at most 64)")
+    return None
+
+
+# --- deflated data sets --------------------------------------------------------------------------
+
+
+def _scan_deflated(
+    f: BinaryIO, name: str, info: os.stat_result, preamble: bytes | None, meta: Dataset
+) -> ImageHeader | Problem:
+    """Scan a Deflated Explicit VR Little Endian file with bounded inflation.
+
+    The stream is inflated in chunks: the header part is kept (at most 64 MB), the rest only
+    counted, up to `limits.current().max_inflated_bytes`, so a deflate bomb costs neither
+    memory nor more than the cap in time.
+    """
+    cap = limits.current().max_inflated_bytes
+    keep = min(_DEFLATED_HEADER_BYTES, cap)
+    try:
+        head, total, complete = _inflate_counting(f, keep, cap)
+    except LimitExceeded as exc:
+        return Problem(name, TOO_LARGE, str(exc))
+    except zlib.error as exc:
+        return Problem(name, CORRUPT_PIXEL_DATA, f"deflated data set cannot be inflated: {exc}")
+    if not complete:
+        return Problem(name, TRUNCATED, "the deflated data set is cut short")
+    buf = DicomBytesIO(head)
+    stop = _HeaderStop()
+    try:
+        dataset = read_dataset(buf, False, True, stop_when=stop)
+    except (EOFError, struct.error) as exc:
+        if len(head) < total:
+            return Problem(name, TOO_LARGE, f"the deflated header is over {keep:,} bytes")
+        return Problem(name, TRUNCATED, f"the deflated data set ends inside the header ({exc})")
+    if stop.garbage:
+        return Problem(name, UNREADABLE_HEADER, stop.garbage)
+    ds = FileDataset(name, dataset, preamble, meta, False, True)
+    ds.set_original_encoding(False, True, dataset._character_set)
+    fields = FastFields(ds)
+    problem = _kind_problem(ds, fields, name) or _deflated_pixel_problem(buf, fields, len(head), total, name)
     if problem is not None:
         return problem
     return _header(fields, name, info)
+
+
+def _inflate_counting(f: BinaryIO, keep: int, limit: int) -> tuple[bytes, int, bool]:
+    """First `keep` inflated bytes of the raw-deflate stream in `f`, its inflated size, and
+    whether the stream ended properly. LimitExceeded past `limit` inflated bytes."""
+    d = zlib.decompressobj(-zlib.MAX_WBITS)
+    head = bytearray()
+    total = 0
+    while not d.eof:
+        data = f.read(_INFLATE_CHUNK)
+        if not data:
+            break
+        while data and not d.eof:
+            out = d.decompress(data, _INFLATE_CHUNK)
+            data = d.unconsumed_tail
+            total += len(out)
+            if total > limit:
+                raise LimitExceeded(f"the deflated data set inflates to more than {limit:,} bytes")
+            if len(head) < keep:
+                head += out[: keep - len(head)]
+    return bytes(head), total, d.eof
+
+
+def _deflated_pixel_problem(buf: DicomBytesIO, fields: FastFields, kept: int, total: int, name: str) -> Problem | None:
+    """Pixel data checks for an inflated header in `buf` (the pixel element follows it)."""
+    element = _pixel_element(buf, buf.tell(), implicit=False, little=True)
+    if element is None:
+        if kept < total and buf.tell() >= kept - 12:
+            return Problem(name, TOO_LARGE, f"the deflated header is over {kept:,} bytes")
+        if "Rows" not in fields or "Columns" not in fields:
+            return Problem(name, TRUNCATED, "the file ends before the image attributes")
+        return Problem(name, NO_PIXEL_DATA, classify.kind_detail(fields))
+    offset, length = element
+    if length == _UNDEFINED:
+        return Problem(name, CORRUPT_PIXEL_DATA, "encapsulated pixel data in a deflated data set")
+    need = _expected_pixel_bytes(fields)
+    if length < need:
+        return Problem(name, TRUNCATED, f"Pixel Data holds {length} bytes, the image needs {need}")
+    if total - offset < length:
+        return Problem(name, TRUNCATED, f"the deflated data set ends {length - (total - offset)} bytes short of the Pixel Data")
+    return None
 
 
 def _looks_like_bare_dataset(head: bytes) -> bool:
@@ -176,9 +433,6 @@ def _pixel_problem(
     f: BinaryIO, ds: Dataset, fields: FastFields, start: int, size: int, name: str
 ) -> Problem | None:
     """Problem if the pixel data is missing, cut short or its encapsulation is broken."""
-    transfer_syntax = getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID")
-    if transfer_syntax == DeflatedExplicitVRLittleEndian:
-        return _deflated_pixel_problem(name)
     implicit, little = ds.original_encoding
     element = _pixel_element(f, start, bool(implicit), little is not False)
     if element is None:
@@ -246,20 +500,6 @@ def _encapsulated_problem(f: BinaryIO, offset: int, size: int, name: str) -> Pro
         pos += 8 + length
         if pos > size:
             return Problem(name, TRUNCATED, "the file ends inside the compressed pixel data")
-
-
-def _deflated_pixel_problem(name: str) -> Problem | None:
-    """Deflated files hide offsets inside the zlib stream: read them whole (rare syntax)."""
-    try:
-        ds = dcmread(name)
-        if not any(tag in ds for tag in (0x7FE00010, 0x7FE00008, 0x7FE00009)):
-            return Problem(name, NO_PIXEL_DATA, classify.kind_detail(ds))
-        have, need = len(ds.PixelData), _expected_pixel_bytes(ds)
-    except Exception as exc:
-        return Problem(name, TRUNCATED, f"deflated data set cannot be inflated: {exc}")
-    if have < need:
-        return Problem(name, TRUNCATED, f"Pixel Data holds {have} bytes, the image needs {need}")
-    return None
 
 
 def _cut_or_corrupt_header(ds: Dataset, stop: int, size: int, name: str) -> Problem | None:
@@ -343,10 +583,10 @@ def _header(ds: FastFields, name: str, info: os.stat_result) -> ImageHeader:
         path=name,
         size=info.st_size,
         mtime_ns=info.st_mtime_ns,
-        sop_instance_uid=_str(ds, "SOPInstanceUID") or str(meta.get("MediaStorageSOPInstanceUID") or ""),
+        sop_instance_uid=_sop_instance_uid(ds),
         sop_class_uid=classify.sop_class_uid(ds),
-        study_instance_uid=_str(ds, "StudyInstanceUID"),
-        series_instance_uid=_str(ds, "SeriesInstanceUID"),
+        study_instance_uid=_uid(ds.get("StudyInstanceUID")),
+        series_instance_uid=_uid(ds.get("SeriesInstanceUID")),
         transfer_syntax_uid=str(meta.get("TransferSyntaxUID") or ""),
         modality=_str(ds, "Modality"),
         patient_id=_str(ds, "PatientID"),
@@ -385,38 +625,108 @@ def _header(ds: FastFields, name: str, info: os.stat_result) -> ImageHeader:
 # --- DICOMDIR -----------------------------------------------------------------------------------
 
 
+OUTSIDE_MEDIA = "outside the media"  # a DICOMDIR reference that leaves the DICOMDIR's folder
+UNREADABLE_DICOMDIR = "unreadable DICOMDIR"
+
+
 def dicomdir_files(path: str | os.PathLike) -> list[Path]:
-    """Image files referenced by a DICOMDIR, resolved against the DICOMDIR's folder.
+    """Image files referenced by a DICOMDIR that stay inside its folder (see `dicomdir_entries`)."""
+    return dicomdir_entries(path)[0]
+
+
+def dicomdir_entries(path: str | os.PathLike) -> tuple[list[Path], list[Problem]]:
+    """Image files referenced by a DICOMDIR, resolved against the DICOMDIR's folder, and a
+    Problem for each reference that would leave that folder (never read).
 
     Files that are missing are still listed (the scan then reports them); component names are
     matched case-insensitively because media written on Windows are often read on Linux.
-    Raises ValueError when `path` is not a readable DICOMDIR.
+    Raises ValueError when `path` is not a readable, regular DICOMDIR file (a cut one included).
     """
     path = Path(path)
-    try:
-        ds = dcmread(path, stop_before_pixels=True)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a DICOMDIR: {type(exc).__name__}: {exc}") from exc
-    if classify.sop_class_uid(ds) != classify.MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" not in ds:
-        raise ValueError(f"{path} is not a DICOMDIR (no Media Storage Directory SOP class or records)")
+    ds = _read_dicomdir(path)
     root = path.parent
-    files = []
+    files: list[Path] = []
+    problems: list[Problem] = []
+    listings: dict[Path, list[Path]] = {}
     for record in ds.DirectoryRecordSequence:
         if str(record.get("DirectoryRecordType", "")).strip().upper() != "IMAGE":
             continue
         parts = _strings(record, "ReferencedFileID")
-        if parts:
-            files.append(_resolve(root, parts))
-    return files
+        if not parts:
+            continue
+        try:
+            files.append(_resolve(root, parts, listings))
+        except ValueError as exc:
+            shown = safety.printable("\\".join(parts))[:200]
+            problems.append(Problem(f"{path} → {shown}", OUTSIDE_MEDIA, str(exc)))
+    return files, problems
 
 
-def _resolve(root: Path, parts: tuple[str, ...]) -> Path:
-    """root/parts…, taking the on-disk spelling of each component when only its case differs."""
+def _read_dicomdir(path: Path) -> Dataset:
+    """The DICOMDIR data set; ValueError for a special file, a non-DICOMDIR or a cut one."""
+    try:
+        f = open_regular(path)
+        if f is None:
+            raise ValueError(f"{path} is not a regular file")
+        with f:
+            data = f.read(_MAX_DICOMDIR_BYTES + 1)
+        if len(data) > _MAX_DICOMDIR_BYTES:
+            raise ValueError(f"{path} is over {_MAX_DICOMDIR_BYTES:,} bytes, too large for a DICOMDIR")
+        ds = dcmread(DicomBytesIO(data), stop_before_pixels=True)
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{path} is not a DICOMDIR: {type(exc).__name__}: {exc}") from exc
+    if classify.sop_class_uid(ds) != classify.MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" not in ds:
+        raise ValueError(f"{path} is not a DICOMDIR (no Media Storage Directory SOP class or records)")
+    if _record_sequence_cut(data) or _record_offsets_past(ds, len(data)):
+        raise ValueError(f"{path} is cut short or damaged: its records do not fit the file")
+    return ds
+
+
+def _record_sequence_cut(data: bytes) -> bool:
+    """True when the Directory Record Sequence (explicit VR, as PS3.10 requires) runs past EOF.
+
+    pydicom reads a cut sequence without complaint, keeping the records it could read.
+    """
+    at = data.find(b"\x04\x00\x20\x12SQ\x00\x00")
+    if at < 0 or len(data) < at + 12:
+        return at >= 0
+    (length,) = struct.unpack("<I", data[at + 8:at + 12])
+    if length == _UNDEFINED:
+        return not data.endswith(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
+    return at + 12 + length > len(data)
+
+
+def _record_offsets_past(ds: Dataset, size: int) -> bool:
+    """True when the directory's record offsets point past the end of the file (a cut copy)."""
+    offsets = [ds.get("OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity"),
+               ds.get("OffsetOfTheLastDirectoryRecordOfTheRootDirectoryEntity")]
+    for record in ds.DirectoryRecordSequence:
+        offsets.append(record.get("OffsetOfTheNextDirectoryRecord"))
+        offsets.append(record.get("OffsetOfReferencedLowerLevelDirectoryEntity"))
+    return any(isinstance(o, int) and o >= size for o in offsets)
+
+
+def _resolve(root: Path, parts: tuple[str, ...], listings: dict[Path, list[Path]]) -> Path:
+    """root/parts…, taking the on-disk spelling of each component when only its case differs.
+
+    ValueError when a component is not a plain name or the result (links followed) lies
+    outside `root`.
+    """
     current = root
     for part in parts:
+        if part in ("", ".", "..") or any(c in part for c in "/\\\x00") or Path(part).is_absolute():
+            raise ValueError(f"the reference component {safety.printable(part)!r} is not a plain file name")
         candidate = current / part
         if not candidate.exists() and current.is_dir():
-            matches = [p for p in current.iterdir() if p.name.upper() == part.upper()]
+            if current not in listings:
+                listings[current] = sorted(current.iterdir())
+            matches = [p for p in listings[current] if p.name.upper() == part.upper()]
             candidate = matches[0] if matches else candidate
         current = candidate
+    try:
+        safety.inside(root, current)
+    except InputRefused as exc:
+        raise ValueError(f"the reference resolves outside {root}") from exc
     return current
