@@ -8,8 +8,11 @@ from pathlib import Path
 
 from mamview.core.models.base import ModelUnavailable
 from mamview.core.paths import Library, resources_dir
+from mamview.core.safety import printable
 
 DEMO_LABEL = "demo model — synthetic training data — not for clinical use"
+# config.json is written by us and a few KB long; anything far larger is not ours.
+MAX_CONFIG_BYTES = 16 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -25,16 +28,40 @@ class ModelEntry:
     label: str = ""
 
 
+def read_identity(cfg: Path) -> dict:
+    """The `identity` object of a model folder's config.json; ValueError/OSError if unusable.
+
+    Bounded: a config.json over MAX_CONFIG_BYTES, not JSON, too deeply nested, or without an
+    identity object is refused with a one-line reason.
+    """
+    if cfg.stat().st_size > MAX_CONFIG_BYTES:
+        raise ValueError(f"config.json is larger than {MAX_CONFIG_BYTES:,} bytes")
+    try:
+        doc = json.loads(cfg.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise ValueError("config.json is nested too deeply") from None
+    ident = doc.get("identity") if isinstance(doc, dict) else None
+    if not isinstance(ident, dict):
+        raise ValueError("config.json has no identity object")
+    return ident
+
+
+def _text(value: object, default: str) -> str:
+    # names and labels are shown in the terminal and the GUI: one printable line
+    return printable(value)[:200] if isinstance(value, str) else default
+
+
 def _entry(model_id: str, name: str, folder: Path, missing_hint: str) -> ModelEntry:
     cfg = folder / "config.json"
     if not cfg.is_file() or not (folder / "weights.pt").is_file():
         return ModelEntry(model_id, name, folder, False, missing_hint)
     try:
-        ident = json.loads(cfg.read_text())["identity"]
-    except (OSError, ValueError, KeyError) as exc:
-        return ModelEntry(model_id, name, folder, False, f"unreadable config.json: {exc}")
-    return ModelEntry(model_id, ident.get("name", name), folder, True, "",
-                      bool(ident.get("clinically_validated")), ident.get("label", ""))
+        ident = read_identity(cfg)
+    except (OSError, ValueError) as exc:
+        return ModelEntry(model_id, name, folder, False,
+                          f"unreadable config.json: {printable(exc)[:200]}")
+    return ModelEntry(model_id, _text(ident.get("name"), name), folder, True, "",
+                      ident.get("clinically_validated") is True, _text(ident.get("label"), ""))
 
 
 def list_models(lib: Library) -> list[ModelEntry]:
