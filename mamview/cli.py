@@ -26,7 +26,7 @@ from typing import Sequence
 
 from mamview import __version__
 from mamview.core import paths
-from mamview.core.errors import InputRefused, LibraryError, MamviewError
+from mamview.core.errors import LibraryError, MamviewError
 from mamview.core.safety import printable
 
 EXIT_PARTIAL = 1
@@ -282,18 +282,13 @@ def cmd_models(args, lib: paths.Library) -> int:
     from mamview.core.models import registry
 
     if args.action == "install":
-        from mamview.core.models.base import ModelUnavailable
-        from mamview.core.models.snapshots import UnsafeSnapshotError, convert_release
+        from mamview.core.models.snapshots import convert_release
 
         if not args.path:
             raise CliError("models install needs the path of the release folder or zip")
         models = ensure_library(lib).models
-        try:
-            out = convert_release(args.path, models)
-        except MamviewError:
-            raise  # a refusal worded by the model area: the top-level handler prints it
-        except (UnsafeSnapshotError, ModelUnavailable, ValueError) as exc:  # not typed yet
-            raise InputRefused(f"could not install {args.path}: {exc}") from exc
+        # every refusal is a MamviewError worded by the model area: the top-level handler prints it
+        out = convert_release(args.path, models)
         print(f"Installed Mirai into {term(out)}")
         return 0
     entries = registry.list_models(lib)

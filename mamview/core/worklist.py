@@ -11,7 +11,7 @@ from datetime import date
 
 from mamview.core.cache import scores as score_store
 from mamview.core.cache import store
-from mamview.core.ingest import preview_file
+from mamview.core.ingest import stored_preview
 from mamview.core.paths import Library
 
 
@@ -107,7 +107,9 @@ def scored_series(db, patient_key: str, model_id: str | None) -> list[tuple[date
 
 def preview_path(lib: Library, db, sop_uid: str):
     """The preview PNG of an image if one has been made, else None."""
-    if store.preview_row(db, sop_uid) is None:
+    row = store.preview_row(db, sop_uid)
+    if row is None:
         return None
-    path = preview_file(lib, sop_uid)
-    return path if path.is_file() else None
+    # the stored name, not one recomputed: previews made before hashed names keep working
+    path = stored_preview(lib, row["file"])
+    return path if path is not None and path.is_file() else None

@@ -119,8 +119,7 @@ def test_path_like_uids_write_nothing_outside_and_do_not_block_later_imports(roo
         "nul.dcm": "1.2.3\x00/../../y",
     }
     for name, uid in uids.items():
-        with pytest.warns(UserWarning):  # pydicom warns when writing an invalid UID
-            write_mammogram(bad / name, sop_uid=uid)
+        write_mammogram(bad / name, sop_uid=uid)
     write_mammogram(bad / "bad-study.dcm", study_uid="../study")
     (home / "previews").mkdir(parents=True)
     before = tree(root, skip=home)

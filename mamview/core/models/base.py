@@ -18,11 +18,12 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 import torch
 
+from mamview.core.errors import MamviewError
+
 #: Risk horizons every model reports: cumulative risk by the end of year 1..5.
 YEARS = 5
 
-
-class ModelUnavailable(Exception):
+class ModelUnavailable(MamviewError):
     """A model cannot be used here; `reason` says why in words a user can act on.
 
     Raised for missing or corrupt weights, a missing optional dependency or an unusable device.
