@@ -4,6 +4,12 @@ Requests carry a generation id; cancelled generations are dropped before their e
 touched. The patient on screen goes first (a priority queue). Results, progress and errors
 come out as events, through a callback or a queue; the worker never touches a widget and
 never lets an exception die silently in the thread.
+
+Images are decoded through the guarded boundary (`dicom.pixels`): a decoder failure, a native
+panic included, makes that exam unscorable with the reason. So does an image that is not
+plausibly a mammogram (`check_plausible`). If the worker thread ends anyway, a ServiceError
+event says so, `next_event` never waits on a dead worker, and the next `submit` starts a new
+worker (a few times at most).
 """
 
 from __future__ import annotations
@@ -23,10 +29,18 @@ import numpy as np
 from mamview.core.cache import scores as score_store
 from mamview.core.cache import store
 from mamview.core.cache.db import connect
+from mamview.core.dicom.pixels import PixelDecodeError, describe as _describe
 from mamview.core.domain import STANDARD_VIEWS, view_label
 
 PRIORITY_ON_SCREEN = 0
 PRIORITY_BACKGROUND = 10
+# Real mammograms are 1900–5900 pixels a side; an image with a side under this is a thumbnail,
+# a placeholder or garbage, never something a risk model should score.
+MIN_SIDE = 256
+# How often a worker thread that died is replaced before the service gives up.
+MAX_RESTARTS = 3
+# Exceptions that stop the worker instead of being reported per exam.
+_PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
 
 # ---------------------------------------------------------------- events
@@ -105,22 +119,57 @@ def exam_inputs(db, exam_key: str) -> list[dict]:
 
 def load_view(row: dict, min_height: int | None):
     """Decode one image for a model: modality LUT applied, MONOCHROME1 turned into
-    MONOCHROME2 (as the reference dcmtk conversion does), reduced decode when allowed."""
+    MONOCHROME2 (as the reference dcmtk conversion does), reduced decode when allowed.
+
+    Raises PixelDecodeError when the file cannot be decoded (any decoder failure) and
+    Unscorable when the image is not plausibly a mammogram (`check_plausible`).
+    """
     from mamview.core.dicom import display, pixels
     from mamview.core.models.base import ViewImage
 
-    ds = pixels.read_dataset(row["path"])
-    if min_height:
-        arr, _ = pixels.decode_reduced(ds, min_height)
-    else:
-        arr = pixels.decode_full(ds)
-    params = display.display_params(ds)
-    arr = display.apply_modality(arr, params).astype(np.float64)
+    path = row["path"]
+    label = str(row.get("label") or row.get("view") or "image")
+    with pixels.guarded(path, "cannot load the image for scoring"):
+        ds = pixels.read_dataset(path)
+        params = display.display_params(ds)
+    check_shape(ds, label)  # before decoding: a 1×1 image is not worth a decode
+    if not params.rescale_finite:
+        raise Unscorable(f"{label}: RescaleSlope or RescaleIntercept is not a finite number")
+    try:
+        with pixels.guarded(path, "cannot load the image for scoring"):
+            if min_height:
+                arr, _ = pixels.decode_reduced(ds, min_height)
+            else:
+                arr = pixels.decode_full(ds)
+            arr = display.apply_modality(arr, params).astype(np.float64)
+    except pixels.PixelDecodeError as exc:  # say which view (the reason is shown per exam)
+        raise pixels.PixelDecodeError(path, f"{label}: {exc.message}") from exc
+    check_plausible(arr, label)
     if params.photometric == "MONOCHROME1":
         arr = arr.max() + arr.min() - arr
     voi = str(getattr(ds, "VOILUTFunction", "LINEAR") or "LINEAR").upper()
     return ViewImage(arr, row["laterality"], row["view"],
                      "SIGMOID" if voi == "SIGMOID" else "LINEAR")
+
+
+def check_shape(ds, label: str) -> None:
+    """Unscorable when the header's image has a side under MIN_SIDE pixels (before decoding)."""
+    try:
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    except Exception:  # noqa: BLE001 - a malformed value is no size at all
+        rows = cols = 0
+    if min(rows, cols) < MIN_SIDE:
+        raise Unscorable(f"{label}: the image is {rows}×{cols} pixels, too small for a "
+                         f"mammogram (a side under {MIN_SIDE})")
+
+
+def check_plausible(values: np.ndarray, label: str) -> None:
+    """Unscorable when modality values are not finite or the image is constant."""
+    if not np.isfinite(values).all():
+        raise Unscorable(f"{label}: the image has non-finite values after the modality LUT")
+    low, high = float(values.min()), float(values.max())
+    if low == high:
+        raise Unscorable(f"{label}: the image is constant (every pixel {low:g})")
 
 
 def input_signature(rows: Sequence[dict]) -> list[tuple[str, int, int]]:
@@ -179,17 +228,51 @@ class InferenceService:
         self.model = None
         self.device = None
         self.device_label = ""
-        self._thread = threading.Thread(target=self._run, name="mamview-inference", daemon=True)
+        self._thread = self._new_thread()
         self._started = False
+        self._restarts = 0
+        self._ended = False  # the worker's _run has returned or raised
 
     # -- public API (any thread)
 
+    def _new_thread(self) -> threading.Thread:
+        return threading.Thread(target=self._run_reported, name="mamview-inference", daemon=True)
+
     def start(self) -> "InferenceService":
-        """Start the worker thread (idempotent)."""
-        if not self._started:
-            self._started = True
-            self._thread.start()
+        """Start the worker thread (idempotent); a worker that died is replaced, at most
+        MAX_RESTARTS times (then the ServiceError it reported stands)."""
+        with self._cv:
+            if not self._started:
+                self._started = True
+                self._thread.start()
+            elif (self._ended and not self._stop and self.model is not None
+                  and self._restarts < MAX_RESTARTS):
+                self._restarts += 1
+                self._ended = False
+                self._thread = self._new_thread()
+                self._thread.start()
         return self
+
+    def alive(self) -> bool:
+        """True while the worker thread runs (or has not been started yet)."""
+        return not self._started or self._thread.is_alive()
+
+    def next_event(self, timeout: float | None = None, poll: float = 0.5) -> Event:
+        """The next event from the `events` queue, waiting at most `timeout` seconds (None:
+        as long as the worker lives). Never waits on a dead worker: once it has ended and the
+        queue is empty, a ServiceError. queue.Empty after `timeout`.
+        """
+        waited = 0.0
+        while True:
+            step = poll if timeout is None else max(0.0, min(poll, timeout - waited))
+            try:
+                return self.events.get(timeout=step)
+            except queue.Empty:
+                waited += poll
+                if self._started and not self._thread.is_alive() and self.events.empty():
+                    return ServiceError("the inference worker stopped")
+                if timeout is not None and waited >= timeout:
+                    raise
 
     def submit(self, exam_keys: Sequence[str], priority: int = PRIORITY_BACKGROUND) -> int:
         """Queue exams for scoring; returns the request's generation id."""
@@ -241,7 +324,25 @@ class InferenceService:
                     batch.append((gen, ek))
             return batch
 
+    def _run_reported(self) -> None:
+        """The worker: `_run`, and a ServiceError if it ends for any reason but a shutdown."""
+        reason = "it ended"
+        try:
+            self._run()
+        except BaseException as exc:  # noqa: BLE001 - reported below, then the thread ends
+            reason = _describe(exc)
+            traceback.print_exc()
+        finally:
+            with self._cv:
+                self._ended = True
+                stopping = self._stop
+            if not stopping:
+                self._emit(ServiceError(f"the inference worker stopped: {reason}"))
+
     def _run(self) -> None:
+        if self.model is not None:  # a restarted worker: the model is already loaded
+            self._serve()
+            return
         try:
             import torch
 
@@ -257,7 +358,16 @@ class InferenceService:
             with self._cv:
                 self._stop = True
             return
-        db = connect(self.database, migrate=False)
+        self._serve()
+
+    def _serve(self) -> None:
+        try:
+            db = connect(self.database, migrate=False)
+        except Exception as exc:  # noqa: BLE001 - e.g. an unreadable library
+            self._emit(ServiceError(f"the library cannot be opened: {_describe(exc)}"))
+            with self._cv:
+                self._stop = True
+            return
         try:
             while True:
                 batch = self._next_batch()
@@ -265,9 +375,11 @@ class InferenceService:
                     return
                 try:
                     self._score_batch(db, batch)
-                except Exception as exc:  # noqa: BLE001
+                except _PASS_THROUGH:
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - native panics too: the batch fails
                     for gen, ek in batch:
-                        self._emit(ScoreFailed(gen, ek, f"{type(exc).__name__}: {exc}"))
+                        self._emit(ScoreFailed(gen, ek, _describe(exc)))
                         self._advance(gen)
                     traceback.print_exc()
         finally:
@@ -304,12 +416,15 @@ class InferenceService:
                     continue
                 views = [load_view(r, getattr(model, "decode_min_height", None)) for r in rows]
                 todo.append((gen, ek, key, rows, model.preprocess(views)))
-            except Unscorable as exc:
-                self._save_unscorable(db, ident, ek, str(exc))
-                self._emit(ExamUnscorable(gen, ek, str(exc)))
+            except (Unscorable, PixelDecodeError) as exc:
+                reason = exc.message if isinstance(exc, PixelDecodeError) else str(exc)
+                self._save_unscorable(db, ident, ek, reason)
+                self._emit(ExamUnscorable(gen, ek, reason))
                 self._advance(gen)
-            except Exception as exc:  # noqa: BLE001 - one bad exam never stops the others
-                self._emit(ScoreFailed(gen, ek, f"{type(exc).__name__}: {exc}"))
+            except _PASS_THROUGH:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - one bad exam never stops the others
+                self._emit(ScoreFailed(gen, ek, _describe(exc)))
                 self._advance(gen)
         if not todo:
             return

@@ -30,6 +30,9 @@ class Preview:
     reduce_factor: int  # 2**r of the reduced decode or of the downsample before rendering; 1 = full
     source_shape: tuple[int, int]  # stored (rows, columns) of the image
     transpose: bool = False  # the stored image had rows and columns swapped
+    # what in the header could not be used and what is shown instead (e.g. an implausible
+    # window: the image's own range is shown); "" when nothing
+    note: str = ""
 
 
 def make_preview(path: str | os.PathLike, target_height: int = 1024, reduced: bool = True) -> Preview:
@@ -38,24 +41,26 @@ def make_preview(path: str | os.PathLike, target_height: int = 1024, reduced: bo
     With `reduced` (default) JPEG 2000 files are decoded at a lower resolution level; otherwise,
     and for other syntaxes, the full decode is block-averaged by the same factor. Then the display
     pipeline runs (modality → first VOI preset or an automatic window → MONOCHROME1 → orientation)
-    and a final area-average caps the height. Raises PixelDecodeError (the caller records a
-    Problem).
+    and a final area-average caps the height. For bad input it raises only PixelDecodeError
+    (the caller records a Problem): the whole of it runs inside the decode boundary.
     """
-    ds = pixels.read_dataset(path)
-    params = display.display_params(ds)
-    source_shape = (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
-    if reduced:
-        stored, factor = pixels.decode_reduced(ds, target_height)
-    else:
-        stored, factor = pixels.decode_full(ds), 1
-    if factor == 1:
-        # no reduced decode: average down to the size the reduced decode would have given
-        factor = 2 ** pixels.reduction_level(stored.shape[0], target_height)
-        if factor > 1:
-            stored = pixels.downsample(stored, factor)
-    image, flips = display.render(stored, params)
-    image = _cap_height(image, target_height)
-    return Preview(image, flips.flip_lr, flips.flip_ud, flips.source, factor, source_shape, flips.transpose)
+    with pixels.guarded(path, "cannot make the preview"):
+        ds = pixels.read_dataset(path)
+        params = display.display_params(ds)
+        source_shape = (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
+        if reduced:
+            stored, factor = pixels.decode_reduced(ds, target_height)
+        else:
+            stored, factor = pixels.decode_full(ds), 1
+        if factor == 1:
+            # no reduced decode: average down to the size the reduced decode would have given
+            factor = 2 ** pixels.reduction_level(stored.shape[0], target_height)
+            if factor > 1:
+                stored = pixels.downsample(stored, factor)
+        image, flips = display.render(stored, params)
+        image = _cap_height(image, target_height)
+        return Preview(image, flips.flip_lr, flips.flip_ud, flips.source, factor, source_shape,
+                       flips.transpose, "; ".join(params.notes))
 
 
 def _cap_height(image: np.ndarray, target_height: int) -> np.ndarray:

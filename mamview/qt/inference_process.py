@@ -49,7 +49,7 @@ def _child(database: str, home: str, model_id: str, device: str, cpu_threads: in
                            on_event=on_event).start()
 
     def announce() -> None:  # tell the parent the device once the model is in memory
-        while svc.model is None and not svc._stop:
+        while svc.model is None and not svc._stop and svc.alive():
             threading.Event().wait(0.05)
         if svc.model is not None:
             events.put((_READY, svc.device_label))
@@ -103,7 +103,8 @@ class InferenceProcess:
         self._relay = threading.Thread(target=self._relay_events, name="mamview-inference-relay",
                                        daemon=True)
         self._started = False
-        self._stopped = False
+        self._stopped = False  # no more work will be done: shut down, or the child died
+        self._death = ""  # why the child stopped, when it died on its own
 
     def start(self) -> "InferenceProcess":
         if not self._started:
@@ -116,11 +117,19 @@ class InferenceProcess:
         """Queue exams; returns this side's generation id (events carry it)."""
         self.start()
         gen = next(self._generations)
-        if exam_keys and not self._stopped:
+        if self._death:  # the child died earlier: say so rather than wait on it forever
+            from mamview.core.inference import ServiceError
+
+            self._emit(ServiceError(self._death))
+        elif exam_keys and not self._stopped:
             with self._lock:
                 self._open.add(gen)
             self._commands.put(("submit", gen, list(exam_keys), priority))
         return gen
+
+    def alive(self) -> bool:
+        """True while the child process runs (or has not been started yet)."""
+        return not self._started or self._proc.is_alive()
 
     def cancel(self, generation: int) -> None:
         with self._lock:
@@ -158,8 +167,8 @@ class InferenceProcess:
                     with self._lock:
                         self._open.clear()
                     self._stopped = True
-                    self._emit(ServiceError(
-                        f"the inference process stopped (exit code {self._proc.exitcode})"))
+                    self._death = f"the inference process stopped (exit code {self._proc.exitcode})"
+                    self._emit(ServiceError(self._death))
                     return
                 continue
             if ev is None:

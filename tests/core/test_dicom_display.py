@@ -326,3 +326,57 @@ def test_display_params_reads_everything(tmp_path):
         laterality="L",
         view="MLO",
     )
+
+
+# --- implausible values from the header ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("center", "width", "why"), [
+    (1e9, 4096.0, "outside the image's range 0..4095"),
+    (-50000.0, 100.0, "outside the image's range"),
+    (2048.0, float("nan"), "not a valid window"),
+    (2048.0, 1e12, "far wider than the image's range"),
+])
+def test_implausible_window_falls_back_to_the_image_range_with_a_note(tmp_path, center, width, why):
+    p = write_mammogram(tmp_path / "x.dcm", window=[(center, width), (2048.0, 4096.0)])
+    params = display_params(dcmread(p))
+    # the bad pair is dropped (in the header row too: the same numbering), the good one stays
+    assert params.window_presets == (WindowPreset(2048.0, 4096.0, "LINEAR", "WINDOW2"),)
+    assert display.window_presets(dcmread(p)) == params.window_presets
+    assert len(params.notes) == 1 and why in params.notes[0] and "own range" in params.notes[0]
+
+
+def test_only_an_implausible_window_gives_the_automatic_one_not_a_blank_image(tmp_path):
+    p = write_mammogram(tmp_path / "x.dcm", window=(1e9, 4096.0))
+    raw, params = decode_full(p), display_params(dcmread(p))
+    assert params.window_presets == () and params.notes
+    image, _ = render(raw, params)
+    assert image.std() > 20  # before: every pixel black
+
+
+def test_plausible_windows_give_no_note(tmp_path):
+    # a window reaching past the range, and a narrow one at its top end, are both usable
+    p = write_mammogram(tmp_path / "x.dcm", window=[(2048.0, 8000.0), (4000.0, 300.0)])
+    params = display_params(dcmread(p))
+    assert len(params.window_presets) == 2 and params.notes == ()
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")
+@pytest.mark.parametrize("slope", ["NaN", "inf", "-inf"])
+def test_non_finite_rescale_shows_stored_values_with_a_note(tmp_path, slope):
+    p = write_mammogram(tmp_path / "x.dcm", window=None)
+    ds = dcmread(p)
+    ds.add_new("RescaleSlope", "DS", slope)
+    params = display_params(ds)
+    assert not params.rescale_finite and (params.rescale_slope, params.rescale_intercept) == (1.0, 0.0)
+    assert "not a finite number" in params.notes[0]
+    image, _ = render(decode_full(p), params)
+    assert image.std() > 20
+
+
+def test_modality_overflow_renders_the_stored_values(tmp_path):
+    p = write_mammogram(tmp_path / "x.dcm", window=None, extra={"RescaleSlope": "1e38"})
+    params = display_params(dcmread(p))
+    assert params.rescale_finite  # finite, but 4095 × 1e38 overflows float32
+    image, _ = render(decode_full(p), params)
+    assert image.std() > 20

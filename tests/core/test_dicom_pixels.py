@@ -9,10 +9,14 @@ from pydicom.uid import JPEGLosslessSV1
 
 from mamview.core.dicom.pixels import (
     PixelDecodeError,
+    PixelLimitExceeded,
+    check_header,
     decode_full,
     decode_reduced,
     downsample,
+    guarded,
     j2k_decomposition_levels,
+    jpeg_dimensions,
     reduction_level,
 )
 from tests.factories import (
@@ -230,3 +234,140 @@ def test_downsample_rejects_bad_arguments():
     with pytest.raises(ValueError):
         downsample(np.zeros((4, 4)), (0, 2))
 
+
+
+# --- the guarded boundary -----------------------------------------------------------------------
+
+
+def test_decode_error_is_an_input_refusal_that_crosses_processes():
+    import pickle
+
+    from mamview.core.errors import InputRefused, MamviewError
+
+    err = PixelDecodeError("/x.dcm", "bad\nstream\x1b[2J")
+    assert isinstance(err, InputRefused) and isinstance(err, MamviewError)
+    assert err.message == "bad stream\\x1b[2J"  # one line, no terminal escapes
+    again = pickle.loads(pickle.dumps(err))
+    assert (type(again), again.path, again.message) == (PixelDecodeError, "/x.dcm", err.message)
+
+
+class _Panic(BaseException):
+    """Stands for pyo3's PanicException: a BaseException, not an Exception."""
+
+
+@pytest.mark.parametrize(("raised", "expected"), [
+    (_Panic("index out of bounds"), "cannot decode the pixel data: _Panic: index out of bounds"),
+    (MemoryError(), "cannot decode the pixel data: not enough memory"),
+    (ValueError("x" * 1000), "cannot decode the pixel data: ValueError: xxx"),
+])
+def test_guarded_turns_every_failure_into_a_decode_error(raised, expected):
+    with pytest.raises(PixelDecodeError) as info:
+        with guarded("/x.dcm"):
+            raise raised
+    assert info.value.message.startswith(expected) and len(info.value.message) <= 300
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit, GeneratorExit])
+def test_guarded_lets_the_user_stop(stop):
+    with pytest.raises(stop):
+        with guarded("/x.dcm"):
+            raise stop()
+
+
+def test_caps_come_from_the_environment(tmp_path, monkeypatch):
+    p = write_mammogram(tmp_path / "a.dcm")
+    monkeypatch.setenv("MAMVIEW_MAX_SIDE", "200")
+    with pytest.raises(PixelLimitExceeded, match=r"256×208 pixels, over the limit of 200 \(MAMVIEW_MAX_SIDE\)"):
+        decode_full(p)
+    monkeypatch.setenv("MAMVIEW_MAX_SIDE", "not a number")  # a malformed override keeps the default
+    assert decode_full(p).shape == (256, 208)
+
+
+def test_real_sizes_pass_the_default_caps():
+    from pydicom.dataset import Dataset
+
+    for rows, cols, frames in ((4096, 3328, 1), (5928, 4728, 1), (3328, 2560, 150)):
+        ds = Dataset()
+        ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, frames
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.SamplesPerPixel = 16, 14, 13, 1
+        assert check_header(ds).frame_bytes == rows * cols * 2
+
+
+def test_jpeg_frame_size_must_match_the_header(tmp_path):
+    from io import BytesIO
+
+    from PIL import Image
+    from pydicom.uid import JPEGBaseline8Bit
+
+    buf = BytesIO()
+    Image.fromarray(np.full((64, 48), 128, np.uint8)).save(buf, format="JPEG")
+    assert jpeg_dimensions(buf.getvalue()) == (64, 48)
+    p = write_mammogram(tmp_path / "a.dcm", pixels=np.zeros((256, 208), np.uint8))
+    ds = dcmread(p)
+    ds.PixelData = encapsulate([buf.getvalue()])
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.save_as(p)
+    with pytest.raises(PixelDecodeError, match="the JPEG stream is 64×48, the header says 256×208"):
+        decode_full(p)
+
+
+def _multi_frame(tmp_path, syntax, frames: int = 3):
+    """A file of `frames` different frames (frame i is the breast plus 100 × i)."""
+    stack = np.stack([breast_pixels("R", "CC") + 100 * i for i in range(frames)]).astype(np.uint16)
+    p = write_mammogram(tmp_path / f"{syntax}.dcm", pixels=stack[0])
+    ds = dcmread(p)
+    ds.NumberOfFrames = frames
+    if syntax == ExplicitVRLittleEndian:
+        ds.PixelData = stack.tobytes()
+    else:
+        ds.compress(syntax, stack, generate_instance_uid=False)
+    ds.save_as(p)
+    return p, stack
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, RLELossless, JPEG2000Lossless],
+                         ids=lambda s: s.name)
+def test_multi_frame_objects_give_frame_one_read_from_the_file(tmp_path, monkeypatch, syntax):
+    from mamview.core.dicom import pixels
+    from mamview.core.dicom.pixels import read_dataset
+
+    monkeypatch.setattr(pixels, "DEFER_BYTES", 1024)  # these small files defer like large ones
+    p, stack = _multi_frame(tmp_path, syntax)
+    ds = read_dataset(p)
+    assert ds.get_item(0x7FE00010, keep_deferred=True).value is None  # deferred: only frame 1 will be read
+    np.testing.assert_array_equal(decode_full(ds), stack[0])
+    arr, factor = decode_reduced(p, 64)
+    assert arr.shape == (-(-256 // factor), -(-208 // factor))
+    assert abs(float(arr.mean()) - float(stack[0].mean())) < 0.01 * 4095
+
+
+def test_any_header_values_give_a_geometry_or_a_decode_error():
+    """Property: whatever numbers a header holds, check_header answers with a Geometry under
+    the caps or a PixelDecodeError; nothing else escapes."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from pydicom.dataset import Dataset
+
+    from mamview.core.dicom import limits
+
+    caps = limits.current()
+    us = st.integers(0, 65535)
+
+    @settings(max_examples=300, deadline=None, database=None)
+    @given(rows=us, cols=us, frames=st.one_of(st.integers(-5, 10**7), st.just("x")),
+           allocated=st.sampled_from([0, 1, 8, 12, 16, 24, 32, 64]), stored=st.integers(0, 40),
+           high=st.integers(0, 40), samples=st.integers(0, 4))
+    def check(rows, cols, frames, allocated, stored, high, samples):
+        ds = Dataset()
+        ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored = rows, cols, allocated, stored
+        ds.HighBit, ds.SamplesPerPixel = high, samples
+        ds.add_new("NumberOfFrames", "LO", str(frames))
+        try:
+            g = check_header(ds)
+        except PixelDecodeError:
+            return
+        assert g.rows * g.columns <= caps.max_frame_pixels and g.frames <= caps.max_frames
+        assert g.frame_bytes * g.frames <= caps.max_pixel_bytes and g.samples == 1
+        assert g.bits_allocated in (8, 16, 32) and 1 <= g.bits_stored <= g.bits_allocated
+
+    check()

@@ -1,7 +1,10 @@
 """The inference service on a real cache with a small (random-weight) Mirai-architecture model."""
 
 import queue
+import re
+import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,7 +21,12 @@ from mamview.core.ingest import run_import
 from mamview.core.models.base import ModelIdentity
 from mamview.core.models.mirai import MiraiCalibrator, MiraiConfig, MiraiNet, MiraiRiskModel
 from mamview.core.paths import Library
+from tests.attack import hostile
 from tests.core.test_ingest import consume, write_exam
+from tests.factories import write_mammogram
+
+
+SHAPE = (320, 256)
 
 
 def tiny_model(device, version="t1"):
@@ -46,9 +54,10 @@ def drain(svc, until_gen, timeout=60):
 @pytest.fixture
 def library(tmp_path):
     lib = Library(tmp_path / "lib")
-    write_exam(tmp_path / "in" / "a", pid="A", date="20230101")
-    write_exam(tmp_path / "in" / "b", pid="A", date="20240101")
-    files = write_exam(tmp_path / "in" / "c", pid="B", date="20240101")
+    # images of at least MIN_SIDE pixels a side: smaller ones are not plausibly mammograms
+    write_exam(tmp_path / "in" / "a", pid="A", date="20230101", shape=SHAPE)
+    write_exam(tmp_path / "in" / "b", pid="A", date="20240101", shape=SHAPE)
+    files = write_exam(tmp_path / "in" / "c", pid="B", date="20240101", shape=SHAPE)
     files[3].unlink()  # B's exam lacks LMLO
     consume(run_import(lib, [tmp_path / "in"], make_previews=False))
     return lib
@@ -128,3 +137,110 @@ def test_model_that_fails_to_load_is_reported(library):
     svc.shutdown()
     with pytest.raises(queue.Empty):
         svc.events.get(timeout=0.2)
+
+
+# --- untrusted images -----------------------------------------------------------------------------
+
+
+def _view_row(path):
+    return {"path": str(path), "laterality": "R", "view": "CC", "label": "RCC"}
+
+
+@pytest.mark.parametrize(("kw", "why"), [
+    ({"shape": (1, 1), "pixels": None}, "1×1 pixels, too small for a mammogram"),
+    ({"shape": (256, 208)}, "256×208 pixels, too small"),
+    ({"extra": {"RescaleSlope": "NaN"}}, "RescaleSlope or RescaleIntercept is not a finite number"),
+    ({"extra": {"RescaleSlope": "1e38"}}, "non-finite values after the modality LUT"),
+    ({"pixels": np.full(SHAPE, 777, np.uint16)}, "the image is constant (every pixel 777)"),
+])
+def test_implausible_images_are_unscorable_with_the_reason(tmp_path, kw, why):
+    from mamview.core.inference import Unscorable, load_view
+
+    kw = {"shape": SHAPE, **kw}
+    if kw.get("pixels", 0) is None:
+        kw["pixels"] = np.full(kw.pop("shape"), 100, np.uint16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom: "Invalid value for VR DS: 'NaN'"
+        p = write_mammogram(tmp_path / "x.dcm", **kw)
+    with pytest.raises(Unscorable, match=re.escape(why)) as info:
+        load_view(_view_row(p), None)
+    assert str(info.value).startswith("RCC: ")
+
+
+def test_a_plausible_image_loads(tmp_path):
+    from mamview.core.inference import load_view
+
+    view = load_view(_view_row(write_mammogram(tmp_path / "x.dcm", shape=SHAPE)), None)
+    assert view.array.shape == SHAPE and np.isfinite(view.array).all()
+
+
+def _replace_with_panicking_rle(library, exam_key):
+    db = connect(library.database)
+    path = db.execute("SELECT path FROM images WHERE exam_key = ? ORDER BY path LIMIT 1",
+                      [exam_key]).fetchone()[0]
+    db.close()
+    hostile.panicking_rle(path, shape=SHAPE)  # same path: the cache still lists it
+
+
+def test_a_panicking_decoder_makes_the_exam_unscorable_and_the_next_exam_scores(library):
+    first, second, _ = exam_keys(library)
+    _replace_with_panicking_rle(library, first)
+    svc = InferenceService(library.database, tiny_model, device="cpu", batch_size=1)
+    try:
+        events = drain(svc, svc.submit([first, second]))
+    finally:
+        svc.shutdown()
+    unscorable = {e.exam_key: e.reason for e in events if isinstance(e, ExamUnscorable)}
+    assert "PanicException" in unscorable[first] and "\n" not in unscorable[first]
+    assert [e.exam_key for e in events if isinstance(e, ExamScored)] == [second]
+    assert svc.alive() is False  # shut down on purpose, and that is no error
+
+
+class _DiesOnce:
+    """A real model whose preprocessing raises SystemExit once (a worker-killing failure)."""
+
+    def __init__(self, model):
+        self._model, self.died = model, False
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def preprocess(self, views):
+        if not self.died:
+            self.died = True
+            raise SystemExit("boom")
+        return self._model.preprocess(views)
+
+
+def test_a_worker_that_dies_is_reported_and_replaced(library):
+    keys = exam_keys(library)
+    svc = InferenceService(library.database, lambda d: _DiesOnce(tiny_model(d)), device="cpu")
+    try:
+        svc.submit(keys)
+        ev = svc.next_event(timeout=60)
+        while not isinstance(ev, ServiceError):
+            ev = svc.next_event(timeout=60)
+        assert "worker stopped" in ev.message and "SystemExit" in ev.message
+        assert not svc.alive()
+        # a caller waiting on the dead worker gets an error, not a hang
+        assert isinstance(svc.next_event(timeout=5), ServiceError)
+        gen = svc.submit(keys)  # a new worker, the same loaded model
+        scored = [e for e in drain(svc, gen) if isinstance(e, ExamScored)]
+        assert len(scored) == 2
+    finally:
+        svc.shutdown()
+
+
+def test_a_dead_inference_process_is_reported_to_later_callers(library):
+    from mamview.qt.inference_process import InferenceProcess
+
+    events: queue.Queue = queue.Queue()
+    proc = InferenceProcess(library.database, library.home, "no-such-model", device="cpu",
+                            on_event=events.put).start()
+    proc._proc.kill()  # our own child, as a crashing decoder would end it
+    ev = events.get(timeout=30)
+    assert isinstance(ev, ServiceError) and "inference process stopped" in ev.message
+    proc.submit(exam_keys(library))  # no waiting forever on a dead child
+    assert isinstance(events.get(timeout=5), ServiceError)
+    assert not proc.alive()
+    proc.shutdown()

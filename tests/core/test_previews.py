@@ -125,3 +125,21 @@ def test_core_never_imports_qt():
         "sys.exit(1 if bad else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_preview_carries_the_note_of_an_implausible_window(tmp_path):
+    good = make_preview(write_mammogram(tmp_path / "good.dcm"))
+    bad = make_preview(write_mammogram(tmp_path / "bad.dcm", window=(-1e6, 10.0)))
+    assert good.note == ""
+    assert "outside the image's range" in bad.note and "own range is shown" in bad.note
+    assert bad.array.std() > 20  # the automatic window, not a blank preview
+
+
+def test_make_preview_raises_only_decode_errors(tmp_path):
+    p = write_mammogram(tmp_path / "x.dcm")
+    for bad in (tmp_path / "missing.dcm", tmp_path):  # no file; a folder
+        with pytest.raises(PixelDecodeError):
+            make_preview(bad)
+    p.write_bytes(p.read_bytes()[:400])  # a header cut short
+    with pytest.raises(PixelDecodeError):
+        make_preview(p)

@@ -51,6 +51,10 @@ class DisplayParams:
     patient_orientation: tuple[str, ...] = ()
     laterality: str = Laterality.UNKNOWN.value
     view: str = View.UNKNOWN.value
+    # what the header said that could not be used, and what is shown instead (one line each)
+    notes: tuple[str, ...] = ()
+    # False when RescaleSlope / RescaleIntercept are not finite numbers (then 1 and 0 are used)
+    rescale_finite: bool = True
 
 
 class Flips(NamedTuple):
@@ -99,26 +103,88 @@ def _valid_width(function: str, width: float) -> bool:
 
 
 def window_presets(ds: Dataset) -> tuple[WindowPreset, ...]:
-    """The file's VOI presets: each WindowCenter/Width pair, then each VOI LUT Sequence item.
+    """The file's usable VOI presets: each WindowCenter/Width pair, then each VOI LUT Sequence item.
 
     Window pairs come first because they carry VOILUTFunction (often SIGMOID in MG); a preset with
-    `lut_index` set stands for a VOI LUT Sequence table. Pairs with an invalid width are skipped.
+    `lut_index` set stands for a VOI LUT Sequence table. Pairs with an invalid width and windows
+    that cannot show this image (`window_notes` says why) are skipped, so the header row and the
+    display pipeline number the presets the same way.
     """
+    presets = [p for p, reason in _window_pairs(ds) if reason is None]
+    for i, item in enumerate(ds.get("VOILUTSequence") or ()):
+        text = str(item.get("LUTExplanation") or "").strip()
+        presets.append(WindowPreset(None, None, "LINEAR", text, lut_index=i))
+    return tuple(presets)
+
+
+def window_notes(ds: Dataset) -> tuple[str, ...]:
+    """Why each skipped window pair of the file was skipped (one line each)."""
+    return tuple(reason for _, reason in _window_pairs(ds) if reason is not None)
+
+
+def _window_pairs(ds: Dataset) -> list[tuple[WindowPreset, str | None]]:
+    """Every WindowCenter/Width pair with the reason it is unusable (None if it is usable)."""
     function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
     if function not in VOI_FUNCTIONS:
         function = "LINEAR"
     centers = _floats(ds.get("WindowCenter"))
     widths = _floats(ds.get("WindowWidth"))
     explanations = _strings(ds.get("WindowCenterWidthExplanation"))
-    presets = []
+    low, high = modality_range(ds)
+    out = []
     for i, (center, width) in enumerate(zip(centers, widths)):
-        if _valid_width(function, width):
-            text = explanations[i] if i < len(explanations) else ""
-            presets.append(WindowPreset(center, width, function, text))
-    for i, item in enumerate(ds.get("VOILUTSequence") or ()):
-        text = str(item.get("LUTExplanation") or "").strip()
-        presets.append(WindowPreset(None, None, "LINEAR", text, lut_index=i))
-    return tuple(presets)
+        text = explanations[i] if i < len(explanations) else ""
+        preset = WindowPreset(center, width, function, text)
+        out.append((preset, _window_problem(function, center, width, low, high)))
+    return out
+
+
+# A window this many times wider than the whole range leaves the image a few grey levels.
+MAX_WIDTH_TO_RANGE = 64
+
+
+def _window_problem(function: str, center: float, width: float, low: float, high: float) -> str | None:
+    """Why a window cannot show values in [low, high], or None when it can."""
+    shown = f"window {center:g}/{width:g} (centre/width)"
+    if not (np.isfinite(center) and np.isfinite(width)) or not _valid_width(function, width):
+        return f"{shown} is not a valid window; the image's own range is shown"
+    if center + width / 2 < low or center - width / 2 > high:
+        return (f"{shown} lies outside the image's range {low:g}..{high:g}; the image's own "
+                f"range is shown")
+    if width > MAX_WIDTH_TO_RANGE * max(high - low, 1.0):
+        return (f"{shown} is far wider than the image's range {low:g}..{high:g}; the image's own "
+                f"range is shown")
+    return None
+
+
+def _rescale(ds: Dataset) -> tuple[float, float, bool]:
+    """(slope, intercept, finite): a missing or zero slope is 1; non-finite values give (1, 0, False)."""
+    slope = (_floats(ds.get("RescaleSlope")) or [1.0])[0] or 1.0
+    intercept = (_floats(ds.get("RescaleIntercept")) or [0.0])[0]
+    if not (np.isfinite(slope) and np.isfinite(intercept)):
+        return 1.0, 0.0, False
+    return slope, intercept, True
+
+
+def stored_range(ds: Dataset) -> tuple[int, int]:
+    """The values BitsStored and PixelRepresentation allow (BitsStored clamped to 1..32)."""
+    bits = int((_floats(ds.get("BitsStored")) or _floats(ds.get("BitsAllocated")) or [16])[0])
+    bits = min(max(bits, 1), 32)
+    if int((_floats(ds.get("PixelRepresentation")) or [0])[0]) == 1:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def modality_range(ds: Dataset) -> tuple[float, float]:
+    """The range of modality values (what VOI windows apply to) the header allows."""
+    if ds.get("ModalityLUTSequence"):
+        table = _lut_table(ds.ModalityLUTSequence[0])
+        if table is not None:
+            return float(min(table.data)), float(max(table.data))
+    low, high = stored_range(ds)
+    slope, intercept, _ = _rescale(ds)
+    ends = sorted((low * slope + intercept, high * slope + intercept))
+    return float(ends[0]), float(ends[1])
 
 
 def _lut_values(item: Dataset) -> np.ndarray:
@@ -154,8 +220,11 @@ def display_params(ds: Dataset) -> DisplayParams:
     modality_lut = None
     if ds.get("ModalityLUTSequence"):
         modality_lut = _lut_table(ds.ModalityLUTSequence[0])
-    slope = (_floats(ds.get("RescaleSlope")) or [1.0])[0] or 1.0
-    intercept = (_floats(ds.get("RescaleIntercept")) or [0.0])[0]
+    slope, intercept, rescale_finite = _rescale(ds)
+    notes = list(window_notes(ds))
+    if not rescale_finite:
+        notes.insert(0, "RescaleSlope or RescaleIntercept is not a finite number; stored values "
+                        "are shown")
     luts = [_lut_table(item) for item in ds.get("VOILUTSequence") or ()]
     presets = window_presets(ds)
     if any(t is None for t in luts):
@@ -180,6 +249,8 @@ def display_params(ds: Dataset) -> DisplayParams:
         patient_orientation=_orientation(ds),
         laterality=classify.laterality(ds).value,
         view=classify.view(ds).value,
+        notes=tuple(notes),
+        rescale_finite=rescale_finite,
     )
 
 
@@ -202,7 +273,8 @@ def apply_modality(arr: np.ndarray, params: DisplayParams) -> np.ndarray:
         return _lookup(arr, params.modality_lut)
     out = np.asarray(arr, dtype=np.float32)
     if params.rescale_slope != 1.0 or params.rescale_intercept != 0.0:
-        out = out * np.float32(params.rescale_slope) + np.float32(params.rescale_intercept)
+        with np.errstate(over="ignore"):  # overflow gives inf: callers check for non-finite values
+            out = out * np.float32(params.rescale_slope) + np.float32(params.rescale_intercept)
     return out
 
 
@@ -376,6 +448,8 @@ def render(
     image before the user's invert so the toggle cannot change the flip.
     """
     values = apply_modality(arr_stored, params)
+    if not np.isfinite(values).all():  # e.g. a huge slope overflowing float32: show stored values
+        values = np.asarray(arr_stored, dtype=np.float32)
     shown = apply_presentation(apply_voi(values, params, preset), params)
     flips = NO_FLIPS
     if orient:

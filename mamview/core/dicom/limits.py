@@ -1,9 +1,25 @@
 """Caps on what one DICOM object may make us allocate, checked from the header before decoding.
 
-The defaults admit every real mammogram and tomosynthesis object (a 4096×3328 16-bit image is
-27 MB; a breast tomosynthesis object is up to ~100 frames of ~2500×2000) and refuse headers that
-would ask for gigabytes. Each cap can be changed with an environment variable (MAMVIEW_MAX_…),
-read when `current()` is called.
+Why these defaults (each admits every real mammogram and tomosynthesis object and refuses headers
+that would ask for gigabytes):
+
+- `max_side` 16384 and `max_frame_pixels` 8192² (64 Mpixel, 128 MiB at 16 bits): the largest
+  full-field detectors are about 5900×4700 (28 Mpixel, 50 µm); a 4096×3328 16-bit image is 27 MB.
+  A frame at the cap decodes to 128 MiB and renders within about 1 GiB.
+- `max_frames` 1000 and `max_pixel_bytes` 4 GiB (rows × columns × frames × bytes, declared): a
+  breast tomosynthesis object is up to ~150 frames of ~3300×2600 (2–3 GB). Only frame 1 is ever
+  read and decoded, so this bounds the claim, not our memory; 4 GiB is also the most one native
+  Pixel Data element can hold (32-bit length).
+- `max_inflated_bytes` 512 MiB: Deflated Explicit VR is used for small objects (SR, presentation
+  states, the odd CR or MG); the dataset is inflated in memory, so this bounds memory (about twice
+  it while parsing); a deflated 2-D mammogram is ~30–60 MB once inflated.
+- `max_file_bytes` 4 GiB: the largest object a 32-bit Pixel Data length allows, headers included.
+- `max_decode_process_bytes` 4 GiB: the address-space limit (RLIMIT_AS) of the child process that
+  decodes full-resolution images for the viewer; Python, numpy and the codec libraries map about
+  1 GiB of address space before the first pixel.
+
+Each cap can be changed with an environment variable (MAMVIEW_MAX_…, see `env_name`), read when
+`current()` is called.
 """
 
 from __future__ import annotations
@@ -22,12 +38,18 @@ class DecodeLimits:
     max_side: int = 16384  # rows or columns
     max_frame_pixels: int = 8192 * 8192  # rows × columns of one frame
     max_frames: int = 1000
-    max_pixel_bytes: int = 2 * 1024**3  # rows × columns × frames × bytes per sample, declared
-    max_inflated_bytes: int = 1024**3  # a deflated dataset once inflated
+    max_pixel_bytes: int = 4 * 1024**3  # rows × columns × frames × bytes per sample, declared
+    max_inflated_bytes: int = 512 * 1024**2  # a deflated dataset once inflated
     max_file_bytes: int = 4 * 1024**3  # read at all
+    max_decode_process_bytes: int = 4 * 1024**3  # address space of the full-resolution decoder
 
 
 _ENV = {f.name: "MAMVIEW_" + f.name.upper() for f in fields(DecodeLimits)}
+
+
+def env_name(cap: str) -> str:
+    """The environment variable that overrides a cap, e.g. MAMVIEW_MAX_SIDE for "max_side"."""
+    return _ENV[cap]
 
 
 def current() -> DecodeLimits:
@@ -43,12 +65,26 @@ def current() -> DecodeLimits:
     return DecodeLimits(**values)
 
 
-def inflate_bounded(data: bytes, limit: int, what: str = "deflated data") -> bytes:
-    """Inflate raw-deflate `data` (DICOM deflated transfer syntax), refusing more than `limit` bytes."""
+def inflated_size(data: bytes, limit: int, chunk: int = 16 * 1024**2) -> int:
+    """Bytes that raw-deflate `data` inflates to, counted in chunks without keeping them; stops
+    counting past `limit` (the result is then `limit` + something)."""
     d = zlib.decompressobj(-zlib.MAX_WBITS)
-    out = d.decompress(data, limit + 1)
-    if len(out) <= limit and not d.unconsumed_tail:
-        out += d.flush()
-    if len(out) > limit or d.unconsumed_tail:
-        raise LimitExceeded(f"{what} inflates to more than {limit:,} bytes")
-    return out
+    total, tail = 0, data
+    while tail and total <= limit:
+        total += len(d.decompress(tail, chunk))
+        tail = d.unconsumed_tail
+    if total <= limit:
+        total += len(d.flush())
+    return total
+
+
+def inflate_bounded(data: bytes, limit: int, what: str = "deflated data") -> bytes:
+    """Inflate raw-deflate `data` (DICOM deflated transfer syntax), refusing more than `limit` bytes.
+
+    The size is counted first in small chunks that are not kept, so a deflate bomb costs the
+    time to inflate `limit` bytes but no memory; data within the cap is then inflated for real.
+    """
+    if inflated_size(data, limit) > limit:
+        raise LimitExceeded(f"{what} inflates to more than {limit:,} bytes "
+                            f"({env_name('max_inflated_bytes')})")
+    return zlib.decompressobj(-zlib.MAX_WBITS).decompress(data)
