@@ -95,7 +95,7 @@ def cmd_score(args, lib: Library) -> int:
         with tqdm(total=len(exams), desc=f"Scoring ({entry.model_id})", unit="exam",
                   file=sys.stderr) as bar:
             while True:
-                ev = svc.events.get()
+                ev = svc.next_event()  # never waits on a worker that died
                 if isinstance(ev, ServiceError):
                     raise cli.CliError(ev.message)
                 if isinstance(ev, ExamScored):

@@ -44,6 +44,7 @@ NOT_FOUND = "not found"
 UNREADABLE_FOLDER = "unreadable folder"
 UNUSABLE_NAME = "unusable file name"
 PREVIEW_NOT_WRITTEN = "preview not written"
+DISPLAY_NOTE = "shown differently"  # e.g. an implausible window replaced by the image's range
 
 _swept: set[Path] = set()  # previews folders cleaned of orphan temp files by this process
 
@@ -448,6 +449,12 @@ def generate_previews(
             },
             solved=(row["path"], PREVIEW_NOT_WRITTEN),
         )
+        if pv.note:
+            # shown, but not as the file asked (e.g. its window missed the image): say so
+            store.record_problem(db, row["path"], DISPLAY_NOTE, pv.note)
+            yield ProblemFound(Problem(row["path"], DISPLAY_NOTE, pv.note))
+        else:
+            store.clear_problem(db, row["path"], DISPLAY_NOTE)
         if summary is not None:
             summary.previews += 1
         yield Progress("previews", i, total)

@@ -278,3 +278,18 @@ def test_the_walk_without_fwalk_finds_the_same_files(tmp_path, monkeypatch):
     monkeypatch.delattr(os, "fwalk")  # as on Windows
     assert find_files([tmp_path / "in"]) == with_fds
     assert with_fds == (sorted(str(f) for f in files), [])
+
+
+def test_an_implausible_window_is_listed_as_a_problem_and_the_preview_still_made(tmp_path, lib):
+    src = tmp_path / "src"
+    src.mkdir()
+    bad = write_mammogram(src / "bad.dcm", window=(-1e6, 10.0))
+    write_mammogram(src / "good.dcm", sop_uid="1.2.826.0.1.3680043.8.498.77")
+    summary, events = consume(run_import(lib, [src]))
+    assert summary.previews == 2
+    db = connect(lib.database)
+    problems = {r["path"]: r for r in db.query("SELECT * FROM problems")}
+    assert list(problems) == [str(bad)]
+    assert problems[str(bad)]["reason"] == "shown differently"
+    assert "own range is shown" in problems[str(bad)]["detail"]
+    assert any(getattr(e, "problem", None) and e.problem.reason == "shown differently" for e in events)
