@@ -90,6 +90,7 @@ class ExamGrid(QWidget):
 
     selectionChanged = Signal(object, object)  # current exam_key, prior exam_key (or None)
     tilesDrawn = Signal()  # every tile of the layout has its pixels (or its message)
+    statusMessage = Signal(str)  # one line for the status bar (e.g. why full resolution failed)
 
     def __init__(self, run_task: Callable, parent=None):
         super().__init__(parent)
@@ -454,7 +455,10 @@ class ExamGrid(QWidget):
 
         def done(result, error):
             if error is not None or result is None:
-                return  # the preview stays; decode errors are recorded by the import
+                # the preview stays; say why the full-resolution pixels did not come
+                if error is not None and token == self._token:
+                    self.statusMessage.emit(f"Full resolution not shown: {error}")
+                return
             if (token != self._token or tile not in self.tiles or tile.image_row is None
                     or tile.image_row["sop_instance_uid"] != uid or self.preset_index != preset):
                 return  # stale: another woman, layout or preset since

@@ -20,6 +20,7 @@ from mamview.core.analytics import trajectory
 from mamview.core.cache import store
 from mamview.core.cache.db import connect
 from mamview.core.paths import Library
+from mamview.core.safety import printable
 from mamview.qt.bridge import Bridge
 from mamview.qt.exam_grid import LAYOUT_NAMES, ExamGrid
 from mamview.core.worklist import ExamInfo, ExamScore, latest_scores, patient_exams
@@ -52,6 +53,7 @@ SHORTCUTS = (
 )
 KEYS = {name: key for name, key, _ in SHORTCUTS}
 HELP = {name: text for name, _, text in SHORTCUTS}
+MAX_SERVICE_RESTARTS = 3  # a file that kills the worker every time must not loop forever
 PROGRESS_PHASES = {"generating": "Writing demo cohort", "finding": "Finding files",
                    "indexing": "Indexing headers", "previews": "Making previews"}
 
@@ -77,6 +79,7 @@ class MainWindow(QMainWindow):
 
         self.node_ctl = DicomNodeController(self.lib, self.bridge, self)
         self.service = None
+        self._service_restarts = 0
         self.model_entry = None
         self.model_problem = ""
         self._resolve_model()
@@ -117,6 +120,7 @@ class MainWindow(QMainWindow):
         self.patient_list.patientSelected.connect(self.show_patient)
         self.grid = ExamGrid(self.bridge.run_task)
         self.grid.selectionChanged.connect(self._on_exam_selection)
+        self.grid.statusMessage.connect(lambda text: self.status_text.setText(printable(text)))
         self.chart = TrajectoryChart()
         self.chart.examClicked.connect(self._on_chart_click)
         self.metrics = MetricsPanel()
@@ -435,7 +439,13 @@ class MainWindow(QMainWindow):
 
     def _ensure_service(self):
         """The inference service, started on first use: in a child process by default (the
-        decoders hold the GIL), or in a thread of this process."""
+        decoders hold the GIL), or in a thread of this process. A service whose worker died
+        (a decoder crashed it) is replaced, at most `MAX_SERVICE_RESTARTS` times a session."""
+        if (self.service is not None and not self.service.alive()
+                and self._service_restarts < MAX_SERVICE_RESTARTS):
+            self._service_restarts += 1
+            self.service.shutdown(timeout=5)
+            self.service = None
         if self.service is None and self.model_entry is not None and self.start_inference:
             entry = self.model_entry
             if self.inference_in_process:

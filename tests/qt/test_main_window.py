@@ -3,6 +3,8 @@ pixels, image tools, keyboard reading, chart ↔ hanging, problems, settings."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PySide6.QtCore import QPointF, Qt
@@ -314,3 +316,31 @@ def test_empty_library_offers_the_demo(home, open_window):
     win = open_window(library(home))
     assert win.stack.currentWidget() is win.welcome
     assert "demo" in win.demo_button.text().lower()
+
+
+def test_a_full_resolution_decode_that_fails_says_why_and_keeps_the_preview(reader_copy, open_window,
+                                                                            qtbot):
+    win = open_window(reader_copy)
+    select(win, qtbot, "P1")
+    rcc = tiles_by_label(win)["RCC"]
+    path = Path(rcc.image_row["path"])
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # the file was damaged after its preview was made
+    win.grid.active_tile = rcc
+    qtbot.keyClick(win, Qt.Key.Key_O)
+    qtbot.waitUntil(lambda: "Full resolution not shown" in win.status_text.text(), timeout=15000)
+    assert not rcc.full_res and rcc.array is not None  # the preview stays on screen
+
+
+def test_a_dead_inference_process_is_replaced(reader_copy, open_window):
+    import os
+    import signal
+
+    win = open_window(reader_copy, start_inference=True)
+    svc = win._ensure_service()
+    svc.start()
+    os.kill(svc._proc.pid, signal.SIGKILL)
+    svc._proc.join(10)
+    assert not svc.alive()
+    fresh = win._ensure_service()
+    assert fresh is not svc and fresh.alive()
