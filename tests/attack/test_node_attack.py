@@ -205,6 +205,8 @@ def test_a_panic_that_reaches_the_node_is_survived_in_the_same_batch(home, tmp_p
     assert any("PanicException" in m for m in messages), messages
 
 
+# the indexer thread is made to die on purpose; pytest reports that thread's exception
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_dead_indexer_is_noticed_restarted_and_its_batch_indexed(home, tmp_path):
     lib = library(home)
     one = hostile.write_mammogram(tmp_path / "one.dcm")
