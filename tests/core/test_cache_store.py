@@ -298,3 +298,14 @@ def test_walk_problems_are_replaced_by_the_next_look(db, tmp_path):
         root + "/bad.dcm", root + "/locked", str(tmp_path / "other")}
     store.replace_walk_problems(db, [root], [])  # the folder can be read now
     assert {p["path"] for p in store.list_problems(db)} == {root + "/bad.dcm", str(tmp_path / "other")}
+
+
+def test_an_undecodable_view_is_named_as_such_not_as_missing():
+    def row(label, decode_error=""):
+        return {"label": label, "is_standard": 1, "missing": 0, "decode_error": decode_error,
+                "presentation_intent": "FOR PRESENTATION"}
+
+    images = [row("RCC", "PanicException: index out of bounds"), row("LCC"), row("RMLO")]
+    ok, reason = store.exam_status(images)
+    assert not ok
+    assert reason == "missing LMLO; RCC cannot be decoded"

@@ -402,7 +402,14 @@ def exam_status(images: list[dict]) -> tuple[bool, str]:
         return True, ""
     if any(r["presentation_intent"] == "FOR PROCESSING" for r in images) and len(absent) == 4:
         return False, "only For Processing images"
-    return False, "missing " + ", ".join(absent)
+    # an image that is there but cannot be decoded is not "missing": say which and why
+    broken = {r["label"]: r["decode_error"] for r in images
+              if r["is_standard"] and not r["missing"] and r["decode_error"]}
+    undecodable = [lab for lab in absent if lab in broken]
+    absent = [lab for lab in absent if lab not in broken]
+    parts = (["missing " + ", ".join(absent)] if absent else []) + [
+        f"{lab} cannot be decoded" for lab in undecodable]
+    return False, "; ".join(parts)
 
 
 def list_exams(db: sqlite_utils.Database, patient_keys: list[str] | None = None) -> list[dict]:
