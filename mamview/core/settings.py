@@ -7,6 +7,8 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from mamview.core import reference
+
 SCHEMA_VERSION = 1
 
 
@@ -17,8 +19,8 @@ class Settings:
     schema_version: int = SCHEMA_VERSION
     model: str = "auto"  # 'auto' = best installed model, else a model id
     device: str = "auto"  # auto | cpu | cuda | mps
-    thresholds_percent: list[float] = field(default_factory=lambda: [1.7, 3.0])
-    preview_height: int = 1024
+    thresholds_percent: list[float] = field(
+        default_factory=lambda: list(reference.DEFAULT_THRESHOLDS_PERCENT))
     pacs_nodes: list[dict] = field(default_factory=list)
     # the window's own DICOM storage node (receives pushes and the priors fetched by C-MOVE)
     node_enabled: bool = False

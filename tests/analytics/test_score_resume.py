@@ -1,6 +1,7 @@
 """Archive-scale scoring: a SIGKILLed `mamview score` resumes without recomputing finished
 exams; the cohort analysis runs end to end on scores read from the cache."""
 
+import csv
 import json
 import os
 import re
@@ -9,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -103,5 +105,13 @@ def test_cohort_on_cached_scores_end_to_end(demo_library, tmp_path, capsys):
     idx = {(y["group"], y["year"]): y["median"] for y in rep["yearly"]}
     # the demo model sees the cases' rise in the pixels: their index scores sit above controls'
     assert idx["cases", 0] > idx["controls", 0]
-    assert (out / "cohort_trajectories.png").exists()
-    assert "demo" in (out / "cohort_results.csv").read_text() or rep["files"]
+    # every output the report lists was written into --out, and says what the report says
+    files = {k: Path(v) for k, v in rep["files"].items()}
+    assert set(files) == {"results_csv", "yearly_csv", "women_csv", "report_json", "figure_png",
+                          "figure_pdf"}
+    assert all(p.parent == out and p.stat().st_size > 0 for p in files.values())
+    assert files["figure_png"].read_bytes().startswith(b"\x89PNG")
+    assert json.loads(files["report_json"].read_text())["model"] == rep["model"]
+    with open(files["results_csv"], newline="", encoding="utf-8") as f:
+        counts = {r["name"]: int(r["value"]) for r in csv.DictReader(f) if r["section"] == "cohort"}
+    assert counts == {k: rep[k] for k in ("women", "cases", "controls", "exams")}

@@ -7,8 +7,8 @@ import threading
 import pytest
 
 from mamview.core.cache import store
-from mamview.core.cache.db import ThreadLocalDatabase, connect
-from mamview.core.domain import Classified, ImageHeader, Laterality, Problem, Source, View
+from mamview.core.cache.db import connect
+from mamview.core.domain import Classified, ImageHeader, Problem, Source
 
 
 def header(path, sop, *, pid="P1", date="20240105", study="1.2.3", lat="R", view="CC",
@@ -156,22 +156,27 @@ def test_preview_order_of_need(db, tmp_path):
 
 
 def test_one_connection_per_thread(tmp_path):
-    tl = ThreadLocalDatabase(tmp_path / "c.sqlite")
+    path = tmp_path / "c.sqlite"
+    connect(path).close()  # migrations once, up front
     seen = {}
 
     def work(name):
-        db = tl.get()
-        seen[name] = id(db)
-        store.write_batch(db, [header(tmp_path / f"{name}.dcm", f"1.{name}", pid=name)], [])
+        db = connect(path, migrate=False)  # each thread its own connection
+        try:
+            seen[name] = id(db.conn)
+            store.write_batch(db, [header(tmp_path / f"{name}.dcm", f"1.{name}", pid=name)], [])
+        finally:
+            db.close()
 
     threads = [threading.Thread(target=work, args=(str(i),)) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(set(seen.values())) == 4
-    assert store.counts(tl.get())["patients"] == 4
-    tl.close()
+    assert len(seen) == 4  # no thread failed on a lock
+    db = connect(path)
+    assert store.counts(db)["patients"] == 4
+    db.close()
 
 
 def test_window_presets_round_trip(db, tmp_path):

@@ -185,7 +185,7 @@ def test_missing_plugin_names_the_package(tmp_path):
     ds.PixelData = encapsulate([b"\xff\xd8\xff\xc3" + b"\x00" * 64])
     ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
     ds.save_as(p)
-    with pytest.raises(PixelDecodeError, match="pip install pylibjpeg-libjpeg"):
+    with pytest.raises(PixelDecodeError, match="pip install python-gdcm"):
         decode_full(p)
 
 

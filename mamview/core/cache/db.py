@@ -10,7 +10,6 @@ import contextlib
 import errno
 import os
 import sqlite3
-import threading
 import urllib.parse
 from pathlib import Path
 from typing import Iterator
@@ -75,8 +74,8 @@ def folder_error(home: str | Path, exc: OSError) -> LibraryError:
 def connect(path: str | Path, *, migrate: bool = True) -> sqlite_utils.Database:
     """Open the cache database at `path` (created if missing) with WAL and foreign keys on.
 
-    The connection belongs to the calling thread; other threads must open their own
-    (see `ThreadLocalDatabase`). Raises `LibraryError` (path and reason) when the database
+    The connection belongs to the calling thread; other threads must open their own.
+    Raises `LibraryError` (path and reason) when the database
     cannot be opened for writing.
     """
     path = Path(path)
@@ -172,37 +171,6 @@ def _read_only_mount(folder: Path) -> bool:
 def _open_error(exc: sqlite3.Error, path: Path) -> LibraryError:
     return database_error(exc, path) or LibraryError(
         f"the library database {path} cannot be opened: {exc}")
-
-
-class ThreadLocalDatabase:
-    """Hands each thread its own connection to one database file."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._all: list[sqlite_utils.Database] = []
-        connect(self.path).close()  # apply migrations once, up front
-
-    def get(self) -> sqlite_utils.Database:
-        """This thread's connection."""
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = connect(self.path, migrate=False)
-            self._local.db = db
-            with self._lock:
-                self._all.append(db)
-        return db
-
-    def close(self) -> None:
-        """Close every connection opened through this object."""
-        with self._lock:
-            for db in self._all:
-                try:
-                    db.close()
-                except sqlite3.ProgrammingError:
-                    pass  # opened in another thread; sqlite refuses, the OS reclaims it
-            self._all.clear()
 
 
 @contextlib.contextmanager

@@ -195,6 +195,22 @@ def m004_invalid_uids(db: sqlite_utils.Database) -> None:
         db.execute("DELETE FROM patients WHERE patient_key NOT IN (SELECT patient_key FROM exams)")
 
 
+@migrations()
+def m005_acquisition_order(db: sqlite_utils.Database) -> None:
+    """When each image was acquired (dates 'YYYY-MM-DD', times 'HHMMSS.ffffff', '' = unknown)
+    and its InstanceNumber, so a repeated view is chosen by acquisition, not by path name.
+    Files of exams that hold a repeated standard view are read again at the next import to
+    fill them in; other images only need them once they gain a repeat (and are read then)."""
+    for column in ("acquisition_date", "acquisition_time", "content_date", "content_time"):
+        db.execute(f"ALTER TABLE images ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE images ADD COLUMN instance_number INTEGER")
+    db.execute(
+        "DELETE FROM files WHERE path IN (SELECT a.path FROM images a JOIN images b "
+        "ON a.exam_key = b.exam_key AND a.laterality = b.laterality AND a.view = b.view "
+        "AND a.sop_instance_uid != b.sop_instance_uid WHERE a.is_standard AND b.is_standard)"
+    )
+
+
 def _run(db: sqlite_utils.Database, script: str) -> None:
     # executescript() would COMMIT first and break the migration's transaction
     for statement in script.split(";"):

@@ -99,6 +99,11 @@ def _image_row(h: ImageHeader) -> dict:
         "breast_implant_present": h.breast_implant_present,
         "lossy_compression": h.lossy_compression,
         "burned_in_annotation": h.burned_in_annotation,
+        "acquisition_date": iso_date(h.acquisition_date),
+        "acquisition_time": h.acquisition_time,
+        "content_date": iso_date(h.content_date),
+        "content_time": h.content_time,
+        "instance_number": h.instance_number,
         "decode_error": "",
     }
 
@@ -367,7 +372,8 @@ _IMAGE_COLUMNS = (
     "sop_instance_uid, path, laterality, laterality_source, view, view_source, view_modifiers, "
     "is_standard, presentation_intent, missing, decode_error, transfer_syntax_uid, photometric, "
     "rows, columns, manufacturer, study_uid, series_uid, patient_orientation, window_presets, "
-    "size, mtime_ns, sop_class_uid, burned_in_annotation"
+    "size, mtime_ns, sop_class_uid, burned_in_annotation, acquisition_date, acquisition_time, "
+    "content_date, content_time, instance_number"
 )
 
 
@@ -391,6 +397,18 @@ def is_scorable_view(image: dict) -> bool:
     """A standard, present, decodable, For Presentation image (an `exam_images` row)."""
     return (image["is_standard"] and not image["missing"] and not image["decode_error"]
             and image["presentation_intent"] != "FOR PROCESSING")
+
+
+def acquisition_order(image: dict) -> tuple[str, int, str]:
+    """Sort key among repeats of one view (`exam_images` rows): when it was acquired
+    (AcquisitionDate/Time, else ContentDate/Time), then InstanceNumber, then path; the last
+    one is the one read. Unknown values sort first."""
+    if image["acquisition_date"] or image["acquisition_time"]:
+        when = f"{image['acquisition_date']} {image['acquisition_time']}"
+    else:
+        when = f"{image['content_date']} {image['content_time']}"
+    number = image["instance_number"]
+    return when, -1 if number is None else number, image["path"]
 
 
 def exam_status(images: list[dict]) -> tuple[bool, str]:

@@ -563,6 +563,49 @@ def _spacing(ds: FastFields) -> tuple[float, float] | None:
     return None
 
 
+_MAX_DATETIME_CHARS = 32  # a DT is at most 26 characters; anything longer is not one
+
+
+def dicom_date(value: object) -> str:
+    """A DA value as 'YYYYMMDD' when it is a plausible calendar date, else ''."""
+    text = str(value or "").strip().replace(".", "")  # ACR-NEMA wrote 'YYYY.MM.DD'
+    if len(text) != 8 or not text.isdigit():
+        return ""
+    month, day = int(text[4:6]), int(text[6:])
+    return text if 1 <= month <= 12 and 1 <= day <= 31 else ""
+
+
+def dicom_time(value: object) -> str:
+    """A TM value as 'HHMMSS.ffffff' (missing parts zero), so times sort as text; else ''."""
+    text = str(value or "").strip().replace(":", "")  # ACR-NEMA wrote 'HH:MM:SS'
+    if not text or len(text) > _MAX_DATETIME_CHARS:
+        return ""
+    main, _, frac = text.partition(".")
+    if len(main) not in (2, 4, 6) or not main.isdigit() or (frac and not frac.isdigit()):
+        return ""
+    main = main.ljust(6, "0")
+    if int(main[:2]) > 23 or int(main[2:4]) > 59 or int(main[4:]) > 60:  # 60: a leap second
+        return ""
+    return f"{main}.{frac[:6].ljust(6, '0')}"
+
+
+def _acquired(ds: FastFields) -> tuple[str, str]:
+    """(date, time) of acquisition: AcquisitionDate/Time, else the AcquisitionDateTime."""
+    date = dicom_date(ds.get("AcquisitionDate"))
+    if date:
+        return date, dicom_time(ds.get("AcquisitionTime"))
+    dt = str(ds.get("AcquisitionDateTime") or "").strip()[:_MAX_DATETIME_CHARS]
+    dt = dt.split("+")[0].split("-")[0]  # drop a UTC offset (&ZZXX)
+    date = dicom_date(dt[:8])
+    return (date, dicom_time(dt[8:]) if len(dt) > 8 else "") if date else ("", "")
+
+
+def _instance_number(ds: FastFields) -> int | None:
+    """InstanceNumber, or None when absent or not a number SQLite can hold as one."""
+    number = classify.as_int(ds.get("InstanceNumber"), -(2**63))
+    return number if abs(number) < 2**31 else None
+
+
 def _presentation_intent(ds: FastFields) -> PresentationIntent:
     text = _str(ds, "PresentationIntentType").upper()
     for intent in (PresentationIntent.FOR_PRESENTATION, PresentationIntent.FOR_PROCESSING):
@@ -579,6 +622,7 @@ def _presentation_intent(ds: FastFields) -> PresentationIntent:
 def _header(ds: FastFields, name: str, info: os.stat_result) -> ImageHeader:
     meta = ds.file_meta
     number = classify.as_int
+    acquired = _acquired(ds)
     return ImageHeader(
         path=name,
         size=info.st_size,
@@ -619,6 +663,10 @@ def _header(ds: FastFields, name: str, info: os.stat_result) -> ImageHeader:
         breast_implant_present=_str(ds, "BreastImplantPresent"),
         burned_in_annotation=_str(ds, "BurnedInAnnotation"),
         lossy_compression=_str(ds, "LossyImageCompression"),
+        acquisition_date=acquired[0],
+        acquisition_time=acquired[1],
+        content_time=dicom_time(ds.get("ContentTime")),
+        instance_number=_instance_number(ds),
     )
 
 

@@ -192,14 +192,16 @@ def _transfer_syntax(ds: Dataset, path: str) -> UID:
 
 
 def _install_hint(ts: UID) -> str:
-    """The package that adds a decoder for this transfer syntax."""
-    if ts in (JPEG2000Lossless, JPEG2000) or "2000" in ts.name:
+    """The pip package that adds a decoder for this transfer syntax.
+
+    JPEG baseline/extended, JPEG Lossless and JPEG-LS point at GDCM (BSD), never at the GPL
+    pylibjpeg-libjpeg, which the project chose not to ship (see pyproject.toml).
+    """
+    if ts in _J2K or "2000" in ts.name:  # HTJ2K has no decoder but openjpeg's
         return "pylibjpeg-openjpeg"
     if ts == RLELossless:
         return "pylibjpeg-rle"
-    if "JPEG" in ts.name:  # baseline, extended, lossless and JPEG-LS
-        return "pylibjpeg-libjpeg"
-    return "gdcm"
+    return "python-gdcm"
 
 
 def _check_decodable(ds: Dataset, ts: UID, path: str) -> None:

@@ -18,23 +18,10 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from mamview.core.errors import MamviewError
+from mamview.core.models.errors import ModelUnavailable  # noqa: F401 - re-exported
 
 #: Risk horizons every model reports: cumulative risk by the end of year 1..5.
 YEARS = 5
-
-class ModelUnavailable(MamviewError):
-    """A model cannot be used here; `reason` says why in words a user can act on.
-
-    Raised for missing or corrupt weights, a missing optional dependency or an unusable device.
-    `hint` optionally says what to do about it (e.g. which command converts the official files).
-    """
-
-    def __init__(self, reason: str, hint: str = ""):
-        self.reason = reason
-        self.hint = hint
-        super().__init__(f"{reason} ({hint})" if hint else reason)
-
 
 class ModelInputError(ValueError):
     """The exam cannot be scored as given (wrong set of views, unknown laterality, bad array)."""

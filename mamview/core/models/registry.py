@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from mamview.core.models.base import ModelUnavailable
+from mamview.core.models.errors import ModelUnavailable
 from mamview.core.paths import Library, resources_dir
 from mamview.core.safety import printable
 

@@ -28,7 +28,6 @@ import argparse
 import csv
 import hashlib
 import math
-import os
 import platform
 import random
 import sys
@@ -39,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 import torch.nn.functional as F
 
 from .base import YEARS, ModelIdentity
@@ -96,22 +96,11 @@ def yearly_targets(risk5: np.ndarray | torch.Tensor, years: int = YEARS):
 
 
 def spearman(a, b) -> float:
-    """Spearman rank correlation with average ranks for ties (no SciPy needed)."""
-    def ranks(x):
-        x = np.asarray(x, dtype=np.float64)
-        order = np.argsort(x, kind="mergesort")
-        r = np.empty(len(x))
-        r[order] = np.arange(len(x), dtype=np.float64)
-        for v in np.unique(x):  # average the ranks of ties
-            idx = x == v
-            if idx.sum() > 1:
-                r[idx] = r[idx].mean()
-        return r
-
-    ra, rb = ranks(a), ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
+    """Spearman rank correlation (SciPy's, average ranks for ties); NaN when either side is constant."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if np.ptp(a) == 0 or np.ptp(b) == 0:  # undefined; checked here so SciPy does not warn
         return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
+    return float(spearmanr(a, b).statistic)
 
 
 # ---------------------------------------------------------------- data

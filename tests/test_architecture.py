@@ -1,0 +1,42 @@
+"""Rules of the house that a machine can check (docs: ../shared/design/architecture.md).
+
+More of them (no SQL outside core/cache) follow as issue 12's layout lands; the Qt-free core is
+checked in tests/core/test_core_without_qt.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+# What the window needs to start and to name the model it will use: none of it may pull in torch
+# (about 1 s and 300 MB); the model loads in the inference process.
+TORCH_FREE = ("mamview.core.models.registry", "mamview.core.cache.reads", "mamview.core.worklist",
+              "mamview.core.reference", "mamview.qt.trajectory_chart", "mamview.qt.main_window",
+              "mamview.cli")
+
+
+def test_the_window_and_the_registry_listing_import_without_torch():
+    code = ("import importlib, sys\n"
+            f"for name in {TORCH_FREE!r}:\n"
+            "    importlib.import_module(name)\n"
+            "    assert 'torch' not in sys.modules, name + ' imported torch'\n"
+            "print('ok')\n")
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_the_registry_lists_models_without_torch(tmp_path):
+    code = ("import sys\n"
+            "from mamview.core.models import registry\n"
+            "from mamview.core.paths import library\n"
+            f"entries = registry.list_models(library({str(tmp_path)!r}))\n"
+            "assert any(e.model_id == 'demo' and e.available for e in entries), entries\n"
+            "assert 'torch' not in sys.modules\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
