@@ -1,11 +1,10 @@
 """The hanging area: a thumbnail strip of the woman's exams and a grid of image tiles laid out
 by a screening hanging protocol.
 
-Protocols (right breast on the left of the screen, left on the right, chest walls back to back;
-the previews are already turned for this by the display pipeline):
-  '4up'      current exam: RCC | LCC over RMLO | LMLO
-  '8up'      prior exam's four views above the current exam's, same view above same view
-  'timeline' one view (e.g. LMLO) of every exam, oldest to newest
+The protocols ('4up', '8up', 'timeline') are decided in `mamview.core.hanging`, which the exported
+figure uses too: this widget only puts a tile in each of the plan's cells (right breast on the
+left of the screen, left on the right, chest walls back to back; the previews are already turned
+for this by the display pipeline).
 """
 
 from __future__ import annotations
@@ -20,12 +19,13 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QGridLayout, QHBoxLayout, QLabel, QScrollArea, QToolButton,
                                QVBoxLayout, QWidget)
 
-from mamview.core import previews
+from mamview.core import hanging, previews
+from mamview.core.hanging import LAYOUTS, VIEW_ORDER, Hanging
 from mamview.qt.decode_worker import render_full_elsewhere
 from mamview.qt.image_tile import ImageTile
 from mamview.core.worklist import ExamInfo, ExamScore, preview_path
 
-LAYOUTS = ("4up", "8up", "timeline")
+
 class PreviewCache:
     """Decoded previews kept in memory across patients (least recently used out first)."""
 
@@ -71,9 +71,6 @@ class PreviewCache:
 
 # decodes previews for the GUI thread, which waits for them (a few ms each, in parallel)
 _PREVIEW_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mamview-preview")
-LAYOUT_NAMES = {"4up": "Current 4-up", "8up": "Current vs prior", "timeline": "Timeline"}
-FOUR_UP = (("RCC", "LCC"), ("RMLO", "LMLO"))
-VIEW_ORDER = ("RCC", "LCC", "RMLO", "LMLO")
 
 
 def score_text(score: ExamScore, model_short: str) -> str:
@@ -82,7 +79,8 @@ def score_text(score: ExamScore, model_short: str) -> str:
         return f"5-yr risk {score.five_year_percent:.1f}% · {model_short}"
     if score.state == "unscorable":
         return f"not scored: {score.reason}"
-    return "scoring…"
+    # a stale score is never shown with its old number
+    return score.reason if score.stale else "scoring…"
 
 
 class ExamGrid(QWidget):
@@ -278,7 +276,7 @@ class ExamGrid(QWidget):
             "prior" if ex.exam_key == self.prior_key else "")
         s = ex.score
         val = f"{s.five_year_percent:.1f}%" if s.state == "scored" else (
-            "n/a" if s.state == "unscorable" else "…")
+            "n/a" if s.state == "unscorable" else "↻ recomputing" if s.stale else "…")
         b.setText(f"{ex.date_text}\n{val}" + (f" · {role}" if role else ""))
         color = {"current": "#2d6cdf", "prior": "#8a6d1f"}.get(role, "#333")
         b.setStyleSheet(f"QToolButton {{ color: #ddd; background: #1b1b1b; border: 1px solid {color};"
@@ -302,18 +300,10 @@ class ExamGrid(QWidget):
         i = VIEW_ORDER.index(self.timeline_view)
         self.set_timeline_view(VIEW_ORDER[(i + 1) % len(VIEW_ORDER)])
 
-    def plan(self) -> list[tuple[int, int, str | None, str]]:
-        """(row, column, exam_key, view label) of every tile of the current layout."""
-        cur, prior = self.current_key, self.prior_key
-        if self.layout_key == "4up":
-            return [(r, c, cur, lab) for r, row in enumerate(FOUR_UP) for c, lab in enumerate(row)]
-        if self.layout_key == "8up":
-            return ([(0, c, prior, lab) for c, lab in enumerate(VIEW_ORDER)]
-                    + [(1, c, cur, lab) for c, lab in enumerate(VIEW_ORDER)])
-        n = len(self.exams)
-        per_row = n if n <= 4 else (n + 1) // 2
-        return [(i // max(1, per_row), i % max(1, per_row), e.exam_key, self.timeline_view)
-                for i, e in enumerate(self.exams)]
+    def plan(self) -> Hanging:
+        """The hanging on screen now (the same plan the exported figure draws)."""
+        return hanging.plan(self.layout_key, [e.exam_key for e in self.exams], self.current_key,
+                            self.prior_key, self.timeline_view)
 
     def _clear_tiles(self) -> None:
         for t in self.tiles:
@@ -338,40 +328,39 @@ class ExamGrid(QWidget):
             return
         self.show_message("")
         plan = self.plan()
-        if len(self.tiles) != len(plan) or any(
-                self._grid.getItemPosition(self._grid.indexOf(t))[:2] != (r, c)
-                for t, (r, c, _, _) in zip(self.tiles, plan)):
+        if len(self.tiles) != len(plan.cells) or any(
+                self._grid.getItemPosition(self._grid.indexOf(t))[:2] != (cell.row, cell.column)
+                for t, cell in zip(self.tiles, plan.cells)):
             self._clear_tiles()
-            for r, c, _, _ in plan:
+            for cell in plan.cells:
                 t = self._new_tile()
-                self._grid.addWidget(t, r, c)
+                self._grid.addWidget(t, cell.row, cell.column)
                 self.tiles.append(t)
-            rows = 1 + max(p[0] for p in plan)
-            cols = 1 + max(p[1] for p in plan)
-            for i in range(4):
-                self._grid.setRowStretch(i, 1 if i < rows else 0)
-                self._grid.setColumnStretch(i, 1 if i < cols else 0)
+            # every used row/column shares the space; ones left from a bigger layout get none
+            # (a timeline of more than eight exams has more than four columns)
+            for i in range(max(self._grid.rowCount(), plan.rows)):
+                self._grid.setRowStretch(i, 1 if i < plan.rows else 0)
+            for i in range(max(self._grid.columnCount(), plan.columns)):
+                self._grid.setColumnStretch(i, 1 if i < plan.columns else 0)
         self._load_previews(plan)
-        for t, (_, _, key, label) in zip(self.tiles, plan):
-            self._fill(t, key, label)
+        for t, cell in zip(self.tiles, plan.cells):
+            self._fill(t, cell)
         for ex in self.exams:
             self._update_thumb(ex)
         self.tilesDrawn.emit()
 
-    def _fill(self, tile: ImageTile, key: str | None, label: str) -> None:
+    def _fill(self, tile: ImageTile, cell: hanging.Cell) -> None:
+        key, label, lat = cell.exam_key, cell.view, cell.laterality
         ex = self.exam(key)
-        lat = label[0]
         if ex is None:
-            what = "no prior exam" if self.layout_key == "8up" else "no exam"
-            tile.set_content(label, lat, "", "", "", None, None, what)
+            tile.set_content(label, lat, "", "", "", None, None, hanging.empty_message(cell, ()))
             return
-        role = ""
-        if self.layout_key == "8up":
-            role = "prior · " if key == self.prior_key else "current · "
+        role = f"{cell.role} · " if self.layout_key == "8up" else ""
         caption = f"{label}   {role}{ex.date_text}"
         row = ex.image_for(label)
         if row is None:
-            tile.set_content(label, lat, key, caption, "", None, None, f"no {label} in this exam")
+            tile.set_content(label, lat, key, caption, "", None, None,
+                             hanging.empty_message(cell, ()))
             return
         arr = self._preview(row)
         msg = "" if arr is not None else (
@@ -381,12 +370,12 @@ class ExamGrid(QWidget):
         if self.preset_index is not None and arr is not None:
             self._decode_full(tile)
 
-    def _load_previews(self, plan) -> None:
+    def _load_previews(self, plan: Hanging) -> None:
         """Read the layout's missing previews in parallel (PNG decoding releases the GIL)."""
         rows = []
-        for _, _, key, label in plan:
-            ex = self.exam(key)
-            row = ex.image_for(label) if ex else None
+        for cell in plan.cells:
+            ex = self.exam(cell.exam_key)
+            row = ex.image_for(cell.view) if ex else None
             if row is not None and row["sop_instance_uid"] not in self._preview_cache:
                 rows.append(row)
         if len(rows) > 1 and self.lib is not None and self.db is not None:
@@ -562,18 +551,3 @@ class ExamGrid(QWidget):
                 t.reset()
         finally:
             self._syncing = False
-
-    def tile_images(self):
-        """(view label, displayed image at the current window/level, no overlays) per tile."""
-        out = []
-        for t in self.tiles:
-            img = t.tile_image()
-            if img is not None:
-                ex = self.exam(t.exam_key)
-                role = ""
-                if self.layout_key == "8up":
-                    role = " prior" if t.exam_key == self.prior_key else " current"
-                elif self.layout_key == "timeline" and ex is not None:
-                    role = f" exam {self.exams.index(ex) + 1}/{len(self.exams)}"
-                out.append((t.label + role, img))
-        return out

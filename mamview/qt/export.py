@@ -3,9 +3,12 @@
 What the figure says is decided by `mamview.core.report.build_export_content`; this module only
 draws it. The chart is rendered from the content's data into a fresh, hidden TrajectoryChart (never
 grabbed from the live widget), so a de-identified figure shows years relative to the latest exam
-instead of dates. Tile images come from the window (`ExamGrid.tile_images()`) as
+instead of dates. Tile images come from the window (`window_tile_images`) as
 (tile key, QImage) pairs; a tile key is '<exam_key>|<view label>' (e.g. '|P1|2020-03-16|RCC').
 Their captions are always the content's, never the key, because keys hold the patient ID.
+The tiles hang in the cells of the content's `Hanging` (`mamview.core.hanging`, the screen's own
+plan): same rows and columns, each image pushed against its cell's chest-wall edge as on screen,
+so the right and left breasts meet back to back; an empty cell says what the screen says.
 A tile the content marks withheld (burned-in annotation in a de-identified figure) is drawn blank
 with a note, whatever image the window hands in for it.
 """
@@ -23,8 +26,9 @@ from PySide6.QtGui import (QColor, QFont, QFontMetricsF, QGuiApplication, QImage
 from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QFileDialog, QHBoxLayout,
                                QLabel, QLineEdit, QMessageBox, QPushButton, QVBoxLayout, QWidget)
 
+from mamview.core import reference
 from mamview.core.report import SCORED, WITHHELD_NOTE, ExportContent, new_pseudonym
-from mamview.qt.trajectory_chart import ChartPoint, TrajectoryChart, legend_lines
+from mamview.qt.trajectory_chart import ChartPoint, TrajectoryChart
 
 # Logical page (landscape, about A4 proportions); PNGs are drawn at SCALE × this size.
 PAGE_W, PAGE_H = 1600.0, 1000.0
@@ -145,21 +149,17 @@ def _paint_tiles(p: QPainter, content: ExportContent, images, area: QRectF) -> l
     cells = []
     cw, ch = (area.width() - gap * (cols - 1)) / cols, (area.height() - gap * (rows - 1)) / rows
     for i, (tile, img) in enumerate(zip(content.tiles, images)):
-        r, c = divmod(i, cols)
+        r, c = (tile.cell.row, tile.cell.column) if tile.cell is not None else divmod(i, cols)
         cell = QRectF(area.left() + c * (cw + gap), area.top() + r * (ch + gap), cw, ch)
         cells.append(cell)
         p.fillRect(cell, Qt.GlobalColor.black)
         if tile.withheld:
             _paint_withheld(p, cell.adjusted(0, 0, 0, -18))
         elif img is not None and not img.isNull():
-            s = min(cell.width() / img.width(), (cell.height() - 18) / img.height())
-            iw, ih = img.width() * s, img.height() * s
-            # tiles come already oriented for hanging (chest walls back to back) from the grid
-            target = QRectF(cell.center().x() - iw / 2, cell.top() + (cell.height() - 18 - ih) / 2,
-                            iw, ih)
-            p.drawImage(target, img)
+            p.drawImage(_image_target(cell.adjusted(0, 0, 0, -18), img, tile), img)
         else:
-            _text(p, cell, "image not available", 12, _DIM, flags=Qt.AlignmentFlag.AlignCenter)
+            _text(p, cell, tile.message or "image not available", 12, _DIM,
+                  flags=Qt.AlignmentFlag.AlignCenter)
         cap = QRectF(cell.left(), cell.bottom() - 18, cell.width(), 18)
         p.fillRect(cap, QColor(0, 0, 0, 190))
         highlight = content.current_index is not None and tile.exam_index == content.current_index
@@ -171,6 +171,17 @@ def _paint_tiles(p: QPainter, content: ExportContent, images, area: QRectF) -> l
                                                   box.width())
         p.drawText(box, int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter), text)
     return cells
+
+
+def _image_target(area: QRectF, img: QImage, tile) -> QRectF:
+    """Where a tile's image goes in its cell: fitted whole, centred vertically, and pushed
+    against the chest-wall edge (right for the right breast), as the screen's tile does. The
+    images come already turned for hanging, so the pair meets back to back across the gap."""
+    s = min(area.width() / img.width(), area.height() / img.height())
+    iw, ih = img.width() * s, img.height() * s
+    side = tile.cell.chest_wall if tile.cell is not None else None
+    x = {"right": area.right() - iw, "left": area.left()}.get(side, area.center().x() - iw / 2)
+    return QRectF(x, area.top() + (area.height() - ih) / 2, iw, ih)
 
 
 def _paint_withheld(p: QPainter, area: QRectF) -> None:
@@ -411,11 +422,9 @@ def content_for_window(window, deidentify: bool, pseudonym: str | None = None) -
     if not patient_key:
         raise ValueError("select a patient before exporting a figure")
     grid = window.grid
-    layout = grid.layout_key
-    if layout == "timeline":
-        layout = f"timeline:{getattr(grid, 'timeline_view', 'LMLO')}"
+    layout = grid.plan()  # the screen's own hanging, cell for cell
     settings = getattr(window, "settings", None)
-    thresholds = tuple(getattr(settings, "thresholds_percent", (1.7, 3.0)))
+    thresholds = tuple(getattr(settings, "thresholds_percent", reference.DEFAULT_THRESHOLDS_PERCENT))
     metrics = getattr(window, "metrics", None)
     return build_export_content(
         window.db, patient_key, grid.current_key, grid.prior_key, layout, deidentify,

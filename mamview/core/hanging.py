@@ -1,0 +1,134 @@
+"""Screening hanging protocols, decided once for the screen (`qt.exam_grid`) and the exported
+figure (`core.report` → `qt.export`), so that the two cannot disagree. Qt-free.
+
+The images are already in hanging orientation (the display pipeline turns them): the right
+breast is hung on the left of the screen with its chest wall on the right edge of its cell, the
+left breast on the right with its chest wall on the left edge, so that a pair meets back to back.
+
+  '4up'      current exam: RCC | LCC over RMLO | LMLO
+  '8up'      the prior exam's four views above the current exam's, same view above same view;
+             without a prior its row stays, empty ('no prior exam'), as on screen
+  'timeline' one view (e.g. LMLO) of every exam, oldest to newest: one row up to four exams,
+             then two rows
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+
+LAYOUTS = ("4up", "8up", "timeline")
+LAYOUT_NAMES = {"4up": "Current 4-up", "8up": "Current vs prior", "timeline": "Timeline"}
+VIEW_ORDER = ("RCC", "LCC", "RMLO", "LMLO")
+FOUR_UP = (("RCC", "LCC"), ("RMLO", "LMLO"))
+DEFAULT_TIMELINE_VIEW = "LMLO"
+CURRENT, PRIOR, TIMELINE = "current", "prior", "timeline"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of a hanging: which exam's view, where, and the edge its chest wall lies on."""
+
+    row: int
+    column: int
+    exam_key: str | None  # None: the exam does not exist (8-up without a prior)
+    view: str  # 'RCC' …
+    role: str  # current | prior | timeline
+    chest_wall: str  # 'right' (right breast) or 'left' (left breast): the image is pushed there
+
+    @property
+    def laterality(self) -> str:
+        return self.view[0]
+
+
+@dataclass(frozen=True)
+class Hanging:
+    """A whole hanging: the layout, the exams it shows, and its cells in drawing order."""
+
+    layout: str  # one of LAYOUTS
+    timeline_view: str  # the timeline's view; DEFAULT_TIMELINE_VIEW in the other layouts
+    current_key: str | None
+    prior_key: str | None
+    cells: tuple[Cell, ...] = ()
+
+    @property
+    def rows(self) -> int:
+        return 1 + max((c.row for c in self.cells), default=0)
+
+    @property
+    def columns(self) -> int:
+        return 1 + max((c.column for c in self.cells), default=0)
+
+    @property
+    def spec(self) -> str:
+        """The layout as one string: '4up', '8up' or 'timeline:LMLO'."""
+        return f"timeline:{self.timeline_view}" if self.layout == TIMELINE else self.layout
+
+
+def chest_wall_side(view: str) -> str:
+    """The cell edge a view's chest wall is hung against: 'right' for the right breast."""
+    return "right" if view.startswith("R") else "left"
+
+
+def parse_layout(spec: str | None) -> tuple[str, str]:
+    """'4up' / '8up' (or 'prior') / 'timeline' / 'timeline:RCC' → (layout, timeline view);
+    anything unknown is the 4-up, an unknown view the default LMLO."""
+    name = (spec or "4up").strip().lower()
+    view = DEFAULT_TIMELINE_VIEW
+    if name.startswith("timeline"):
+        asked = name.split(":", 1)[1].strip().upper() if ":" in name else ""
+        return TIMELINE, asked if asked in VIEW_ORDER else view
+    if name in ("8up", "8-up", "prior"):
+        return "8up", view
+    return "4up", view
+
+
+def plan(layout: str, exam_keys: Sequence[str], current_key: str | None = None,
+         prior_key: str | None = None, timeline_view: str | None = None) -> Hanging:
+    """The hanging of `layout` ('4up', '8up', 'timeline' or a 'timeline:RCC' spec) for a woman's
+    exams, oldest first. The current exam defaults to the newest; a prior that is not one of
+    her exams, or is the current one, counts as none."""
+    name, spec_view = parse_layout(layout)
+    view = timeline_view if timeline_view in VIEW_ORDER else spec_view
+    if name != TIMELINE:
+        view = DEFAULT_TIMELINE_VIEW  # meaningless here: equal hangings compare equal
+    keys = list(exam_keys)
+    current = current_key if current_key in keys else (keys[-1] if keys else None)
+    prior = prior_key if prior_key in keys and prior_key != current else None
+    if current is None:
+        return Hanging(name, view, None, None)
+    if name == TIMELINE:
+        cells = _timeline(keys, view)
+    elif name == "8up":
+        cells = [_cell(0, c, prior, v, PRIOR) for c, v in enumerate(VIEW_ORDER)]
+        cells += [_cell(1, c, current, v, CURRENT) for c, v in enumerate(VIEW_ORDER)]
+    else:
+        cells = [_cell(r, c, current, v, CURRENT)
+                 for r, row in enumerate(FOUR_UP) for c, v in enumerate(row)]
+    return Hanging(name, view, current, prior, tuple(cells))
+
+
+def _timeline(keys: list[str], view: str) -> list[Cell]:
+    n = len(keys)
+    per_row = max(1, n if n <= 4 else (n + 1) // 2)
+    return [_cell(i // per_row, i % per_row, k, view, TIMELINE) for i, k in enumerate(keys)]
+
+
+def _cell(row: int, column: int, exam_key: str | None, view: str, role: str) -> Cell:
+    return Cell(row, column, exam_key, view, role, chest_wall_side(view))
+
+
+def empty_message(cell: Cell, views_present: Collection[str]) -> str:
+    """What a cell with no image of its own says ('' when its exam has the view): the same
+    words on screen and in the figure."""
+    if cell.exam_key is None:
+        return "no prior exam" if cell.role == PRIOR else "no exam"
+    if cell.view not in views_present:
+        return f"no {cell.view} in this exam"
+    return ""
+
+
+def present_views(images: Sequence[dict]) -> set[str]:
+    """The view labels an exam can hang: its standard images that are present on disk (the
+    rows of `store.list_exams`, as `ExamInfo.image_for` chooses among them)."""
+    return {im["label"] for im in images if im.get("is_standard") and not im.get("missing")}
