@@ -237,10 +237,14 @@ def cmd_patients(args, lib: paths.Library) -> int:
 
 
 def cmd_exams(args, lib: paths.Library) -> int:
-    from mamview.core.cache import store
+    """List exams with their views and, per exam, the score state of the shown model
+    (current | stale | pending | unscorable) with the stored score's model identity."""
+    from mamview.core.cache import reads, store
 
     db = _open_db(lib, reading=True)
     exams = store.list_exams(db, _patient_keys(db, args.patient))
+    model = reads.choose_model(lib, args.model, db)
+    states = reads.current_scores(db, [e["exam_key"] for e in exams], model) if model else {}
     if args.json:
         for e in exams:
             e["images"] = [
@@ -250,15 +254,29 @@ def cmd_exams(args, lib: paths.Library) -> int:
                                     "sop_instance_uid", "path")}
                 for im in e["images"]
             ]
+            s = states.get(e["exam_key"])
+            e["score"] = s.as_dict() if s else {"state": "pending"}
+            e["model"] = model.identity() if model else None
         _print_json(exams)
         return 0
     for e in exams:
         labels = " ".join(im["label"] + ("*" if not im["is_standard"] else "")
                           for im in e["images"])
         state = "complete" if e["complete"] else e["incomplete_reason"]
+        s = states.get(e["exam_key"])
+        score = "" if s is None else f"  {_score_word(s)}"
         print(term(f"{e['patient_id']:<16} {e['exam_date'] or '(no date)':<10}  "
-                   f"{len(e['images']):2d} images  {labels:<32} {state}"))
+                   f"{len(e['images']):2d} images  {labels:<32} {state}{score}"))
     return 0
+
+
+def _score_word(s) -> str:
+    """One exam's score in a few words: '5-yr 2.1%', 'stale (recomputing: …)', 'pending'."""
+    if s.five_year_percent is not None:
+        return f"5-yr {s.five_year_percent:.1f}%"
+    if s.state == "stale":
+        return f"stale ({s.reason})"
+    return s.state.value if s.state != "unscorable" else "not scorable"
 
 
 def cmd_problems(args, lib: paths.Library) -> int:
@@ -363,7 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("exams", help="list exams (of one woman, or all) with their views")
     s.add_argument("patient", nargs="?", metavar="PATIENT", help="PatientID")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--model", default=None,
+                   help="whose scores to report (default: the settings' model, else the best installed)")
+    s.add_argument("--json", action="store_true", help="print as JSON (with each exam's score state)")
     s.set_defaults(func=cmd_exams)
 
     s = sub.add_parser("problems", help="list files that were skipped, and why")

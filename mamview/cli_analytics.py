@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from mamview import cli
+from mamview.core.domain import STALE_REASON
 from mamview.core.paths import Library
 
 
@@ -26,8 +27,8 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction,
                        "risk trajectory")
     s.add_argument("patient", nargs="?", metavar="PATIENT", help="PatientID")
     s.add_argument("--all", action="store_true", help="every woman in the library")
-    s.add_argument("--model", default=None, help="model id (default: the one that scored most "
-                   "of her exams)")
+    s.add_argument("--model", default=None, help="model id (default: the settings' model, else "
+                   "the best installed)")
     fmt = s.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print JSON")
     fmt.add_argument("--csv", action="store_true",
@@ -41,7 +42,8 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction,
     s.add_argument("--out", default="cohort-report", metavar="DIR",
                    help="folder for the CSVs, figure and JSON (default: ./cohort-report)")
     s.add_argument("--model", default=None,
-                   help="model whose cached scores to use (default: the one with most scores)")
+                   help="model whose current cached scores to use (default: the settings' "
+                   "model, else the best installed)")
     s.add_argument("--scores", metavar="FILE.csv",
                    help="use this per-exam table (patient_id, exam_date, risk_percent or "
                    "risk_5y_percent) instead of the library's cached scores")
@@ -57,7 +59,8 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction,
                    help="an exam key (see `mamview exams --json`) or a PatientID")
     s.add_argument("--date", metavar="YYYY-MM-DD", help="only her exam of this date")
     s.add_argument("--out", required=True, metavar="DIR", help="folder for the SR files")
-    s.add_argument("--model", default=None, help="model id (default: newest score per exam)")
+    s.add_argument("--model", default=None, help="model id (default: the settings' model, else "
+                   "the best installed)")
     s.add_argument("--send", metavar="AE@host:port", help="C-STORE the SRs to this node")
     s.add_argument("--our-ae", default="MAMVIEW", help="our AE title when sending")
     s.set_defaults(func=cmd_sr)
@@ -72,13 +75,21 @@ def cmd_score(args, lib: Library) -> int:
     from mamview.core.models import registry
     from mamview.core.models.base import ModelUnavailable
 
-    db = cli._open_db(lib)
-    exams = [e["exam_key"] for e in store.list_exams(db, cli._patient_keys(db, args.patient))]
-    db.close()
+    from mamview.core.cache import reads
+    from mamview.core.domain import ScoreState
+
     try:
         entry = registry.resolve(lib, args.model)
     except ModelUnavailable as exc:
         raise cli.CliError(str(exc)) from exc
+    db = cli._open_db(lib)
+    try:
+        exams = [e["exam_key"] for e in store.list_exams(db, cli._patient_keys(db, args.patient))]
+        # stored scores whose key no longer matches are computed again: say how many
+        stale = sum(s.state == ScoreState.STALE for s in
+                    reads.current_scores(db, exams, reads.model_ref(entry)).values())
+    finally:
+        db.close()
     if not exams:
         print("No exams to score. Import files first.")
         return 0
@@ -119,6 +130,8 @@ def cmd_score(args, lib: Library) -> int:
     print(cli.term(f"Model: {entry.name}" + (f" — {entry.label}" if entry.label else "")))
     print(f"Device: {cli.term(svc.device_label)}")
     print(f"Scored {computed + cached} exams ({computed} computed, {cached} already in the cache).")
+    if stale:
+        print(f"Recomputed {stale} exam(s) whose stored score was stale (model or image changed).")
     seconds = time.perf_counter() - t0
     if computed:
         print(f"Throughput: {computed / seconds:.2f} exams/s computed ({seconds:.1f} s in all, "
@@ -149,17 +162,21 @@ def cmd_trajectory(args, lib: Library) -> int:
 
     if bool(args.patient) == bool(args.all):
         raise cli.CliError("name one PATIENT or use --all")
+    from mamview.core.cache import reads, store
+
     db = cli._open_db(lib, reading=True)
     try:
         if args.all:
-            people = [(r["patient_key"], r["patient_id"]) for r in
-                      db.query("SELECT patient_key, patient_id FROM patients ORDER BY patient_id")]
+            people = [(r["patient_key"], r["patient_id"]) for r in store.list_patients(db)]
+            people.sort(key=lambda p: p[1])
         else:
             people = [(k, args.patient) for k in cli._patient_keys(db, args.patient)]
-        results = []
+        model = reads.choose_model(lib, args.model, db)
+        results, states = [], {}
         for key, pid in people:
-            points = tj.points_for_patient(db, key, args.model)
+            points = tj.points_for_patient(db, key, model) if model else []
             results.append((pid, tj.analyze(points)))
+            states[pid] = tj.exam_states(db, key, model) if model else []
     finally:
         db.close()
     from mamview.core import settings as user_settings
@@ -178,6 +195,9 @@ def cmd_trajectory(args, lib: Library) -> int:
             d = rep.as_dict()
             d["patient_id"] = pid
             d["model_labels"] = {m: labels[m] for m in {p.model_id for p in rep.points}}
+            d["model"] = model.identity() if model else None
+            d["exams"] = [{"exam_key": s.exam_key, "exam_date": when.isoformat() if when else None,
+                           **s.as_dict()} for when, s in states[pid]]
             out.append(d)
         cli._print_json(out if args.all else out[0])
         return 0
@@ -188,18 +208,15 @@ def cmd_trajectory(args, lib: Library) -> int:
                 print(cli.term(f"  Model {mid}: {labels[mid]}"))
         for label, value in rep.display_rows():
             print(cli.term(f"  {label + ':':<36} {value}"))
+        stale = sum(s.state == "stale" for _, s in states[pid])
+        if stale:
+            print(f"  {stale} exam(s) {STALE_REASON} (run `mamview score`)")
         if not rep.points:
             print("  Run `mamview score` to compute risks.")
     return 0
 
 
 # ---------------------------------------------------------------- cohort
-
-
-def _default_model(db) -> str | None:
-    row = db.execute("SELECT model_id FROM scores WHERE status = 'ok' GROUP BY model_id "
-                     "ORDER BY count(*) DESC LIMIT 1").fetchone()
-    return row[0] if row else None
 
 
 def cmd_cohort(args, lib: Library) -> int:
@@ -215,12 +232,17 @@ def cmd_cohort(args, lib: Library) -> int:
         else:
             db = cli._open_db(lib, reading=True)
             try:
-                model_id = args.model or _default_model(db)
-                if not model_id:
+                from mamview.core.cache import reads
+
+                chosen = reads.choose_model(lib, args.model, db)
+                model_id = chosen.model_id if chosen else None
+                scores = None
+                if model_id:
+                    with tqdm(desc="Reading scores", unit="exam", file=sys.stderr) as bar:
+                        scores = _current_score_table(db, chosen, bar.update)
+                if scores is None or scores.empty:
                     raise cli.CliError("no scores in the library: run `mamview score` first, "
                                        "or pass a table with --scores")
-                with tqdm(desc="Reading scores", unit="score", file=sys.stderr) as bar:
-                    scores = cohort.scores_from_cache(db, model_id, bar.update)
             finally:
                 db.close()
             label = _model_label(lib, model_id)
@@ -243,6 +265,27 @@ def cmd_cohort(args, lib: Library) -> int:
         return 0
     _print_cohort(report)
     return 0
+
+
+def _current_score_table(db, model, progress=None):
+    """patient_id, exam_date, risk_percent of every dated exam with a *current* score of
+    `model` (stale ones are left out: they would be computed differently today)."""
+    import pandas as pd
+
+    from mamview.core.cache import reads, store
+
+    pid = {r["patient_key"]: r["patient_id"] for r in store.list_patients(db)}
+    exams = [e for e in reads.exam_dates(db) if e[2]]
+    rows = []
+    for i in range(0, len(exams), 500):
+        chunk = exams[i:i + 500]
+        states = reads.current_scores(db, [ek for ek, _, _ in chunk], model)
+        rows += [(pid.get(pk, ""), d, states[ek].five_year_percent) for ek, pk, d in chunk
+                 if states[ek].five_year_percent is not None]
+        if progress:
+            progress(len(chunk))
+    df = pd.DataFrame(rows, columns=["patient_id", "exam_date", "risk_percent"])
+    return df.drop_duplicates(["patient_id", "exam_date"], keep="last")
 
 
 def _print_cohort(report) -> None:
@@ -294,7 +337,6 @@ def _print_cohort(report) -> None:
 
 def cmd_sr(args, lib: Library) -> int:
     from mamview.core.analytics import sr
-    from mamview.core.models import registry
 
     node = None
     if args.send:
@@ -321,15 +363,16 @@ def cmd_sr(args, lib: Library) -> int:
             if not exams:
                 raise cli.CliError(f"{args.target} has no exam" +
                                    (f" on {args.date}" if args.date else ""))
-        names = {e.model_id: e for e in registry.list_models(lib)}
+        from mamview.core.cache import reads
+
+        model = reads.choose_model(lib, args.model, db)
         for ek in exams:
-            score = _newest_ok_model(db, ek, args.model)
-            entry = names.get(score) if score else None
             try:
-                path = sr.write_exam_sr(
-                    db, ek, args.out, model_id=args.model or score,
-                    model_name=entry.name if entry else (score or ""),
-                    model_label=_model_label(lib, score) if score else "")
+                if model is None:
+                    raise ValueError(f"exam {ek} has no computed score")
+                path = sr.write_exam_sr(db, ek, args.out, model=model,
+                                        model_name=model.name or model.model_id,
+                                        model_label=_model_label(lib, model.model_id))
             except ValueError as exc:
                 skipped.append(str(exc))
                 continue
@@ -357,14 +400,3 @@ def cmd_sr(args, lib: Library) -> int:
     if not written:
         raise cli.CliError("no SR written: run `mamview score` first")
     return 0
-
-
-def _newest_ok_model(db, exam_key: str, model_id: str | None) -> str | None:
-    """The model of the exam's newest computed score (or `model_id` if it has one)."""
-    sql = "SELECT model_id FROM scores WHERE exam_key = ? AND status = 'ok'"
-    params = [exam_key]
-    if model_id:
-        sql += " AND model_id = ?"
-        params.append(model_id)
-    row = db.execute(sql + " ORDER BY computed_at DESC, score_id DESC LIMIT 1", params).fetchone()
-    return row[0] if row else None

@@ -135,6 +135,11 @@ class ImageHeader:
     breast_implant_present: str = ""
     burned_in_annotation: str = ""
     lossy_compression: str = ""
+    # when the image was taken, to choose among repeats of one view (normalised by the scan)
+    acquisition_date: str = ""  # YYYYMMDD or "" (AcquisitionDate, else AcquisitionDateTime)
+    acquisition_time: str = ""  # HHMMSS.ffffff or ""
+    content_time: str = ""  # HHMMSS.ffffff or ""
+    instance_number: int | None = None
 
     @property
     def label(self) -> str:
@@ -155,3 +160,87 @@ class Problem:
     path: str
     reason: str  # short category: 'not DICOM', 'truncated', 'not a mammogram', …
     detail: str = ""
+
+
+# ---------------------------------------------------------------- scores as read
+
+
+class ScoreState(StrEnum):
+    """What the library knows about one exam's score for the model shown.
+
+    CURRENT: a stored score whose cache key matches today's model and input files.
+    STALE: a stored score of this model id whose key no longer matches (new weights, version,
+    calibrator or preprocessing, or an input file changed): shown as pending, re-queued.
+    PENDING: nothing stored yet. UNSCORABLE: the exam cannot be scored (the reason says why).
+    """
+
+    CURRENT = "current"
+    STALE = "stale"
+    PENDING = "pending"
+    UNSCORABLE = "unscorable"
+
+
+# What every view says about a stale score while it waits to be computed again.
+STALE_REASON = "recomputing: model or image changed"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """The model whose scores are shown, with the identity its scores' keys are checked against.
+
+    `installed` is False for a model id named by the user (or found in stored scores) that
+    this installation cannot run: its stored scores are then checked against their own
+    recorded identity, so only a changed input file makes them stale.
+    """
+
+    model_id: str
+    name: str = ""
+    label: str = ""
+    version: str = ""
+    weights_sha256: str = ""
+    calibrator_id: str = ""
+    calibrator_sha256: str = ""
+    preprocessing_version: str = ""
+    clinically_validated: bool = False
+    installed: bool = False
+    reason: str = ""  # why it is not installed, when it is not
+
+    def identity(self) -> dict:
+        """id, version and weights hash (what `--json` outputs report)."""
+        return {"model_id": self.model_id, "model_version": self.version,
+                "weights_sha256": self.weights_sha256}
+
+
+@dataclass(frozen=True)
+class ScoredExam:
+    """One exam's score for one model, as every read path sees it (core.cache.reads)."""
+
+    exam_key: str
+    state: ScoreState
+    risk: tuple[float, ...] = ()  # cumulative fractions, years 1..5 (CURRENT only)
+    reason: str = ""  # why UNSCORABLE, or STALE_REASON
+    model_id: str = ""
+    model_version: str = ""  # of the stored score (the stale one for STALE)
+    weights_sha256: str = ""
+    calibrator: str = ""
+    preprocessing_version: str = ""
+    device: str = ""
+    computed_at: str = ""
+    input_uids: tuple[str, ...] = ()
+
+    @property
+    def five_year_percent(self) -> float | None:
+        """The 5-year risk in percent of a current score, else None."""
+        ok = self.state == ScoreState.CURRENT and len(self.risk) >= 5
+        return 100.0 * self.risk[4] if ok else None
+
+    def identity(self) -> dict:
+        """The stored score's model id, version and weights hash (empty when none is stored)."""
+        return {"model_id": self.model_id, "model_version": self.model_version,
+                "weights_sha256": self.weights_sha256}
+
+    def as_dict(self) -> dict:
+        """JSON-ready: state, 5-year percent, reason and the stored model identity."""
+        return {"state": self.state.value, "risk": list(self.risk),
+                "five_year_percent": self.five_year_percent, "reason": self.reason,
+                **self.identity(), "computed_at": self.computed_at}

@@ -113,7 +113,7 @@ def exam_inputs(db, exam_key: str) -> list[dict]:
         label = view_label(side.value, view.value)
         cands = [im for im in images if im["label"] == label and store.is_scorable_view(im)]
         # several images of one view (a repeat): the last one acquired is the one read
-        chosen.append(sorted(cands, key=lambda im: im["path"])[-1])
+        chosen.append(max(cands, key=store.acquisition_order))
     return chosen
 
 
@@ -441,6 +441,8 @@ class InferenceService:
             self._advance(gen)
 
     def _save_unscorable(self, db, ident, exam_key: str, reason: str) -> None:
-        uids = sorted(r["sop_instance_uid"] for r in store.exam_images(db, exam_key))
-        key = score_store.cache_key(ident, [(u, 0, 0) for u in uids]) + ":unscorable"
+        images = store.exam_images(db, exam_key)
+        uids = sorted(r["sop_instance_uid"] for r in images)
+        key = score_store.unscorable_key(
+            ident, [(r["sop_instance_uid"], r["size"], r["mtime_ns"]) for r in images])
         score_store.save(db, [_score_row(ident, key, exam_key, "", uids, "unscorable", reason, [])])

@@ -26,7 +26,9 @@ import stat
 from dataclasses import dataclass, field
 
 from mamview import __version__
+from mamview.core import hanging, reference
 from mamview.core.domain import STANDARD_VIEWS, view_label
+from mamview.core.hanging import Cell, Hanging
 
 SCORED, PENDING, UNSCORABLE = "scored", "pending", "unscorable"
 DISCLAIMER = ("This score is not a diagnosis. It estimates 5-year breast-cancer risk from the "
@@ -63,10 +65,12 @@ class TileCaption:
     """One tile of the hanging: `tile_key` ('<exam_key>|RCC') matches the tile image handed in by
     the window and is never drawn or written; `caption` is what the figure shows."""
 
-    tile_key: str
+    tile_key: str  # '' for a cell with no exam (8-up without a prior)
     caption: str
     exam_index: int  # index into ExportContent.chart_points
     withheld: bool = False  # pixels must not be drawn: burned-in annotation (de-identified only)
+    cell: Cell | None = None  # where it hangs and which edge its chest wall is against
+    message: str = ""  # an empty cell's words, as on screen ('no prior exam', 'no RCC in …')
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,7 @@ class ExportContent:
     """Everything a tumour-board figure shows and writes, ready to draw."""
 
     title_lines: tuple[str, ...]
-    tiles: tuple[TileCaption, ...]
+    tiles: tuple[TileCaption, ...]  # in the order of hanging.cells
     grid: tuple[int, int]  # rows, columns of the tile area
     chart_points: tuple[ExportPoint, ...]
     current_index: int | None  # into chart_points
@@ -92,6 +96,7 @@ class ExportContent:
     disclaimer: str
     deidentified: bool
     metadata: dict[str, str] = field(default_factory=dict)  # PNG text chunks / PDF info
+    hanging: Hanging | None = None  # the plan the tiles follow: the screen's (core.hanging)
 
     @property
     def withheld_count(self) -> int:
@@ -109,6 +114,7 @@ class ExportContent:
     def drawn_text(self) -> list[str]:
         """Every string the figure draws or writes (besides numeric chart axes and the legend)."""
         out = list(self.title_lines) + [t.caption for t in self.tiles]
+        out += [t.message for t in self.tiles]
         out += [WITHHELD_NOTE for t in self.tiles if t.withheld] + [self.withheld_line]
         out += [p.label for p in self.chart_points] + [p.reason or "" for p in self.chart_points]
         out += [self.model_line, self.model_name, self.model_label, self.metrics_heading]
@@ -302,30 +308,37 @@ def tile_withheld(images: list[dict], label: str) -> bool:
 # ---------------------------------------------------------------------------- layout
 
 
-def layout_exams(layout: str, exams: list[dict], current_key: str | None,
-                 prior_key: str | None) -> tuple[list[tuple[str, str]], tuple[int, int]]:
-    """The tiles of a hanging as (exam_key, view label) in drawing order, and the grid.
+def hanging_of(layout: str | Hanging, exam_keys: list[str], current_key: str | None,
+               prior_key: str | None) -> Hanging:
+    """The figure's hanging: the screen's own plan when the window hands it in, else the plan of
+    a layout spec ('4up', '8up', 'timeline:LMLO' …) for these exams — `core.hanging` decides
+    both, so the figure hangs as the screen. Raises ValueError for a plan that shows an exam
+    which is not one of `exam_keys` (another woman's)."""
+    if isinstance(layout, Hanging):
+        strangers = {c.exam_key for c in layout.cells if c.exam_key} - set(exam_keys)
+        if strangers:
+            raise ValueError("the hanging shows an exam that is not this woman's")
+        return layout
+    return hanging.plan(layout, exam_keys, current_key, prior_key)
 
-    '4up' (default): current exam, CC row over MLO row. '8up' / 'prior': prior row above the
-    current row. 'timeline:LMLO' (any standard view): that view on every exam, oldest first.
-    """
-    name = (layout or "4up").lower()
-    keys = [e["exam_key"] for e in exams]
-    current = current_key if current_key in keys else (keys[-1] if keys else None)
-    if current is None:
-        return [], (1, 1)
-    if name.startswith("timeline"):
-        view = name.split(":", 1)[1].upper() if ":" in name else "LMLO"
-        view = view if view in STANDARD_LABELS else "LMLO"
-        tiles = [(k, view) for k in keys]
-        # like the window: one row up to four exams, then two rows
-        cols = len(tiles) if len(tiles) <= 4 else (len(tiles) + 1) // 2
-        return tiles, ((len(tiles) + cols - 1) // cols, max(1, cols))
-    if ("8" in name or "prior" in name) and prior_key in keys and prior_key != current:
-        tiles = [(prior_key, lab) for lab in STANDARD_LABELS]
-        tiles += [(current, lab) for lab in STANDARD_LABELS]
-        return tiles, (2, 4)
-    return [(current, lab) for lab in STANDARD_LABELS], (2, 2)
+
+def tile_captions(hang: Hanging, images_of: dict[str, list[dict]], index_of: dict[str, int],
+                  when_text, risk_text, deidentify: bool) -> tuple[TileCaption, ...]:
+    """One TileCaption per cell of the hanging, in its order: caption, chart index, withheld
+    flag, and the empty cell's words as the screen says them."""
+    out = []
+    for cell in hang.cells:
+        ek, view = cell.exam_key, cell.view
+        if ek is None:
+            message = hanging.empty_message(cell, ())
+            out.append(TileCaption("", f"{view} · {message}", -1, cell=cell, message=message))
+            continue
+        images = images_of.get(ek, [])
+        out.append(TileCaption(
+            f"{ek}|{view}", f"{view} · {when_text(ek)} · {risk_text(ek)}", index_of.get(ek, -1),
+            withheld=deidentify and tile_withheld(images, view), cell=cell,
+            message=hanging.empty_message(cell, hanging.present_views(images))))
+    return tuple(out)
 
 
 # ---------------------------------------------------------------------------- content
@@ -347,18 +360,23 @@ def _model_names(model_id: str, lib) -> tuple[str, str]:
 
 
 def build_export_content(db, patient_key: str, current_key: str | None, prior_key: str | None,
-                         layout: str = "4up", deidentify: bool = False, *,
-                         model_id: str | None = None, thresholds=(1.7, 3.0),
+                         layout: str | Hanging = "4up", deidentify: bool = False, *,
+                         model_id: str | None = None,
+                         thresholds=reference.DEFAULT_THRESHOLDS_PERCENT,
                          pseudonym: str | None = None, report=None, lib=None,
                          now: datetime.datetime | None = None) -> ExportContent:
     """Read one woman's exams and scores from the cache and decide what the figure shows.
 
+    `layout` is a spec ('4up', '8up', 'timeline:LMLO') or the screen's own `Hanging`
+    (`ExamGrid.plan()`), which the figure then hangs cell for cell.
     `report` is the `TrajectoryReport` the window already shows (computed here when None).
     Raises ValueError for an unknown patient.
     """
     from mamview.core.analytics import trajectory
+    from mamview.core.cache import reads
     from mamview.core.cache import scores as score_store
     from mamview.core.cache import store
+    from mamview.core.domain import STALE_REASON, ScoreState
 
     rows = list(db.query("SELECT * FROM patients WHERE patient_key = ?", [patient_key]))
     if not rows:
@@ -369,35 +387,41 @@ def build_export_content(db, patient_key: str, current_key: str | None, prior_ke
     anchor = max((d for d, _ in dated if d), default=None)
 
     thresholds = tuple(float(t) for t in thresholds)
-    points = trajectory.points_for_patient(db, patient_key, model_id)
-    if model_id is None:
-        model_id = points[0].model_id if points else _latest_model(db, [e["exam_key"] for e in exams])
+    keys = [e["exam_key"] for e in exams]
+    # the one rule of core.cache.reads (the window passes its model id); without a library
+    # to look models up in, the model that scored most of her exams
+    model = reads.choose_model(lib, model_id, db) if lib is not None else (
+        model_id or score_store.model_with_most_scores(db, keys))
+    model_id = getattr(model, "model_id", model)
+    points = trajectory.points_for_patient(db, patient_key, model) if model else []
     if report is None:
         report = trajectory.analyze(points, trajectory.FlagRules(thresholds_percent=thresholds))
-    score_rows = score_store.for_exams(db, [e["exam_key"] for e in exams], model_id) \
-        if model_id else {}
+    evaluated = reads.evaluate(db, keys, model) if model else {}
+    # provenance names only what produced the scores shown: current ones
+    score_rows = {ek: row for ek, (s, row) in evaluated.items()
+                  if row is not None and s.state == ScoreState.CURRENT}
 
     # chart points, oldest first; an exam without a date cannot be placed on a time axis
     chart: list[ExportPoint] = []
     index_of: dict[str, int] = {}
     placed = [(d, e) for d, e in dated if d]
     for i, (d, e) in enumerate(placed):
-        s = score_rows.get(e["exam_key"])
+        s = evaluated[e["exam_key"]][0] if e["exam_key"] in evaluated else None
         rel = years_between(d, anchor)
         when = format_relative_years(rel) if deidentify else d.isoformat()
         label = f"exam {i + 1} of {len(placed)} ({when})"
-        if s and s["status"] == "ok" and len(s["risk"]) >= 5:
-            yearly = tuple(round(float(x) * 100, 2) for x in s["risk"])
-            pt = ExportPoint(label, None if deidentify else d, rel, SCORED, yearly[4], yearly)
-        elif s:
-            pt = ExportPoint(label, None if deidentify else d, rel, UNSCORABLE,
-                             reason=s.get("reason") or "not scorable")
-        elif not e["complete"]:
-            pt = ExportPoint(label, None if deidentify else d, rel, UNSCORABLE,
-                             reason=e["incomplete_reason"])
-        else:
-            pt = ExportPoint(label, None if deidentify else d, rel, PENDING,
-                             reason="not scored yet")
+        shown_date = None if deidentify else d
+        if s is not None and s.state == ScoreState.CURRENT and len(s.risk) >= 5:
+            yearly = tuple(round(float(x) * 100, 2) for x in s.risk)
+            pt = ExportPoint(label, shown_date, rel, SCORED, yearly[4], yearly)
+        elif s is not None and s.state == ScoreState.UNSCORABLE:
+            pt = ExportPoint(label, shown_date, rel, UNSCORABLE, reason=s.reason or "not scorable")
+        elif s is None and not e["complete"]:
+            pt = ExportPoint(label, shown_date, rel, UNSCORABLE, reason=e["incomplete_reason"])
+        else:  # stale scores are drawn as pending, never with their old number
+            pt = ExportPoint(label, shown_date, rel, PENDING,
+                             reason=STALE_REASON if s is not None and s.state == ScoreState.STALE
+                             else "not scored yet")
         index_of[e["exam_key"]] = i
         chart.append(pt)
 
@@ -409,19 +433,16 @@ def build_export_content(db, patient_key: str, current_key: str | None, prior_ke
 
     def risk_text(exam_key: str) -> str:
         p = chart[index_of[exam_key]] if exam_key in index_of else None
+        if p is not None and p.state == PENDING and p.reason == STALE_REASON:
+            return "recomputing"
         if p is None or p.state != SCORED:
             return "not scored" if p is None or p.state == PENDING else "not scorable"
         return f"5-yr {p.risk_percent:.1f}%"
 
-    tiles_order, grid = layout_exams(layout, [e for _, e in placed] or exams,
-                                     current_key, prior_key)
-    current_key = tiles_order[-1][0] if tiles_order and current_key not in index_of else current_key
+    hang = hanging_of(layout, [e["exam_key"] for e in exams], current_key, prior_key)
+    current_key, prior_key = hang.current_key, hang.prior_key
     images_of = {e["exam_key"]: e.get("images") or [] for e in exams}
-    tiles = tuple(
-        TileCaption(f"{ek}|{lab}", f"{lab} · {when_text(ek)} · {risk_text(ek)}",
-                    index_of.get(ek, -1),
-                    withheld=deidentify and tile_withheld(images_of.get(ek, []), lab))
-        for ek, lab in tiles_order)
+    tiles = tile_captions(hang, images_of, index_of, when_text, risk_text, deidentify)
 
     model_name, model_label = _model_names(model_id, lib) if model_id else ("no model", "")
     is_demo = model_id == "demo"
@@ -466,22 +487,15 @@ def build_export_content(db, patient_key: str, current_key: str | None, prior_ke
         meta["Withheld"] = f"{withheld} image(s): burned-in annotation"
 
     content = ExportContent(
-        title_lines=title, tiles=tiles, grid=grid, chart_points=tuple(chart),
+        title_lines=title, tiles=tiles, grid=(hang.rows, hang.columns),
+        chart_points=tuple(chart),
         current_index=index_of.get(current_key), prior_index=index_of.get(prior_key),
         relative_years=deidentify, model_name=model_name, model_label=model_label,
         is_demo=is_demo, model_line=model_line, thresholds=thresholds,
         metrics_heading=METRICS_HEADING, metrics_rows=metric_rows, flags=flags,
-        provenance=provenance, disclaimer=DISCLAIMER, deidentified=deidentify, metadata=meta)
+        provenance=provenance, disclaimer=DISCLAIMER, deidentified=deidentify, metadata=meta,
+        hanging=hang)
     return _scrubbed(content, ids, anchor) if deidentify else content
-
-
-def _latest_model(db, exam_keys: list[str]) -> str | None:
-    if not exam_keys:
-        return None
-    marks = ",".join("?" * len(exam_keys))
-    row = db.execute(f"SELECT model_id FROM scores WHERE exam_key IN ({marks}) "
-                     "ORDER BY computed_at DESC LIMIT 1", exam_keys).fetchone()
-    return row[0] if row else None
 
 
 def _provenance(score_rows: dict, model_id: str | None, model_name: str,
@@ -515,7 +529,7 @@ def _scrubbed(c: ExportContent, ids: list[str], anchor) -> ExportContent:
     return replace(
         c,
         title_lines=tuple(s(t) for t in c.title_lines),
-        tiles=tuple(replace(t, caption=s(t.caption)) for t in c.tiles),
+        tiles=tuple(replace(t, caption=s(t.caption), message=s(t.message)) for t in c.tiles),
         chart_points=tuple(replace(p, label=s(p.label), reason=s(p.reason) if p.reason else None)
                            for p in c.chart_points),
         metrics_rows=tuple((s(a), s(b)) for a, b in c.metrics_rows),

@@ -9,20 +9,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date
 
-from mamview.core.cache import scores as score_store
-from mamview.core.cache import store
+from mamview.core.cache import reads, store
+from mamview.core.domain import STALE_REASON, ModelRef, ScoredExam, ScoreState
 from mamview.core.ingest import stored_preview
 from mamview.core.paths import Library
 
 
 @dataclass
 class ExamScore:
-    """The latest stored result of one exam for the active model."""
+    """What the window shows of one exam's score for the active model.
+
+    A stale stored score (model or input changed) is shown as pending with STALE_REASON and
+    no number: it is never drawn as current.
+    """
 
     state: str  # 'scored' | 'unscorable' | 'pending'
     risk: tuple[float, ...] = ()  # cumulative fractions, years 1..5
     reason: str = ""
     model_id: str = ""
+    stale: bool = False  # pending because the stored score no longer matches
 
     @property
     def five_year_percent(self) -> float | None:
@@ -45,10 +50,11 @@ class ExamInfo:
         return self.exam_date.isoformat() if self.exam_date else "undated"
 
     def image_for(self, label: str) -> dict | None:
-        """The standard image shown for a view label ('RCC' …): the last acquired present one."""
+        """The standard image shown for a view label ('RCC' …): the last acquired present one
+        (the order the scoring uses, so the image on screen is the image scored)."""
         cands = [im for im in self.images if im["label"] == label and im["is_standard"]
                  and not im["missing"]]
-        return sorted(cands, key=lambda im: im["path"])[-1] if cands else None
+        return max(cands, key=store.acquisition_order) if cands else None
 
 
 def _parse_date(text: str) -> date | None:
@@ -58,51 +64,38 @@ def _parse_date(text: str) -> date | None:
         return None
 
 
-def score_of(row: dict | None) -> ExamScore:
-    """A scores-table row → ExamScore (None → pending)."""
-    if row is None:
-        return ExamScore("pending")
-    if row["status"] == "ok":
-        return ExamScore("scored", tuple(float(x) for x in row["risk"]), "", row["model_id"])
-    return ExamScore("unscorable", (), row.get("reason") or row["status"], row["model_id"])
+def score_of(scored: ScoredExam | None) -> ExamScore:
+    """A ScoredExam (core.cache.reads) → what the window shows (None → pending)."""
+    if scored is None or scored.state == ScoreState.PENDING:
+        return ExamScore("pending", model_id=scored.model_id if scored else "")
+    if scored.state == ScoreState.CURRENT:
+        return ExamScore("scored", scored.risk, "", scored.model_id)
+    if scored.state == ScoreState.STALE:
+        return ExamScore("pending", (), STALE_REASON, scored.model_id, stale=True)
+    return ExamScore("unscorable", (), scored.reason, scored.model_id)
 
 
-def patient_exams(db, patient_key: str, model_id: str | None) -> list[ExamInfo]:
-    """The woman's exams, oldest first, each with its latest score of `model_id`."""
+def patient_exams(db, patient_key: str, model: ModelRef | str | None) -> list[ExamInfo]:
+    """The woman's exams, oldest first, each with its score state for `model`
+    (see `reads.current_scores`; an incomplete exam is unscorable at once)."""
     rows = store.list_exams(db, [patient_key])
-    stored = score_store.for_exams(db, [r["exam_key"] for r in rows], model_id)
-    out = []
-    for r in rows:
-        info = ExamInfo(r["exam_key"], _parse_date(r["exam_date"]), r["images"], r["complete"],
-                        r["incomplete_reason"], score_of(stored.get(r["exam_key"])))
-        if not r["complete"] and info.score.state == "pending":
-            # the service will say so too; showing it at once avoids a hollow marker forever
-            info.score = ExamScore("unscorable", (), r["incomplete_reason"], model_id or "")
-        out.append(info)
-    return out
+    states = reads.current_scores(db, [r["exam_key"] for r in rows], model)
+    return [ExamInfo(r["exam_key"], _parse_date(r["exam_date"]), r["images"], r["complete"],
+                     r["incomplete_reason"], score_of(states.get(r["exam_key"])))
+            for r in rows]
 
 
-def latest_scores(db, model_id: str | None) -> dict[str, tuple[str, float | None]]:
-    """patient_key → (date of the newest scored exam, its 5-year risk in percent)."""
-    sql = ("SELECT e.patient_key, e.exam_date, s.risk FROM scores s JOIN exams e "
-           "ON e.exam_key = s.exam_key WHERE s.status = 'ok'")
-    args: list = []
-    if model_id:
-        sql += " AND s.model_id = ?"
-        args.append(model_id)
+def latest_scores(db, model: ModelRef | str | None) -> dict[str, tuple[str, float | None]]:
+    """patient_key → (date of her newest exam with a current score, its 5-year risk in
+    percent). Stale scores do not count."""
+    exams = reads.exam_dates(db)
+    states = reads.current_scores(db, [ek for ek, _, _ in exams], model)
     out: dict[str, tuple[str, float | None]] = {}
-    import json
-
-    for pk, d, risk in db.execute(sql + " ORDER BY e.exam_date, s.computed_at", args):
-        values = json.loads(risk)
-        out[pk] = (d, 100.0 * values[4] if len(values) >= 5 else None)
+    for ek, pk, d in sorted(exams, key=lambda e: e[2] or ""):
+        s = states.get(ek)
+        if s is not None and s.state == ScoreState.CURRENT:
+            out[pk] = (d, s.five_year_percent)
     return out
-
-
-def scored_series(db, patient_key: str, model_id: str | None) -> list[tuple[date, float]]:
-    """(exam date, 5-year %) of each scored exam of one woman, oldest first."""
-    return [(e.exam_date, e.score.five_year_percent) for e in patient_exams(db, patient_key, model_id)
-            if e.exam_date and e.score.five_year_percent is not None]
 
 
 def preview_path(lib: Library, db, sop_uid: str):

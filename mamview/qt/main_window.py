@@ -7,7 +7,6 @@ events reach this window only through `qt.bridge.Bridge` signals.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
@@ -17,12 +16,14 @@ from PySide6.QtWidgets import (QDockWidget, QFileDialog, QHBoxLayout, QLabel, QM
 
 from mamview.core import settings as settings_mod
 from mamview.core.analytics import trajectory
-from mamview.core.cache import store
+from mamview.core.cache import reads, store
 from mamview.core.cache.db import connect
+from mamview.core.domain import ScoreState
 from mamview.core.paths import Library
 from mamview.core.safety import printable
 from mamview.qt.bridge import Bridge
-from mamview.qt.exam_grid import LAYOUT_NAMES, ExamGrid
+from mamview.core.hanging import LAYOUT_NAMES
+from mamview.qt.exam_grid import ExamGrid
 from mamview.core.worklist import ExamInfo, ExamScore, latest_scores, patient_exams
 from mamview.qt.metrics_panel import MetricsPanel
 from mamview.qt.patient_list import PatientList, PatientRow
@@ -404,6 +405,8 @@ class MainWindow(QMainWindow):
         except ModelUnavailable as exc:
             self.model_entry = None
             self.model_problem = str(exc)
+        # whose scores every view reads, and the identity they are checked against
+        self.score_model = reads.choose_model(self.lib, self.settings.model, self.db)
 
     @property
     def model_id(self) -> str | None:
@@ -464,14 +467,15 @@ class MainWindow(QMainWindow):
         return self.service
 
     def score_library(self) -> None:
-        """Queue every exam without a stored score, newest women's exams as background work."""
+        """Queue every exam without a current score (none stored, or a stale one whose model
+        or input files changed), newest exams first, as background work."""
         svc = self._ensure_service()
         if svc is None:
             return
-        keys = [r[0] for r in self.db.execute(
-            "SELECT e.exam_key FROM exams e WHERE NOT EXISTS (SELECT 1 FROM scores s WHERE "
-            "s.exam_key = e.exam_key AND s.model_id = ?) ORDER BY e.exam_date DESC",
-            [self.model_id])]
+        exams = reads.exam_dates(self.db)
+        states = reads.current_scores(self.db, [ek for ek, _, _ in exams], self.score_model)
+        keys = [ek for ek, _, _ in reversed(exams)
+                if states[ek].state in (ScoreState.PENDING, ScoreState.STALE)]
         if keys:
             from mamview.core.inference import PRIORITY_BACKGROUND
 
@@ -484,7 +488,7 @@ class MainWindow(QMainWindow):
         if self._screen_generation is not None:
             svc.cancel(self._screen_generation)  # the previous woman's work is dropped
             self._screen_generation = None
-        pending = [e.exam_key for e in exams if e.score.state == "pending"]
+        pending = [e.exam_key for e in exams if e.score.state == "pending"]  # stale ones too
         if pending:
             from mamview.core.inference import PRIORITY_ON_SCREEN
 
@@ -589,7 +593,7 @@ class MainWindow(QMainWindow):
         return trajectory.FlagRules(thresholds_percent=tuple(self.settings.thresholds_percent))
 
     def _report(self, patient_key: str):
-        points = trajectory.points_for_patient(self.db, patient_key, self.model_id)
+        points = trajectory.points_for_patient(self.db, patient_key, self.score_model)
         return trajectory.analyze(points, self._rules())
 
     def _patient_row(self, r: dict, latest: dict) -> PatientRow:
@@ -603,7 +607,7 @@ class MainWindow(QMainWindow):
 
     def refresh_patients(self) -> None:
         """Reload the worklist from the cache (after an import)."""
-        latest = latest_scores(self.db, self.model_id)
+        latest = latest_scores(self.db, self.score_model)
         self.patient_rows = [self._patient_row(r, latest) for r in store.list_patients(self.db)]
         self.patient_list.set_rows(self.patient_rows)
         if self.patient_rows and self.stack.currentWidget() is self.welcome:
@@ -624,7 +628,7 @@ class MainWindow(QMainWindow):
     def show_patient(self, patient_key: str) -> None:
         """Hang a woman's exams, draw her trajectory and queue her unscored exams first."""
         self.patient_key = patient_key
-        exams = patient_exams(self.db, patient_key, self.model_id)
+        exams = patient_exams(self.db, patient_key, self.score_model)
         for e in exams:
             self._patient_of_exam[e.exam_key] = patient_key
         self.stack.setCurrentWidget(self.grid)
@@ -648,7 +652,7 @@ class MainWindow(QMainWindow):
         if self.patient_key in keys:
             i = keys.index(self.patient_key)
             if i + 1 < len(keys):
-                self.grid.prefetch(patient_exams(self.db, keys[i + 1], self.model_id))
+                self.grid.prefetch(patient_exams(self.db, keys[i + 1], self.score_model))
 
     def _set_chart(self) -> None:
         """Draw the woman's trajectory from the exams the grid holds (with live scores)."""
@@ -772,7 +776,7 @@ class MainWindow(QMainWindow):
         self.refresh_patients()
         self.refresh_problems()
         if self.patient_key:
-            exams = patient_exams(self.db, self.patient_key, self.model_id)
+            exams = patient_exams(self.db, self.patient_key, self.score_model)
             if [e.exam_key for e in exams] != [e.exam_key for e in self.grid.exams]:
                 self.grid.refresh_exams(exams)
             else:
@@ -796,16 +800,6 @@ class MainWindow(QMainWindow):
             ev.acceptProposedAction()
 
     # ---------------------------------------------------------------- export
-
-    def export_parts(self) -> dict:
-        """What an export needs from the window."""
-        row = self.patient_list.rows.get(self.patient_key or "")
-        return {
-            "tiles": self.grid.tile_images(), "layout": self.grid.layout_key,
-            "current_key": self.grid.current_key, "prior_key": self.grid.prior_key,
-            "chart": self.chart, "metrics": self.metrics, "model_label": self.model_label,
-            "is_demo": self.is_demo_model, "patient": row,
-        }
 
     def export_figure(self, path: str | None = None, deidentify: bool | None = None):
         """File → Export figure: delegated to qt.export when it is installed.

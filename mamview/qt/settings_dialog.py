@@ -6,6 +6,7 @@ from __future__ import annotations
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox,
                                QDoubleSpinBox, QFormLayout, QLabel, QLineEdit, QSpinBox)
 
+from mamview.core import reference
 from mamview.core import settings as settings_mod
 from mamview.core.paths import Library
 
@@ -50,14 +51,14 @@ class SettingsDialog(QDialog):
                 self.device.addItem(d.upper(), d)
         self._select(self.device, current.device)
         form.addRow("Inference device", self.device)
-        t = list(current.thresholds_percent) + [1.7, 3.0]
+        t = list(current.thresholds_percent) + list(reference.DEFAULT_THRESHOLDS_PERCENT)
         self.low = QDoubleSpinBox(decimals=2, minimum=0.1, maximum=50.0, singleStep=0.1, suffix=" %")
         self.high = QDoubleSpinBox(decimals=2, minimum=0.1, maximum=50.0, singleStep=0.1, suffix=" %")
         self.low.setValue(float(t[0]))
         self.high.setValue(float(t[1]))
         form.addRow("Threshold (increased risk)", self.low)
         form.addRow("Threshold (high)", self.high)
-        form.addRow("", QLabel("<small>Defaults: 1.7% (NCCN 2026 increased risk) and 3%.</small>"))
+        form.addRow("", QLabel(f"<small>{reference.defaults_note()}</small>"))
         self.node_enabled = QCheckBox("Receive images from modalities and PACS")
         self.node_enabled.setChecked(bool(current.node_enabled))
         form.addRow("DICOM node", self.node_enabled)

@@ -22,6 +22,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
+from mamview.core import reference
 from mamview.core.models.registry import DEMO_LABEL
 from mamview.core.report import format_relative_years, years_between
 
@@ -47,14 +48,15 @@ Y_MIN_PERCENT, Y_MAX_PERCENT = 0.5, 40.0
 LANE_PERCENT = 0.58
 Y_TICKS_PERCENT = (0.5, 1, 1.7, 3, 5, 10, 20)
 
-NCCN_PERCENT = 1.7
-HIGH_PERCENT = 3.0
-BAND_PERCENT = (1.8, 2.2)
-NCCN_LABEL = 'NCCN 2026 "increased risk" (1.7%)'
-HIGH_LABEL = "3% (USPSTF 2019 risk-reducing medication; top stratum in Mirai studies)"
-BAND_LABEL = "1.8–2.2%: median in women who stayed cancer-free (Lehman et al., Radiology 2026)"
+# the values, their wording and their sources live in core.reference
+NCCN_PERCENT = reference.NCCN_INCREASED_RISK.percent
+HIGH_PERCENT = reference.HIGH_RISK.percent
+BAND_PERCENT = (reference.CANCER_FREE_BAND.low_percent, reference.CANCER_FREE_BAND.high_percent)
+NCCN_LABEL = reference.NCCN_INCREASED_RISK.label
+HIGH_LABEL = reference.HIGH_RISK.label
+BAND_LABEL = reference.CANCER_FREE_BAND.label
 # short labels drawn on the plot; the full wording is in the legend under it
-NCCN_SHORT, HIGH_SHORT = "1.7% NCCN", "3%"
+NCCN_SHORT, HIGH_SHORT = reference.NCCN_INCREASED_RISK.short, reference.HIGH_RISK.short
 
 _SECONDS_PER_YEAR = 365.25 * 86400
 
@@ -69,7 +71,7 @@ class ChartPoint:
     risk_percent: float | None = None
     yearly_percent: tuple[float, ...] = ()  # cumulative risk, years 1..5, percent
     model_label: str = ""
-    reason: str | None = None  # why an exam could not be scored
+    reason: str | None = None  # why an exam could not be scored, or why it is pending again
 
 
 def date_to_x(d: datetime.date) -> float:
@@ -88,7 +90,9 @@ def tooltip_text(p: ChartPoint, relative_to: datetime.date | None = None) -> str
             lines.append("Yearly (cumulative): " + " · ".join(
                 f"{i + 1}y {v:.2f}%" for i, v in enumerate(p.yearly_percent)))
     elif p.state == PENDING:
-        lines.append("Not scored yet (waiting for the model)")
+        # a stale score carries STALE_REASON: say why it is being computed again
+        lines.append(p.reason[:1].upper() + p.reason[1:] if p.reason
+                     else "Not scored yet (waiting for the model)")
     else:
         lines.append("Not scorable: " + (p.reason or "reason unknown"))
     if p.model_label:
@@ -398,7 +402,8 @@ def legend_lines(thresholds=(NCCN_PERCENT, HIGH_PERCENT)) -> list[tuple[str, str
     out = [(_threshold_style(float(t))[0], "- - " + _threshold_style(float(t))[1])
            for t in thresholds if Y_MIN_PERCENT < float(t) < Y_MAX_PERCENT]
     out.append(("#50aa78", "▬ " + BAND_LABEL))
-    out.append((PENDING_COLOR, "○ not scored yet   × not scorable (reason in the tooltip)"))
+    out.append((PENDING_COLOR, "○ not scored yet or recomputing   × not scorable (reason in the "
+                               "tooltip)"))
     return out
 
 
@@ -413,18 +418,5 @@ def _clip(percent: float | None) -> float:
     return min(max(float(percent or LANE_PERCENT), Y_MIN_PERCENT * 1.05), Y_MAX_PERCENT * 0.98)
 
 
-def demo_points(today: datetime.date | None = None) -> list[ChartPoint]:
-    """A worked example (the RSNA case: 2.0 → 2.1 → 3.4 → 3.6 → 15.3 %) for previews."""
-    base = today or datetime.date(2022, 6, 1)
-    values = [(-7, 2.0), (-4, 2.1), (-3, 3.4), (-1, 3.6), (0, 15.3)]
-    out = []
-    for yrs, r in values:
-        d = base.replace(year=base.year + yrs)
-        out.append(ChartPoint(f"ex{d.year}", d, SCORED, r,
-                              tuple(round(r * f, 2) for f in (0.2, 0.4, 0.6, 0.8, 1.0)),
-                              DEMO_LABEL))
-    return out
-
-
-__all__ = ["ChartPoint", "TrajectoryChart", "tooltip_text", "date_to_x", "demo_points",
-           "SCORED", "PENDING", "UNSCORABLE"]
+__all__ = ["ChartPoint", "TrajectoryChart", "tooltip_text", "date_to_x", "SCORED", "PENDING",
+           "UNSCORABLE"]

@@ -7,11 +7,11 @@ import pytest
 from pydicom.uid import generate_uid
 
 from mamview.core import paths
-from mamview.core.cache import scores as score_store
 from mamview.core.cache import store
 from mamview.core.cache.db import connect
 from mamview.core.ingest import drain, run_import
 from tests.factories import write_mammogram
+from tests.scoring import save_current_score
 
 VIEWS = (("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO"))
 
@@ -27,18 +27,8 @@ def write_exam(folder, patient_id, date, manufacturer="ACME"):
 
 
 def save_score(db, exam_key, risk_fractions, model_id="demo", status="ok", when=None):
-    """A scores-table row with provenance, as core.inference writes it."""
-    uids = [im["sop_instance_uid"] for im in store.exam_images(db, exam_key)]
-    row = {
-        "cache_key": f"{model_id}:{exam_key}:{status}:{when}", "exam_key": exam_key,
-        "model_id": model_id, "model_version": "1", "weights_sha256": "ab" * 32,
-        "calibrator": "none:", "preprocessing_version": "p1", "device": "cpu",
-        "input_uids": uids, "status": status, "reason": "" if status == "ok" else "missing LMLO",
-        "risk": list(risk_fractions),
-    }
-    if when:
-        row["computed_at"] = when
-    score_store.save(db, [row])
+    """A scores-table row with provenance and today's cache key, as core.inference writes it."""
+    save_current_score(db, exam_key, risk_fractions, model_id, status, when)
 
 
 @pytest.fixture

@@ -8,13 +8,13 @@ import datetime
 import pytest
 
 from mamview.core import report
-from mamview.core.cache import scores as score_store
 from mamview.core.cache.db import connect
 from mamview.core.ingest import run_import
 from mamview.core.models.registry import DEMO_LABEL
 from mamview.core.ingest import drain
 from mamview.core.paths import library
 from tests.factories import write_mammogram
+from tests.scoring import demo_ref, save_current_score
 
 NAME, PID, BIRTH = "SMITHSON^ANNABEL", "MRN-48213", "19620415"
 DATES = ["20160310", "20180312", "20200316", "20220321"]
@@ -38,16 +38,10 @@ def make_library(home, tmp_path, *, incomplete_first=False):
     pkey = db.execute("SELECT patient_key FROM patients").fetchone()[0]
     keys = {r[1].replace("-", ""): r[0] for r in
             db.execute("SELECT exam_key, exam_date FROM exams ORDER BY exam_date")}
-    rows = []
     for d, r in RISKS.items():
         if incomplete_first and d == DATES[0]:
             continue
-        rows.append({"cache_key": f"k{d}", "exam_key": keys[d], "model_id": "demo",
-                     "model_version": "450bc20ddaeb", "weights_sha256": "925f60be01a0" + "0" * 52,
-                     "calibrator": "demo-platt-val", "preprocessing_version": "p/1", "device": "cpu",
-                     "input_uids": ["1.2.3"], "status": "ok",
-                     "risk": [r / 100 * f for f in (0.2, 0.4, 0.6, 0.8, 1.0)]})
-    score_store.save(db, rows)
+        save_current_score(db, keys[d], [r / 100 * f for f in (0.2, 0.4, 0.6, 0.8, 1.0)])
     return lib, db, pkey, [keys[d] for d in DATES]
 
 
@@ -80,7 +74,8 @@ def test_identified_content_names_the_woman_dates_and_model(cohort):
     assert c.tiles[0].caption == "RCC · 2020-03-16 · 5-yr 3.4%"
     assert c.tiles[4].caption == "RCC · 2022-03-21 · not scored"
     assert any("crossed 1.7%" in f or "crossed 3%" in f for f in c.flags)
-    assert any("weights sha256 925f60be01a0" in line for line in c.provenance)
+    assert any(f"weights sha256 {demo_ref().weights_sha256[:12]}" in line
+               for line in c.provenance)
     assert c.metadata["Patient"].startswith("SMITHSON, ANNABEL") and not c.relative_years
 
 
@@ -141,13 +136,26 @@ def test_scrub(text, expected):
     assert report.scrub(text, ids, datetime.date(2022, 3, 21)) == expected
 
 
-def test_timeline_grid_follows_the_window():
-    exams = [{"exam_key": f"k{i}"} for i in range(6)]
-    tiles, grid = report.layout_exams("timeline:RCC", exams, None, None)
-    assert grid == (2, 3) and tiles[0] == ("k0", "RCC")
-    assert report.layout_exams("timeline:XX", exams[:1], None, None) == ([("k0", "LMLO")], (1, 1))
-    # 8-up without a prior falls back to the current 4-up
-    assert report.layout_exams("8up", exams, "k5", None)[1] == (2, 2)
+def test_figure_hangs_the_plan_of_core_hanging(cohort):
+    """The figure's tiles are the cells of `core.hanging`'s plan, in its order; an 8-up without
+    a prior keeps its empty prior row, as the screen does (it used to fall back to a 4-up)."""
+    from mamview.core import hanging
+
+    lib, db, pkey, keys = cohort
+    for spec, prior in (("4up", keys[2]), ("8up", keys[2]), ("8up", None), ("timeline:RCC", None)):
+        c = report.build_export_content(db, pkey, keys[3], prior, spec, False, lib=lib)
+        assert c.hanging == hanging.plan(spec, keys, keys[3], prior)
+        assert [t.cell for t in c.tiles] == list(c.hanging.cells)
+        assert c.grid == (c.hanging.rows, c.hanging.columns)
+    assert c.grid == (1, 4) and [t.tile_key for t in c.tiles] == [f"{k}|RCC" for k in keys]
+    c = report.build_export_content(db, pkey, keys[3], None, "8up", True, lib=lib)
+    assert c.grid == (2, 4) and [t.tile_key for t in c.tiles[:4]] == [""] * 4
+    assert c.tiles[0].caption == "RCC · no prior exam" and c.tiles[0].message == "no prior exam"
+    assert c.tiles[4].tile_key == f"{keys[3]}|RCC" and not c.tiles[4].message
+    # the window hands in its own plan; one showing another woman's exam is refused
+    stranger = hanging.plan("4up", ["|OTHER|2020-01-01"])
+    with pytest.raises(ValueError, match="not this woman"):
+        report.build_export_content(db, pkey, None, None, stranger, True, lib=lib)
 
 
 def test_age_is_capped_and_name_formatted():

@@ -4,10 +4,10 @@ hanging, chart and metrics carries the woman's name nowhere — text chunks or d
 import pytest
 from PySide6.QtGui import QImage
 
-from mamview.core.cache import scores as score_store
 from mamview.core.cache.db import connect
 from mamview.qt import export
 from tests.qt.test_export import png_non_pixel_bytes, png_text_chunks
+from tests.scoring import save_current_score
 
 NAME_PARTS = ("TESTER", "ANNA", "P1|", "2023-03-20", "2022-03-15", "20230320")
 
@@ -18,12 +18,8 @@ def _score_p1(lib):
     try:
         keys = [r[0] for r in db.execute(
             "SELECT exam_key FROM exams WHERE patient_key LIKE '%|P1' ORDER BY exam_date")]
-        score_store.save(db, [
-            {"cache_key": f"k{i}", "exam_key": k, "model_id": "demo", "model_version": "v",
-             "weights_sha256": "ab" * 32, "calibrator": "c", "preprocessing_version": "p",
-             "device": "cpu", "input_uids": [], "status": "ok",
-             "risk": [r / 100 * f for f in (0.2, 0.4, 0.6, 0.8, 1.0)]}
-            for i, (k, r) in enumerate(zip(keys, (1.6, 2.4, 4.1)))])
+        for k, r in zip(keys, (1.6, 2.4, 4.1)):
+            save_current_score(db, k, [r / 100 * f for f in (0.2, 0.4, 0.6, 0.8, 1.0)])
     finally:
         db.close()
 

@@ -34,6 +34,8 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from mamview.core import reference
+
 DAYS_PER_YEAR = 365.25
 CASE_WINDOW_DAYS = 365  # a case's index exam lies within one year before diagnosis
 RISK_COLUMNS = ("risk_percent", "risk_5y_percent", "risk_y5_percent")
@@ -105,32 +107,6 @@ def read_score_table(path: str | Path) -> pd.DataFrame:
         raise CohortError(f"the score table {path} needs patient_id, exam_date and one of "
                           f"{', '.join(RISK_COLUMNS)}")
     return df.rename(columns={col: "risk_percent"})[["patient_id", "exam_date", "risk_percent"]]
-
-
-def scores_from_cache(db, model_id: str, progress: Callable[[int], None] | None = None
-                      ) -> pd.DataFrame:
-    """The newest 'ok' 5-year score of `model_id` per exam, in one query (archive scale)."""
-    cur = db.execute(
-        "SELECT p.patient_id, e.exam_date, s.risk, s.computed_at, s.score_id "
-        "FROM scores s JOIN exams e ON e.exam_key = s.exam_key "
-        "JOIN patients p ON p.patient_key = e.patient_key "
-        "WHERE s.status = 'ok' AND s.model_id = ? AND e.exam_date != ''", [model_id])
-    rows = []
-    while True:
-        chunk = cur.fetchmany(5000)
-        if not chunk:
-            break
-        for pid, date, risk, computed, sid in chunk:
-            vals = json.loads(risk)
-            if len(vals) >= 5:
-                rows.append((pid, date, 100.0 * float(vals[4]), computed, sid))
-        if progress:
-            progress(len(chunk))
-    df = pd.DataFrame(rows, columns=["patient_id", "exam_date", "risk_percent", "computed_at",
-                                     "score_id"])
-    df = df.sort_values(["computed_at", "score_id"]).drop_duplicates(
-        ["patient_id", "exam_date"], keep="last")
-    return df[["patient_id", "exam_date", "risk_percent"]]
 
 
 # ---------------------------------------------------------------- index exams and alignment
@@ -386,7 +362,8 @@ def discrimination(women: pd.DataFrame, seed: int = 0) -> dict[str, dict]:
 
 
 def plot_trajectories(yearly: pd.DataFrame, out_stem: Path, model: str,
-                      thresholds: Sequence[float] = (1.7, 3.0)) -> list[Path]:
+                      thresholds: Sequence[float] = reference.DEFAULT_THRESHOLDS_PERCENT
+                      ) -> list[Path]:
     """Median 5-year risk per year before index with IQR bands, cases vs controls (PNG + PDF)."""
     import matplotlib
 

@@ -141,21 +141,26 @@ def read_evidence(paths: Sequence[str]) -> list[Dataset]:
     return out
 
 
-def write_exam_sr(db, exam_key: str, out_dir: str | Path, *, model_id: str | None = None,
+def write_exam_sr(db, exam_key: str, out_dir: str | Path, *, model=None, model_id: str | None = None,
                   model_name: str = "", model_label: str = "") -> Path:
-    """Write the SR of an exam's newest 'ok' score into `out_dir`; returns the file.
+    """Write the SR of an exam's *current* 'ok' score of `model` (a ModelRef from
+    `reads.choose_model`, else `model_id`, else the newest model) into `out_dir`.
 
-    Raises ValueError (with a message for the user) when the exam has no such score or an
-    input image is no longer on disk.
+    Raises ValueError (with a message for the user) when the exam has no current score (a
+    stale one, whose model or input changed, is not reported) or an input image is no longer
+    on disk.
     """
     from mamview.core.cache import scores as score_store
 
-    score = score_store.for_exams(db, [exam_key], model_id).get(exam_key)
+    model = model if model is not None else model_id
+    score = score_store.for_exams(db, [exam_key], model).get(exam_key)
+    name = getattr(model, "model_id", model)
     if not score or score["status"] != "ok":
         raise ValueError(f"exam {exam_key} has no computed score"
-                         + (f" of model {model_id}" if model_id else ""))
-    paths = {r[0]: r[1] for r in db.execute(
-        "SELECT sop_instance_uid, path FROM images WHERE exam_key = ?", [exam_key])}
+                         + (f" of model {name}" if name else ""))
+    from mamview.core.cache import reads
+
+    paths = reads.image_paths(db, exam_key)
     missing = [u for u in score["input_uids"] if u not in paths or not Path(paths[u]).is_file()]
     if missing:
         raise ValueError(f"exam {exam_key}: {len(missing)} input image(s) are no longer on disk")

@@ -12,7 +12,7 @@ years), risks r_k in percent.
 
 No validated alert rule exists for any of these; flags are descriptive, configurable, and
 labelled "research use, not validated" wherever they are shown. Nothing here reads files except
-`points_for_patient`, which reads the cache.
+`exam_states` and `points_for_patient`, which read the cache's current scores (core.cache.reads).
 """
 
 from __future__ import annotations
@@ -21,7 +21,12 @@ import datetime
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+from mamview.core import reference
+
+if TYPE_CHECKING:
+    from mamview.core.domain import ScoredExam
 
 RESEARCH_LABEL = "research use, not validated"
 DAYS_PER_YEAR = 365.25
@@ -37,6 +42,13 @@ class ScorePoint:
     exam_key: str = ""
     vendor: str | None = None
     yearly_percent: tuple[float, ...] = ()  # cumulative risk by year 1..5, percent
+    model_version: str = ""
+    weights_sha256: str = ""
+
+    @property
+    def model_identity(self) -> tuple[str, str, str]:
+        """(id, version, weights hash): scores are comparable only when all three match."""
+        return (self.model_id, self.model_version, self.weights_sha256)
 
 
 @dataclass(frozen=True)
@@ -51,7 +63,7 @@ class FlagRules:
     BCSC's biennial interval is 19–30 months, so a longer interval is a gap in screening.
     """
 
-    thresholds_percent: tuple[float, ...] = (1.7, 3.0)
+    thresholds_percent: tuple[float, ...] = reference.DEFAULT_THRESHOLDS_PERCENT
     rising_rate_per_year: float = 1.1
     rising_ratio_to_baseline: float = 1.5
     gap_years: float = 2.5
@@ -157,7 +169,8 @@ class TrajectoryReport:
         return {
             "points": [
                 {"exam_date": p.exam_date.isoformat(), "risk_percent": p.risk_percent,
-                 "model_id": p.model_id, "exam_key": p.exam_key, "vendor": p.vendor,
+                 "model_id": p.model_id, "model_version": p.model_version,
+                 "weights_sha256": p.weights_sha256, "exam_key": p.exam_key, "vendor": p.vendor,
                  "yearly_percent": list(p.yearly_percent)}
                 for p in self.points
             ],
@@ -182,6 +195,12 @@ class TrajectoryReport:
             "rising": self.rising,
             "crossed_any": self.crossed_any,
         }
+
+
+def _model_text(p: ScorePoint) -> str:
+    """'demo' when only ids differ, else 'demo 1.2 (weights 3e1f7a61…)'."""
+    text = p.model_id + (f" {p.model_version}" if p.model_version else "")
+    return text + (f" (weights {p.weights_sha256[:8]}…)" if p.weights_sha256 else "")
 
 
 def _fmt(value: float | None, pattern: str, missing: str = "—") -> str:
@@ -290,9 +309,9 @@ def analyze(points: Sequence[ScorePoint], rules: FlagRules = FlagRules()) -> Tra
         if prev.vendor and cur.vendor and prev.vendor != cur.vendor:
             notes.append(f"scanner vendor changed on {cur.exam_date.isoformat()} "
                          f"({prev.vendor} → {cur.vendor}): scores may jump for that reason")
-        if prev.model_id != cur.model_id:
+        if prev.model_identity != cur.model_identity:
             notes.append(f"model changed on {cur.exam_date.isoformat()} "
-                         f"({prev.model_id} → {cur.model_id}): scores are not comparable")
+                         f"({_model_text(prev)} → {_model_text(cur)}): scores are not comparable")
 
     flags: list[str] = []
     for thr, when in crossings.items():
@@ -316,52 +335,44 @@ def analyze(points: Sequence[ScorePoint], rules: FlagRules = FlagRules()) -> Tra
 # ---------------------------------------------------------------- reading the cache
 
 
-def points_for_patient(db, patient_key: str, model_id: str | None = None) -> list[ScorePoint]:
-    """The woman's exams that have an 'ok' score, as ScorePoints (oldest first).
-
-    Without `model_id`, the model that scored most of her exams is used (ties: the newest
-    score), so one trajectory never silently mixes models.
-    """
+def exam_states(db, patient_key: str, model=None) -> list[tuple[datetime.date | None, ScoredExam]]:
+    """(exam date, ScoredExam) of each of the woman's exams, oldest first, for `model` (a
+    ModelRef, a model id, or None: the model that scored most of her exams)."""
+    from mamview.core.cache import reads
     from mamview.core.cache import scores as score_store
 
-    exams = list(db.query(
-        "SELECT exam_key, exam_date FROM exams WHERE patient_key = ? AND exam_date != '' "
-        "ORDER BY exam_date", [patient_key]))
-    if not exams:
-        return []
-    keys = [e["exam_key"] for e in exams]
-    if model_id is None:
-        marks = ",".join("?" * len(keys))
-        row = db.execute(
-            f"SELECT model_id FROM scores WHERE status = 'ok' AND exam_key IN ({marks}) "
-            "GROUP BY model_id ORDER BY count(DISTINCT exam_key) DESC, max(computed_at) DESC "
-            "LIMIT 1", keys).fetchone()
-        if row is None:
+    exams = reads.exam_dates(db, patient_key)
+    keys = [ek for ek, _, _ in exams]
+    if model is None:
+        model = score_store.model_with_most_scores(db, keys)
+        if model is None:
             return []
-        model_id = row[0]
-    scored = score_store.for_exams(db, keys, model_id)
-    vendors = _exam_vendors(db, keys)
+    states = reads.current_scores(db, keys, model)
+    return [(_date(d), states[ek]) for ek, _, d in exams]
+
+
+def points_for_patient(db, patient_key: str, model=None) -> list[ScorePoint]:
+    """The woman's dated exams with a *current* computed score, as ScorePoints (oldest first).
+
+    `model` as in `exam_states`; a stale score (model or input changed since) is left out, so
+    one trajectory never shows a score as current that would be computed differently today.
+    """
+    from mamview.core.cache import reads
+    from mamview.core.domain import ScoreState
+
+    scored = [(d, s) for d, s in exam_states(db, patient_key, model)
+              if d is not None and s.state == ScoreState.CURRENT and len(s.risk) >= 5]
+    vendors = reads.exam_vendors(db, [s.exam_key for _, s in scored])
     out = []
-    for e in exams:
-        s = scored.get(e["exam_key"])
-        if not s or s["status"] != "ok" or len(s["risk"]) < 5:
-            continue
-        try:
-            when = datetime.date.fromisoformat(e["exam_date"])
-        except ValueError:
-            continue
-        yearly = tuple(round(float(x) * 100, 4) for x in s["risk"])
-        out.append(ScorePoint(when, yearly[4], s["model_id"], e["exam_key"],
-                              vendors.get(e["exam_key"]), yearly))
+    for when, s in scored:
+        yearly = tuple(round(float(x) * 100, 4) for x in s.risk)
+        out.append(ScorePoint(when, yearly[4], s.model_id, s.exam_key, vendors.get(s.exam_key),
+                              yearly, s.model_version, s.weights_sha256))
     return out
 
 
-def _exam_vendors(db, exam_keys: Sequence[str]) -> dict[str, str | None]:
-    """The most common Manufacturer of each exam's images (None if unrecorded)."""
-    out: dict[str, str | None] = {}
-    for ek in exam_keys:
-        row = db.execute(
-            "SELECT manufacturer FROM images WHERE exam_key = ? AND manufacturer != '' "
-            "GROUP BY manufacturer ORDER BY count(*) DESC, manufacturer LIMIT 1", [ek]).fetchone()
-        out[ek] = row[0] if row else None
-    return out
+def _date(text: str) -> datetime.date | None:
+    try:
+        return datetime.date.fromisoformat(text) if text else None
+    except ValueError:
+        return None

@@ -43,20 +43,69 @@ def save(db: sqlite_utils.Database, rows: Iterable[dict]) -> None:
             db["scores"].upsert(row, pk="cache_key")
 
 
-def for_exams(db: sqlite_utils.Database, exam_keys: Iterable[str], model_id: str | None = None
-              ) -> dict[str, dict]:
-    """The newest score per exam (optionally of one model)."""
+def unscorable_key(identity, images: Iterable[tuple[str, int, int]]) -> str:
+    """Key of an 'unscorable' result: the model and every image of the exam (SOP UID, size,
+    mtime), so an exam is looked at again when one of its files is added, removed or replaced."""
+    return cache_key(identity, sorted(images)) + ":unscorable"
+
+
+def for_exams(db: sqlite_utils.Database, exam_keys: Iterable[str], model=None) -> dict[str, dict]:
+    """The *current* stored score row per exam (ok or unscorable) of `model` (a ModelRef, a
+    model id, or None for the newest model per exam). A stored score whose key no longer
+    matches (model or input changed) is left out: see `reads.current_scores` for its state."""
+    from mamview.core.cache import reads
+
+    return {ek: row for ek, (_, row) in reads.evaluate(db, list(exam_keys), model).items()
+            if row is not None}
+
+
+def rows_by_key(db: sqlite_utils.Database, keys: Sequence[str]) -> dict[str, dict]:
+    """Stored rows by cache key (decoded), in chunks of 500 keys per query."""
     out: dict[str, dict] = {}
-    for ek in exam_keys:
-        sql = "SELECT * FROM scores WHERE exam_key = ?"
-        args: list = [ek]
+    for chunk in _chunks(list(dict.fromkeys(keys))):
+        marks = ",".join("?" * len(chunk))
+        for row in db.query(f"SELECT * FROM scores WHERE cache_key IN ({marks})", chunk):
+            out[row["cache_key"]] = _decode(row)
+    return out
+
+
+def newest_per_exam(db: sqlite_utils.Database, exam_keys: Sequence[str],
+                    model_id: str | None = None) -> dict[str, dict]:
+    """The newest stored row per exam (of `model_id` when given), decoded."""
+    out: dict[str, dict] = {}
+    for chunk in _chunks(list(dict.fromkeys(exam_keys))):
+        marks = ",".join("?" * len(chunk))
+        sql = f"SELECT * FROM scores WHERE exam_key IN ({marks})"
+        args: list = list(chunk)
         if model_id:
             sql += " AND model_id = ?"
             args.append(model_id)
-        rows = list(db.query(sql + " ORDER BY computed_at DESC, score_id DESC LIMIT 1", args))
-        if rows:
-            out[ek] = _decode(rows[0])
-    return out
+        for row in db.query(sql + " ORDER BY computed_at, score_id", args):
+            out[row["exam_key"]] = row  # ascending order: the last one seen is the newest
+    return {k: _decode(v) for k, v in out.items()}
+
+
+def model_with_most_scores(db: sqlite_utils.Database, exam_keys: Sequence[str] | None = None
+                           ) -> str | None:
+    """The model id with computed scores for most exams (of `exam_keys`, else the library);
+    ties go to the newest score."""
+    sql = "SELECT model_id FROM scores WHERE status = 'ok'"
+    args: list = []
+    if exam_keys is not None:
+        if not exam_keys:
+            return None
+        marks = ",".join("?" * len(exam_keys))
+        sql += f" AND exam_key IN ({marks})"
+        args = list(exam_keys)
+    row = db.execute(sql + " GROUP BY model_id ORDER BY count(DISTINCT exam_key) DESC, "
+                     "max(computed_at) DESC LIMIT 1", args).fetchone()
+    return row[0] if row else None
+
+
+def _chunks(items: list, size: int = 500):
+    # SQLite caps the number of bound parameters (999 in old builds)
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
 
 
 def _decode(row: dict) -> dict:
