@@ -73,7 +73,7 @@ def cmd_score(args, lib: Library) -> int:
     from mamview.core.inference import (ExamScored, ExamUnscorable, GenerationDone,
                                         InferenceService, ScoreFailed, ServiceError)
     from mamview.core.models import registry
-    from mamview.core.models.base import ModelUnavailable
+    from mamview.core.models.errors import ModelUnavailable
 
     from mamview.core.cache import reads
     from mamview.core.domain import ScoreState

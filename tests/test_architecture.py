@@ -40,3 +40,37 @@ def test_the_registry_lists_models_without_torch(tmp_path):
             "print('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+WINDOW_START = """
+import sys, time
+from mamview.core.paths import library
+from mamview.qt.app import application
+from mamview.qt.main_window import MainWindow
+
+def main():
+    app = application()
+    win = MainWindow(library(sys.argv[1]), start_inference=False)
+    win.show()
+    deadline = time.monotonic() + 100
+    while not win.check_results and time.monotonic() < deadline:
+        app.processEvents()
+        time.sleep(0.02)
+    gpu = [r for r in win.check_results if r.name == "gpu"]
+    print(gpu[0].level if gpu else "no gpu check", "torch" in sys.modules)
+    win.shutdown()
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_the_window_starts_and_checks_the_gpu_without_importing_torch(tmp_path):
+    script = tmp_path / "start.py"
+    script.write_text(WINDOW_START)
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "home")], capture_output=True,
+                         text=True, env=env, timeout=150)
+    assert out.returncode == 0, out.stderr
+    # the probe ran (in a child process) and found torch usable; the window never loaded it
+    assert out.stdout.split()[-2:] == ["ok", "False"], out.stdout + out.stderr

@@ -181,8 +181,9 @@ def probe_compute() -> ComputeFacts:
         cuda_ok = False
     mps = getattr(torch.backends, "mps", None)
     return ComputeFacts(
-        torch_version=torch.__version__,
-        torch_cuda=torch.version.cuda,
+        # plain str: torch's TorchVersion would make unpickling the facts import torch
+        torch_version=str(torch.__version__),
+        torch_cuda=None if torch.version.cuda is None else str(torch.version.cuda),
         cuda_available=cuda_ok,
         gpu_names=names,
         mps_available=bool(mps is not None and mps.is_available()),
@@ -238,21 +239,47 @@ def assess_compute(facts: ComputeFacts, preference: str = "auto") -> CheckResult
     return CheckResult("gpu", OK, f"No GPU found: scoring uses {cpu}. {slower}", "", details)
 
 
-def check_compute(preference: str = "auto") -> CheckResult:
-    """Probe this machine and assess it (see :func:`assess_compute`)."""
-    return assess_compute(probe_compute(), preference)
+PROBE_TIMEOUT_S = 120  # importing torch and initialising CUDA can take a while on a cold disk
+
+
+def probe_compute_elsewhere(timeout: float = PROBE_TIMEOUT_S) -> ComputeFacts:
+    """`probe_compute` in a spawned child process, so the caller never imports torch (the
+    window stays about 300 MB smaller and its GIL free). A child that fails or hangs is a fact
+    about torch too."""
+    import concurrent.futures
+    import multiprocessing
+
+    pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        return pool.submit(probe_compute).result(timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - a crashed or hung probe must become a message
+        return ComputeFacts("not importable", None, False, nvidia_driver=nvidia_driver_version(),
+                            cpu_threads=os.cpu_count() or 1,
+                            torch_error=" ".join(f"the torch probe failed: {type(exc).__name__}: "
+                                                 f"{exc}".split())[:300])
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def check_compute(preference: str = "auto", isolated: bool = False) -> CheckResult:
+    """Probe this machine and assess it (see :func:`assess_compute`); `isolated` probes in a
+    child process."""
+    return assess_compute(probe_compute_elsewhere() if isolated else probe_compute(), preference)
 
 
 # ---------------------------------------------------------------- all together
 
 
 def run_checks(lib: Library, *, device_preference: str = "auto",
-               min_free: int = MIN_FREE_BYTES, warn_free: int = WARN_FREE_BYTES) -> list[CheckResult]:
-    """Every first-run check, in the order a user should fix them."""
+               min_free: int = MIN_FREE_BYTES, warn_free: int = WARN_FREE_BYTES,
+               isolated: bool = False) -> list[CheckResult]:
+    """Every first-run check, in the order a user should fix them (`isolated`: torch is
+    probed in a child process, as the window wants)."""
     return [
         check_library_writable(lib),
         check_free_space(lib, min_free=min_free, warn_free=warn_free),
-        check_compute(device_preference),
+        check_compute(device_preference, isolated=isolated),
     ]
 
 

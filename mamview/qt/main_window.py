@@ -368,7 +368,10 @@ class MainWindow(QMainWindow):
         from mamview.core import firstrun
 
         device = self.settings.device
-        self.bridge.run_task(lambda: firstrun.run_checks(self.lib, device_preference=device),
+        # torch is probed in a child: the window process never imports it (the model runs in
+        # the inference process)
+        self.bridge.run_task(lambda: firstrun.run_checks(self.lib, device_preference=device,
+                                                         isolated=True),
                              self._on_first_run_checks)
 
     def _on_first_run_checks(self, results, error) -> None:
@@ -397,7 +400,7 @@ class MainWindow(QMainWindow):
 
     def _resolve_model(self) -> None:
         from mamview.core.models import registry
-        from mamview.core.models.base import ModelUnavailable
+        from mamview.core.models.errors import ModelUnavailable
 
         try:
             self.model_entry = registry.resolve(self.lib, self.settings.model)

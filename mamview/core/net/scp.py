@@ -830,7 +830,7 @@ class StorageNode:
             return None if self._service_broken else self._service
         from mamview.core.inference import InferenceService
         from mamview.core.models import registry
-        from mamview.core.models.base import ModelUnavailable
+        from mamview.core.models.errors import ModelUnavailable
 
         try:
             entry = registry.resolve(self.lib, self.model)
