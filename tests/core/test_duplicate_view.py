@@ -10,19 +10,11 @@ from mamview.core.cache import store
 from mamview.core.cache.db import connect
 from mamview.core.dicom.headers import dicom_date, dicom_time, read_header
 from mamview.core.inference import exam_inputs
-from mamview.core.ingest import run_import
+from mamview.core.ingest import drain, run_import
 from mamview.core.paths import Library
 from tests.factories import write_mammogram
 
 SHAPE = (320, 256)  # large enough to be scored
-
-
-def drain(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
 
 
 def write_exam(folder, views=(("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO")), **extra):
