@@ -209,19 +209,21 @@ def test_full_resolution_child_is_memory_capped_and_its_death_is_a_decode_error(
     panic = str(hostile.panicking_rle(tmp_path / "panic.dcm"))
     try:
         assert decode_worker.render_full_elsewhere(good, 0).shape == (256, 208)
-        child = next(iter(decode_worker._pool._processes.values()))
-        limits_text = Path(f"/proc/{child.pid}/limits").read_text()
+        pid = decode_worker.child_pid()
+        limits_text = Path(f"/proc/{pid}/limits").read_text()
         assert any(line.startswith("Max address space") and str(4 * 1024**3) in line
                    for line in limits_text.splitlines())
         with pytest.raises(PixelDecodeError, match="PanicException"):
             decode_worker.render_full_elsewhere(panic, 0)
-        os.kill(child.pid, signal.SIGKILL)  # our own child dies between two decodes
+        os.kill(pid, signal.SIGKILL)  # our own child dies between two decodes
         assert decode_worker.render_full_elsewhere(good, 0).shape == (256, 208)  # a new child
         with pytest.raises(PixelDecodeError, match="took longer than"):
             decode_worker.render_full_elsewhere(good, 0, timeout=0.001)  # killed, not waited on
         assert decode_worker.render_full_elsewhere(good, 0).shape == (256, 208)
+        assert decode_worker.child_pid() != pid
     finally:
         decode_worker.shutdown()
+    assert decode_worker.child_pid() is None
 
 
 # --- the seeded fuzz -----------------------------------------------------------------------------
@@ -326,3 +328,32 @@ def test_seeded_fuzz_every_file_decodes_or_is_refused(tmp_path):
     assert report["slowest"][0] < 15, report["slowest"]
     print(f"fuzz: {FUZZ_CASES} files in {elapsed:.1f} s, peak RSS "
           f"{report['peak_rss'] / 1024**2:.0f} MiB, slowest {report['slowest']}, {counts}")
+
+
+EXIT_AFTER_KILLS = """
+import sys
+from mamview.core.dicom.pixels import PixelDecodeError
+from mamview.qt import decode_worker
+
+def main():
+    for i in range(12):  # deadlines around the decode time: the child is killed mid-answer too
+        try:
+            decode_worker.render_full_elsewhere(sys.argv[1], 0, timeout=0.02 * (i % 6) + 0.01)
+        except PixelDecodeError:
+            pass
+    print("done", flush=True)
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_killing_the_decode_child_mid_answer_never_holds_up_exit(tmp_path):
+    # a ProcessPoolExecutor's manager thread blocked in recv for good here and the interpreter
+    # never exited; the process must end promptly whatever the child was doing
+    big = hostile.write_mammogram(tmp_path / "big.dcm", shape=(3000, 2400))
+    script = tmp_path / "kills.py"
+    script.write_text(EXIT_AFTER_KILLS)
+    out = subprocess.run([sys.executable, str(script), str(big)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "done", out.stderr
