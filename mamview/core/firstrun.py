@@ -242,24 +242,38 @@ def assess_compute(facts: ComputeFacts, preference: str = "auto") -> CheckResult
 PROBE_TIMEOUT_S = 120  # importing torch and initialising CUDA can take a while on a cold disk
 
 
+def _probe_child(conn) -> None:
+    try:
+        conn.send(probe_compute())
+    finally:
+        conn.close()
+
+
 def probe_compute_elsewhere(timeout: float = PROBE_TIMEOUT_S) -> ComputeFacts:
     """`probe_compute` in a spawned child process, so the caller never imports torch (the
     window stays about 300 MB smaller and its GIL free). A child that fails or hangs is a fact
-    about torch too."""
-    import concurrent.futures
+    about torch too; it is a daemon and killed at the deadline, so it never holds up an exit."""
     import multiprocessing
 
-    pool = concurrent.futures.ProcessPoolExecutor(
-        max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    ctx = multiprocessing.get_context("spawn")
+    ours, theirs = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_probe_child, args=(theirs,), daemon=True, name="mamview-probe")
     try:
-        return pool.submit(probe_compute).result(timeout=timeout)
+        proc.start()
+        theirs.close()
+        if not ours.poll(timeout):
+            raise TimeoutError(f"no answer within {timeout:g} s")
+        return ours.recv()
     except Exception as exc:  # noqa: BLE001 - a crashed or hung probe must become a message
         return ComputeFacts("not importable", None, False, nvidia_driver=nvidia_driver_version(),
                             cpu_threads=os.cpu_count() or 1,
                             torch_error=" ".join(f"the torch probe failed: {type(exc).__name__}: "
                                                  f"{exc}".split())[:300])
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        if proc.is_alive():
+            proc.kill()
+        proc.join(5)
+        ours.close()
 
 
 def check_compute(preference: str = "auto", isolated: bool = False) -> CheckResult:

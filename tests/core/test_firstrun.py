@@ -214,3 +214,15 @@ def test_format_shows_hints_and_marks_errors():
         firstrun.CheckResult("gpu", OK, "CPU."),
     ])
     assert text.splitlines() == ["[FAIL] Only 1.0 GiB free.", "       → free some space", "[ok  ] CPU."]
+
+
+def test_a_probe_that_does_not_answer_in_time_is_a_message_and_its_child_is_gone():
+    import multiprocessing
+    import time
+
+    t0 = time.monotonic()
+    facts = firstrun.probe_compute_elsewhere(timeout=0.001)
+    assert time.monotonic() - t0 < 10
+    assert facts.torch_version == "not importable" and "no answer within" in facts.torch_error
+    assert "\n" not in facts.torch_error
+    assert not [p for p in multiprocessing.active_children() if p.name == "mamview-probe"]
