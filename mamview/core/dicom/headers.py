@@ -48,7 +48,6 @@ TOO_LARGE = "too large"  # over a cap of limits.DecodeLimits
 # What the header of a deflated data set (everything before the pixel data) may inflate to;
 # real headers are a few kB, with overlays and private blobs a few MB.
 _DEFLATED_HEADER_BYTES = 64 * 1024**2
-_INFLATE_CHUNK = 1024**2
 _DEFLATED_UID = DeflatedExplicitVRLittleEndian.encode("ascii")
 _MAX_SKIMMED_META = 64 * 1024
 _MAX_DICOMDIR_BYTES = 256 * 1024**2  # a DICOMDIR of 100,000 images is ~30 MB
@@ -338,7 +337,7 @@ def _scan_deflated(
     cap = limits.current().max_inflated_bytes
     keep = min(_DEFLATED_HEADER_BYTES, cap)
     try:
-        head, total, complete = _inflate_counting(f, keep, cap)
+        head, total, complete = limits.inflate_stream(f, keep, cap, "the deflated data set")
     except LimitExceeded as exc:
         return Problem(name, TOO_LARGE, str(exc))
     except zlib.error as exc:
@@ -362,27 +361,6 @@ def _scan_deflated(
     if problem is not None:
         return problem
     return _header(fields, name, info)
-
-
-def _inflate_counting(f: BinaryIO, keep: int, limit: int) -> tuple[bytes, int, bool]:
-    """First `keep` inflated bytes of the raw-deflate stream in `f`, its inflated size, and
-    whether the stream ended properly. LimitExceeded past `limit` inflated bytes."""
-    d = zlib.decompressobj(-zlib.MAX_WBITS)
-    head = bytearray()
-    total = 0
-    while not d.eof:
-        data = f.read(_INFLATE_CHUNK)
-        if not data:
-            break
-        while data and not d.eof:
-            out = d.decompress(data, _INFLATE_CHUNK)
-            data = d.unconsumed_tail
-            total += len(out)
-            if total > limit:
-                raise LimitExceeded(f"the deflated data set inflates to more than {limit:,} bytes")
-            if len(head) < keep:
-                head += out[: keep - len(head)]
-    return bytes(head), total, d.eof
 
 
 def _deflated_pixel_problem(buf: DicomBytesIO, fields: FastFields, kept: int, total: int, name: str) -> Problem | None:

@@ -24,9 +24,11 @@ Each cap can be changed with an environment variable (MAMVIEW_MAX_…, see `env_
 
 from __future__ import annotations
 
+import io
 import os
 import zlib
 from dataclasses import dataclass, fields
+from typing import BinaryIO
 
 from mamview.core.errors import LimitExceeded
 
@@ -65,26 +67,35 @@ def current() -> DecodeLimits:
     return DecodeLimits(**values)
 
 
-def inflated_size(data: bytes, limit: int, chunk: int = 16 * 1024**2) -> int:
-    """Bytes that raw-deflate `data` inflates to, counted in chunks without keeping them; stops
-    counting past `limit` (the result is then `limit` + something)."""
+def inflate_stream(f: BinaryIO, keep: int, limit: int, what: str = "deflated data",
+                   chunk: int = 1024**2) -> tuple[bytes, int, bool]:
+    """Inflate the raw-deflate stream read from `f` in chunks: (its first `keep` inflated bytes,
+    its inflated size, whether it ended properly). Only `keep` bytes are ever held, so a deflate
+    bomb costs the time to inflate `limit` bytes but no memory; LimitExceeded past `limit`."""
     d = zlib.decompressobj(-zlib.MAX_WBITS)
-    total, tail = 0, data
-    while tail and total <= limit:
-        total += len(d.decompress(tail, chunk))
-        tail = d.unconsumed_tail
-    if total <= limit:
-        total += len(d.flush())
-    return total
+    head = bytearray()
+    total = 0
+    while not d.eof:
+        data = f.read(chunk)
+        if not data:
+            break
+        while data and not d.eof:
+            out = d.decompress(data, chunk)
+            data = d.unconsumed_tail
+            total += len(out)
+            if total > limit:
+                raise LimitExceeded(f"{what} inflates to more than {limit:,} bytes "
+                                    f"({env_name('max_inflated_bytes')})")
+            if len(head) < keep:
+                head += out[: keep - len(head)]
+    return bytes(head), total, d.eof
 
 
 def inflate_bounded(data: bytes, limit: int, what: str = "deflated data") -> bytes:
     """Inflate raw-deflate `data` (DICOM deflated transfer syntax), refusing more than `limit` bytes.
 
-    The size is counted first in small chunks that are not kept, so a deflate bomb costs the
-    time to inflate `limit` bytes but no memory; data within the cap is then inflated for real.
+    The size is counted first (`inflate_stream`, nothing kept), so a deflate bomb costs no
+    memory; data within the cap is then inflated for real.
     """
-    if inflated_size(data, limit) > limit:
-        raise LimitExceeded(f"{what} inflates to more than {limit:,} bytes "
-                            f"({env_name('max_inflated_bytes')})")
+    inflate_stream(io.BytesIO(data), 0, limit, what)
     return zlib.decompressobj(-zlib.MAX_WBITS).decompress(data)
