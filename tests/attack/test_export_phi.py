@@ -20,7 +20,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 from PySide6.QtCore import QRectF
-from PySide6.QtGui import QGuiApplication, QImage, QPainter
+from PySide6.QtGui import QGuiApplication, QImage
 
 from mamview.core import report
 from mamview.core.cache.db import connect
@@ -29,6 +29,7 @@ from mamview.core.paths import library
 from mamview.qt import export
 from mamview.qt.image_tile import gray_image
 from tests.factories import MG_FOR_PRESENTATION, breast_pixels, write_mammogram
+from tests.figures import figure_cells
 
 NAME, PID, BIRTH = "BURNED^BETTY", "MRN-77001", "19580203"
 DATES = ("20220110", "20240115")
@@ -76,15 +77,6 @@ def _tile_images(content, by_tile) -> list[tuple[str, QImage]]:
         arr = dcmread(by_tile[t.tile_key]).pixel_array.astype(np.float64)
         out.append((t.tile_key, gray_image(np.clip(arr / 4095 * 255, 0, 255))))
     return out
-
-
-def _cells(content, tiles) -> list[QRectF]:
-    scratch = QImage(int(export.PAGE_W), int(export.PAGE_H), QImage.Format.Format_RGB32)
-    p = QPainter(scratch)
-    try:
-        return export.paint_figure(p, content, tiles)
-    finally:
-        p.end()
 
 
 def _rgb(img: QImage) -> np.ndarray:
@@ -139,7 +131,7 @@ def test_deidentified_png_withholds_the_burned_in_tile(qtbot, woman, tmp_path):
         named = report.build_export_content(db, pkey, keys[-1], keys[0], "8up", False, lib=lib)
         export.export_figure(named, tiles, os.environ["MAMVIEW_KEEP_FIGURES"] + "/named.png")
     img = QImage(str(out))
-    cells = _cells(c, tiles)
+    cells = figure_cells(c, tiles)
     s = export.SCALE
     assert _count(img, cells[rcc], s, _white) == 0  # not one pixel of the label
     assert _count(img, cells[rcc], s, _accent) > 1000  # the note (and its frame) is drawn
@@ -159,7 +151,7 @@ def test_identified_png_still_shows_the_image(qtbot, woman, tmp_path):
     assert not any(t.withheld for t in c.tiles) and not c.withheld_line
     out = export.export_figure(c, tiles, tmp_path / "named.png")
     img = QImage(str(out))
-    cells = _cells(c, tiles)
+    cells = figure_cells(c, tiles)
     assert _count(img, cells[rcc], export.SCALE, _white) > 10000  # the label shows, as today
     assert _count(img, cells[rcc], export.SCALE, _accent) == 0
     assert _count(img, FOOTER_NOTE, export.SCALE, _accent) == 0  # no withheld count either
@@ -196,7 +188,7 @@ def test_pdf_and_clipboard_withhold_too(qtbot, woman, tmp_path):
     assert max(_white_pixels(im) for im in in_deid) == 0
     img = export.copy_to_clipboard(deid, tiles)
     got = QGuiApplication.clipboard().image().convertToFormat(QImage.Format.Format_RGB32)
-    cells = _cells(deid, tiles)
+    cells = figure_cells(deid, tiles)
     rcc = _rcc(deid, keys)
     for shown in (img, got):
         assert _count(shown, cells[rcc], export.SCALE, _white) == 0

@@ -26,28 +26,12 @@ from mamview.core.net.nodes import PacsNode, echo
 from mamview.core.net.qr import send_files
 from mamview.core.paths import library
 from tests.attack import hostile
-from tests.net.conftest import LOOPBACK, free_port, needs_dcmtk, run
+from tests.net.conftest import LOOPBACK, Recorder, free_port, needs_dcmtk, run
 from tests.net.conftest import pacs, priors, procs, scu_config  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.timeout(180)  # a hung node fails the test, never CI
 
 OTHER_LOOPBACK = "127.0.0.2"  # Linux answers all of 127/8: a second peer address
-
-
-class Recorder:
-    """Collects node events (they arrive on worker threads)."""
-
-    def __init__(self):
-        self.events = []
-        self._lock = threading.Lock()
-
-    def __call__(self, ev):
-        with self._lock:
-            self.events.append(ev)
-
-    def of(self, kind):
-        with self._lock:
-            return [e for e in self.events if isinstance(e, kind)]
 
 
 def tree(root: Path) -> set[str]:

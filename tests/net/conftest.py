@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -134,3 +135,19 @@ def pacs(tmp_path, procs, priors):
 
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
+
+
+class Recorder:
+    """Collects node events (they arrive on worker threads)."""
+
+    def __init__(self):
+        self.events = []
+        self._lock = threading.Lock()
+
+    def __call__(self, ev):
+        with self._lock:
+            self.events.append(ev)
+
+    def of(self, kind):
+        with self._lock:
+            return [e for e in self.events if isinstance(e, kind)]

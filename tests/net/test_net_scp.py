@@ -20,25 +20,9 @@ from mamview.core.net.nodes import PacsNode
 from mamview.core.net.qr import send_files
 from mamview.core.paths import library
 from tests.factories import write_truncated_copy
-from tests.net.conftest import LOOPBACK, cohort_folders, needs_dcmtk, run
+from tests.net.conftest import LOOPBACK, Recorder, cohort_folders, needs_dcmtk, run
 
 pytestmark = [needs_dcmtk, pytest.mark.timeout(300)]  # a hung peer fails the test, never CI
-
-
-class Recorder:
-    """Collects node events (they arrive on worker threads)."""
-
-    def __init__(self):
-        self.events = []
-        self._lock = threading.Lock()
-
-    def __call__(self, ev):
-        with self._lock:
-            self.events.append(ev)
-
-    def of(self, kind):
-        with self._lock:
-            return [e for e in self.events if isinstance(e, kind)]
 
 
 def db_rows(lib, sql, args=()):

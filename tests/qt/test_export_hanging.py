@@ -6,13 +6,14 @@ the exported PNG's pixels."""
 import numpy as np
 import pytest
 from PySide6.QtCore import QRectF
-from PySide6.QtGui import QImage, QPainter
+from PySide6.QtGui import QImage
 
-from mamview.core import hanging, report
+from mamview.core import report
 from mamview.core.ingest import drain, run_import
 from mamview.core.paths import Library
 from mamview.qt import export
 from tests.factories import write_mammogram
+from tests.figures import figure_cells
 
 DATES = ("20200110", "20210112", "20220114")
 VIEWS = (("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO"))
@@ -50,15 +51,6 @@ def _wait_drawn(win, qtbot):
     """Every screen tile that has an image row shows its pixels."""
     want = sum(1 for t in win.grid.tiles if t.image_row is not None)
     qtbot.waitUntil(lambda: len(export.window_tile_images(win)) == want, timeout=5000)
-
-
-def _cells(content, tiles) -> list[QRectF]:
-    scratch = QImage(int(export.PAGE_W), int(export.PAGE_H), QImage.Format.Format_RGB32)
-    p = QPainter(scratch)
-    try:
-        return export.paint_figure(p, content, tiles)
-    finally:
-        p.end()
 
 
 def _gray(img: QImage) -> np.ndarray:
@@ -129,7 +121,7 @@ def test_every_layout_on_screen_exports_as_shown(window, qtbot, tmp_path):
         tiles = export.window_tile_images(win)
         img = export.render_figure(content, tiles, scale=1.0)
         gray = _gray(img)
-        for tile, cap, cell in zip(win.grid.tiles, content.tiles, _cells(content, tiles)):
+        for tile, cap, cell in zip(win.grid.tiles, content.tiles, figure_cells(content, tiles)):
             shown = tile.array is not None
             assert _shows_image(gray, cell) == shown, (name, cell)
             if not shown:
@@ -146,7 +138,7 @@ def test_exported_four_up_puts_the_chest_walls_back_to_back(window, tmp_path):
     out = win.export_figure(str(tmp_path / "four-up.png"), deidentify=True)
     content = export.content_for_window(win, True)
     tiles = export.window_tile_images(win)
-    cells = dict(zip([t.cell.view for t in content.tiles], _cells(content, tiles)))
+    cells = dict(zip([t.cell.view for t in content.tiles], figure_cells(content, tiles)))
     gray, s = _gray(QImage(str(out))), export.SCALE
     for right, left in (("RCC", "LCC"), ("RMLO", "LMLO")):
         r_cols = _tissue_columns(gray, cells[right], s)
