@@ -73,7 +73,8 @@ def test_window_withholds_a_burned_in_image_from_the_deidentified_png(
     full-white label block; the de-identified figure shows none of it, the identified one does."""
     from mamview.core.ingest import drain, run_import
     from mamview.core.paths import Library
-    from tests.attack.test_export_phi import _accent, _cells, _count, _pixels, _white
+    from tests.attack.test_export_phi import _accent, _count, _pixels, _white
+    from tests.figures import figure_cells
     from tests.factories import write_mammogram
 
     for side, view in (("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO")):
@@ -97,7 +98,7 @@ def test_window_withholds_a_burned_in_image_from_the_deidentified_png(
         rcc = next(i for i, t in enumerate(content.tiles) if t.tile_key.endswith("|RCC"))
         out = win.export_figure(str(tmp_path / f"board-{deid}.png"), deidentify=deid)
         img = QImage(str(out))
-        cell = _cells(content, tiles)[rcc]
+        cell = figure_cells(content, tiles)[rcc]
         found[deid] = (_count(img, cell, export.SCALE, _white),
                        _count(img, cell, export.SCALE, _accent))
     assert found[True][0] == 0 and found[True][1] > 1000  # withheld, with its note
