@@ -21,7 +21,7 @@ def bench_import(patients: int = 6, size: str = "full", work: str | None = None)
     Generates a synthetic cohort (kept in `work` when given, so later runs reuse it).
     """
     from mamview.core import previews
-    from mamview.core.cache import store
+    from mamview.core.cache import reads
     from mamview.core.cache.db import connect
     from mamview.core.demo_data import generate_cohort, write_patient
     from mamview.core.ingest import find_files, generate_previews, run_import
@@ -48,7 +48,7 @@ def bench_import(patients: int = 6, size: str = "full", work: str | None = None)
     # previews of the whole cohort (reduced-resolution decode where possible)
     lib = Library(base / "lib-index-0")
     db = connect(lib.database)
-    n_images = store.counts(db)["images"]
+    n_images = reads.counts(db)["images"]
     t = time.perf_counter()
     drain(generate_previews(lib, db))
     preview_s = time.perf_counter() - t

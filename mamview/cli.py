@@ -102,11 +102,11 @@ def _note(message: str) -> None:
 
 def _patient_keys(db, patient_id: str | None) -> list[str] | None:
     """Cache keys of the woman with this PatientID (None: everyone); CliError if unknown."""
-    from mamview.core.cache import store
+    from mamview.core.cache import reads
 
     if not patient_id:
         return None
-    keys = store.find_patient_keys(db, patient_id)
+    keys = reads.find_patient_keys(db, patient_id)
     if not keys:
         raise CliError(f"no patient with ID {patient_id!r} in the library")
     return keys
@@ -217,10 +217,10 @@ def cmd_demo_data(args, lib: paths.Library) -> int:
 
 
 def cmd_patients(args, lib: paths.Library) -> int:
-    from mamview.core.cache import store
+    from mamview.core.cache import reads
 
     db = _open_db(lib, reading=True)
-    rows = store.list_patients(db)
+    rows = reads.list_patients(db)
     if args.json:
         _print_json(rows)
         return 0
@@ -239,10 +239,10 @@ def cmd_patients(args, lib: paths.Library) -> int:
 def cmd_exams(args, lib: paths.Library) -> int:
     """List exams with their views and, per exam, the score state of the shown model
     (current | stale | pending | unscorable) with the stored score's model identity."""
-    from mamview.core.cache import reads, store
+    from mamview.core.cache import reads
 
     db = _open_db(lib, reading=True)
-    exams = store.list_exams(db, _patient_keys(db, args.patient))
+    exams = reads.list_exams(db, _patient_keys(db, args.patient))
     model = reads.choose_model(lib, args.model, db)
     states = reads.current_scores(db, [e["exam_key"] for e in exams], model) if model else {}
     if args.json:
@@ -280,10 +280,10 @@ def _score_word(s) -> str:
 
 
 def cmd_problems(args, lib: paths.Library) -> int:
-    from mamview.core.cache import store
+    from mamview.core.cache import reads
 
     db = _open_db(lib, reading=True)
-    rows = store.list_problems(db)
+    rows = reads.list_problems(db)
     if args.json:
         _print_json(rows)
         return 0

@@ -69,13 +69,12 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction,
 def cmd_score(args, lib: Library) -> int:
     from tqdm import tqdm
 
-    from mamview.core.cache import store
+    from mamview.core.cache import reads
     from mamview.core.inference import (ExamScored, ExamUnscorable, GenerationDone,
                                         InferenceService, ScoreFailed, ServiceError)
     from mamview.core.models import registry
     from mamview.core.models.errors import ModelUnavailable
 
-    from mamview.core.cache import reads
     from mamview.core.domain import ScoreState
 
     try:
@@ -84,7 +83,7 @@ def cmd_score(args, lib: Library) -> int:
         raise cli.CliError(str(exc)) from exc
     db = cli._open_db(lib)
     try:
-        exams = [e["exam_key"] for e in store.list_exams(db, cli._patient_keys(db, args.patient))]
+        exams = [e["exam_key"] for e in reads.list_exams(db, cli._patient_keys(db, args.patient))]
         # stored scores whose key no longer matches are computed again: say how many
         stale = sum(s.state == ScoreState.STALE for s in
                     reads.current_scores(db, exams, reads.model_ref(entry)).values())
@@ -162,12 +161,12 @@ def cmd_trajectory(args, lib: Library) -> int:
 
     if bool(args.patient) == bool(args.all):
         raise cli.CliError("name one PATIENT or use --all")
-    from mamview.core.cache import reads, store
+    from mamview.core.cache import reads
 
     db = cli._open_db(lib, reading=True)
     try:
         if args.all:
-            people = [(r["patient_key"], r["patient_id"]) for r in store.list_patients(db)]
+            people = [(r["patient_key"], r["patient_id"]) for r in reads.list_patients(db)]
             people.sort(key=lambda p: p[1])
         else:
             people = [(k, args.patient) for k in cli._patient_keys(db, args.patient)]
@@ -272,9 +271,9 @@ def _current_score_table(db, model, progress=None):
     `model` (stale ones are left out: they would be computed differently today)."""
     import pandas as pd
 
-    from mamview.core.cache import reads, store
+    from mamview.core.cache import reads
 
-    pid = {r["patient_key"]: r["patient_id"] for r in store.list_patients(db)}
+    pid = {r["patient_key"]: r["patient_id"] for r in reads.list_patients(db)}
     exams = [e for e in reads.exam_dates(db) if e[2]]
     rows = []
     for i in range(0, len(exams), 500):

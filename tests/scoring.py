@@ -3,8 +3,7 @@ scores without running a model (the key is what makes a stored score *current*).
 
 from __future__ import annotations
 
-from mamview.core.cache import scores as score_store
-from mamview.core.cache import store
+from mamview.core.cache import keys, reads, writes
 from mamview.core.domain import ModelRef
 from mamview.core.inference import exam_inputs, input_signature
 from mamview.core.models.registry import read_identity
@@ -32,14 +31,14 @@ def save_current_score(db, exam_key: str, risk_fractions, model_id: str = "demo"
     """Store a score of `model_id` (the installed demo identity for 'demo') whose key matches
     the exam's files today."""
     ref = demo_ref() if model_id == "demo" else made_up_ref(model_id)
-    images = store.exam_images(db, exam_key)
+    images = reads.exam_images(db, exam_key)
     uids = [im["sop_instance_uid"] for im in images]
     if status == "ok":
         inputs = exam_inputs(db, exam_key)
-        key = score_store.cache_key(ref, input_signature(inputs))
+        key = keys.cache_key(ref, input_signature(inputs))
         uids = [r["sop_instance_uid"] for r in inputs]
     else:
-        key = score_store.unscorable_key(
+        key = keys.unscorable_key(
             ref, [(im["sop_instance_uid"], im["size"], im["mtime_ns"]) for im in images])
     row = {
         "cache_key": key, "exam_key": exam_key, "model_id": model_id,
@@ -51,4 +50,4 @@ def save_current_score(db, exam_key: str, risk_fractions, model_id: str = "demo"
     }
     if when:
         row["computed_at"] = when
-    score_store.save(db, [row])
+    writes.save_scores(db, [row])

@@ -130,5 +130,5 @@ def empty_message(cell: Cell, views_present: Collection[str]) -> str:
 
 def present_views(images: Sequence[dict]) -> set[str]:
     """The view labels an exam can hang: its standard images that are present on disk (the
-    rows of `store.list_exams`, as `ExamInfo.image_for` chooses among them)."""
+    rows of `reads.list_exams`, as `ExamInfo.image_for` chooses among them)."""
     return {im["label"] for im in images if im.get("is_standard") and not im.get("missing")}

@@ -26,8 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from mamview.core.cache import scores as score_store
-from mamview.core.cache import store
+from mamview.core.cache import keys, reads, writes
 from mamview.core.cache.db import connect
 from mamview.core.dicom.pixels import PixelDecodeError, describe as _describe
 from mamview.core.domain import STANDARD_VIEWS, view_label
@@ -104,16 +103,16 @@ def exam_inputs(db, exam_key: str) -> list[dict]:
 
     Raises Unscorable with the reason when a view is missing, unusable or duplicated.
     """
-    images = store.exam_images(db, exam_key)
-    ok, reason = store.exam_status(images)
+    images = reads.exam_images(db, exam_key)
+    ok, reason = reads.exam_status(images)
     if not ok:
         raise Unscorable(reason)
     chosen = []
     for side, view in STANDARD_VIEWS:
         label = view_label(side.value, view.value)
-        cands = [im for im in images if im["label"] == label and store.is_scorable_view(im)]
+        cands = [im for im in images if im["label"] == label and reads.is_scorable_view(im)]
         # several images of one view (a repeat): the last one acquired is the one read
-        chosen.append(max(cands, key=store.acquisition_order))
+        chosen.append(max(cands, key=reads.acquisition_order))
     return chosen
 
 
@@ -407,8 +406,8 @@ class InferenceService:
                 continue
             try:
                 rows = exam_inputs(db, ek)
-                key = score_store.cache_key(ident, input_signature(rows))
-                hit = score_store.lookup(db, key)
+                key = keys.cache_key(ident, input_signature(rows))
+                hit = reads.score_by_key(db, key)
                 if hit and hit["status"] == "ok":
                     self._emit(ExamScored(gen, ek, tuple(hit["risk"]), ident.model_id,
                                           ident.label, True))
@@ -430,7 +429,7 @@ class InferenceService:
             return
         risks = model.predict(ExamTensors.collate([t[4] for t in todo]).to(self.device))
         risks = round_risks(risks)
-        score_store.save(db, [
+        writes.save_scores(db, [
             _score_row(ident, key, ek, self.device_label,
                        [r["sop_instance_uid"] for r in rows], "ok", "", list(risk))
             for (gen, ek, key, rows, _), risk in zip(todo, risks)
@@ -441,8 +440,8 @@ class InferenceService:
             self._advance(gen)
 
     def _save_unscorable(self, db, ident, exam_key: str, reason: str) -> None:
-        images = store.exam_images(db, exam_key)
+        images = reads.exam_images(db, exam_key)
         uids = sorted(r["sop_instance_uid"] for r in images)
-        key = score_store.unscorable_key(
+        key = keys.unscorable_key(
             ident, [(r["sop_instance_uid"], r["size"], r["mtime_ns"]) for r in images])
-        score_store.save(db, [_score_row(ident, key, exam_key, "", uids, "unscorable", reason, [])])
+        writes.save_scores(db, [_score_row(ident, key, exam_key, "", uids, "unscorable", reason, [])])

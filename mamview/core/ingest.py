@@ -23,7 +23,7 @@ from typing import Generator, Iterable
 import sqlite_utils
 
 from mamview.core import safety
-from mamview.core.cache import store
+from mamview.core.cache import reads, writes
 from mamview.core.cache.db import connect
 from mamview.core.dicom import headers
 from mamview.core.domain import ImageHeader, Problem
@@ -225,7 +225,7 @@ def run_import(
         yield Progress("finding", 0, 0)
         roots = [Path(p).expanduser().absolute() for p in paths]
         files, walk_problems = find_files(roots)
-        store.replace_walk_problems(db, [shown_path(str(r)) for r in roots], walk_problems)
+        writes.replace_walk_problems(db, [shown_path(str(r)) for r in roots], walk_problems)
         summary.files_seen = len(files)
         for prob in walk_problems:
             summary.skipped[prob.reason] += 1
@@ -235,7 +235,7 @@ def run_import(
         summary.missing = _notice_deleted(db, roots, set(files))
         if make_previews and not _cancelled(cancel):
             yield from generate_previews(lib, db, summary=summary, cancel=cancel)
-        summary.totals = store.counts(db)
+        summary.totals = reads.counts(db)
         summary.seconds = time.perf_counter() - t0
         return summary
     finally:
@@ -262,7 +262,7 @@ def _index(
     summary: ImportSummary,
     cancel: threading.Event | None,
 ) -> Generator[Event, None, None]:
-    known = store.known_files(db)
+    known = reads.known_files(db)
     back_again: list[str] = []
     batch_headers: list[ImageHeader] = []
     batch_problems: list[Problem] = []
@@ -270,7 +270,7 @@ def _index(
     duplicates: list[Problem] = []
 
     def flush():
-        result = store.write_batch(db, batch_headers, batch_problems, problem_stats)
+        result = writes.write_batch(db, batch_headers, batch_problems, problem_stats)
         summary.added += result.added
         summary.updated += result.updated
         if result.duplicates:
@@ -313,7 +313,7 @@ def _index(
         flush()
     for prob in duplicates:
         yield ProblemFound(prob)
-    store.set_missing(db, back_again, missing=False)
+    writes.set_missing(db, back_again, missing=False)
 
 
 def _notice_deleted(db: sqlite_utils.Database, roots: list[Path], seen: set[str]) -> int:
@@ -328,7 +328,7 @@ def _notice_deleted(db: sqlite_utils.Database, roots: list[Path], seen: set[str]
             continue
         if not os.path.exists(path):
             gone.append(path)
-    store.set_missing(db, gone, missing=True)
+    writes.set_missing(db, gone, missing=True)
     return db.execute("SELECT count(*) FROM images WHERE missing").fetchone()[0]
 
 
@@ -406,7 +406,7 @@ def generate_previews(
     from mamview.core import previews  # decoders load only when previews are made
     from mamview.core.dicom.pixels import PixelDecodeError
 
-    todo = store.images_needing_previews(db, PREVIEW_PIPELINE_VERSION, first_patient)
+    todo = reads.images_needing_previews(db, PREVIEW_PIPELINE_VERSION, first_patient)
     total = len(todo)
     for i, row in enumerate(todo, 1):
         if _cancelled(cancel):
@@ -415,7 +415,7 @@ def generate_previews(
             pv = previews.make_preview(row["path"], target_height=PREVIEW_HEIGHT, reduced=reduced)
         except (PixelDecodeError, MamviewError, OSError, ValueError) as exc:
             message = str(exc) or type(exc).__name__
-            store.record_decode_error(db, row["sop_instance_uid"], row["path"], message)
+            writes.record_decode_error(db, row["sop_instance_uid"], row["path"], message)
             if summary is not None:
                 summary.preview_failures += 1
                 summary.skipped["corrupt pixel data"] += 1
@@ -426,13 +426,13 @@ def generate_previews(
         except (MamviewError, OSError, ValueError) as exc:
             # the disk, not the image: this image only, tried again at the next import
             message = f"{type(exc).__name__}: {exc}"
-            store.record_problem(db, row["path"], PREVIEW_NOT_WRITTEN, message)
+            writes.record_problem(db, row["path"], PREVIEW_NOT_WRITTEN, message)
             if summary is not None:
                 summary.preview_failures += 1
                 summary.skipped[PREVIEW_NOT_WRITTEN] += 1
             yield ProblemFound(Problem(row["path"], PREVIEW_NOT_WRITTEN, message))
             continue
-        store.save_preview_row(
+        writes.save_preview_row(
             db,
             {
                 "sop_instance_uid": row["sop_instance_uid"],
@@ -451,10 +451,10 @@ def generate_previews(
         )
         if pv.note:
             # shown, but not as the file asked (e.g. its window missed the image): say so
-            store.record_problem(db, row["path"], DISPLAY_NOTE, pv.note)
+            writes.record_problem(db, row["path"], DISPLAY_NOTE, pv.note)
             yield ProblemFound(Problem(row["path"], DISPLAY_NOTE, pv.note))
         else:
-            store.clear_problem(db, row["path"], DISPLAY_NOTE)
+            writes.clear_problem(db, row["path"], DISPLAY_NOTE)
         if summary is not None:
             summary.previews += 1
         yield Progress("previews", i, total)

@@ -286,7 +286,7 @@ def _parse_burned_in(head: bytes) -> tuple[str | None, str | None]:
 
 
 def image_withheld(row: dict) -> bool:
-    """Whether an image (a `store.exam_images` row) is withheld from a de-identified figure.
+    """Whether an image (a `reads.exam_images` row) is withheld from a de-identified figure.
 
     The flag and SOP class come from the row when ingest stored them; an absent or empty flag
     is read from the file's header (an unreadable header counts as unknown)."""
@@ -374,15 +374,13 @@ def build_export_content(db, patient_key: str, current_key: str | None, prior_ke
     """
     from mamview.core.analytics import trajectory
     from mamview.core.cache import reads
-    from mamview.core.cache import scores as score_store
-    from mamview.core.cache import store
     from mamview.core.domain import STALE_REASON, ScoreState
 
     rows = list(db.query("SELECT * FROM patients WHERE patient_key = ?", [patient_key]))
     if not rows:
         raise ValueError(f"no patient with key {patient_key!r} in the library")
     patient = rows[0]
-    exams = [e for e in store.list_exams(db, [patient_key])]
+    exams = [e for e in reads.list_exams(db, [patient_key])]
     dated = [(parse_date(e["exam_date"]), e) for e in exams]
     anchor = max((d for d, _ in dated if d), default=None)
 
@@ -391,7 +389,7 @@ def build_export_content(db, patient_key: str, current_key: str | None, prior_ke
     # the one rule of core.cache.reads (the window passes its model id); without a library
     # to look models up in, the model that scored most of her exams
     model = reads.choose_model(lib, model_id, db) if lib is not None else (
-        model_id or score_store.model_with_most_scores(db, keys))
+        model_id or reads.model_with_most_scores(db, keys))
     model_id = getattr(model, "model_id", model)
     points = trajectory.points_for_patient(db, patient_key, model) if model else []
     if report is None:

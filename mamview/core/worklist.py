@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date
 
-from mamview.core.cache import reads, store
+from mamview.core.cache import reads
 from mamview.core.domain import STALE_REASON, ModelRef, ScoredExam, ScoreState
 from mamview.core.ingest import stored_preview
 from mamview.core.paths import Library
@@ -54,7 +54,7 @@ class ExamInfo:
         (the order the scoring uses, so the image on screen is the image scored)."""
         cands = [im for im in self.images if im["label"] == label and im["is_standard"]
                  and not im["missing"]]
-        return max(cands, key=store.acquisition_order) if cands else None
+        return max(cands, key=reads.acquisition_order) if cands else None
 
 
 def _parse_date(text: str) -> date | None:
@@ -78,7 +78,7 @@ def score_of(scored: ScoredExam | None) -> ExamScore:
 def patient_exams(db, patient_key: str, model: ModelRef | str | None) -> list[ExamInfo]:
     """The woman's exams, oldest first, each with its score state for `model`
     (see `reads.current_scores`; an incomplete exam is unscorable at once)."""
-    rows = store.list_exams(db, [patient_key])
+    rows = reads.list_exams(db, [patient_key])
     states = reads.current_scores(db, [r["exam_key"] for r in rows], model)
     return [ExamInfo(r["exam_key"], _parse_date(r["exam_date"]), r["images"], r["complete"],
                      r["incomplete_reason"], score_of(states.get(r["exam_key"])))
@@ -100,7 +100,7 @@ def latest_scores(db, model: ModelRef | str | None) -> dict[str, tuple[str, floa
 
 def preview_path(lib: Library, db, sop_uid: str):
     """The preview PNG of an image if one has been made, else None."""
-    row = store.preview_row(db, sop_uid)
+    row = reads.preview_row(db, sop_uid)
     if row is None:
         return None
     # the stored name, not one recomputed: previews made before hashed names keep working

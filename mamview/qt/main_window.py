@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (QDockWidget, QFileDialog, QHBoxLayout, QLabel, QM
 
 from mamview.core import settings as settings_mod
 from mamview.core.analytics import trajectory
-from mamview.core.cache import reads, store
+from mamview.core.cache import reads
 from mamview.core.cache.db import connect
 from mamview.core.domain import ScoreState
 from mamview.core.paths import Library
@@ -611,7 +611,7 @@ class MainWindow(QMainWindow):
     def refresh_patients(self) -> None:
         """Reload the worklist from the cache (after an import)."""
         latest = latest_scores(self.db, self.score_model)
-        self.patient_rows = [self._patient_row(r, latest) for r in store.list_patients(self.db)]
+        self.patient_rows = [self._patient_row(r, latest) for r in reads.list_patients(self.db)]
         self.patient_list.set_rows(self.patient_rows)
         if self.patient_rows and self.stack.currentWidget() is self.welcome:
             self.stack.setCurrentWidget(self.grid)
@@ -788,7 +788,7 @@ class MainWindow(QMainWindow):
             self.score_library()
 
     def refresh_problems(self) -> None:
-        rows = store.list_problems(self.db)
+        rows = reads.list_problems(self.db)
         self.problems.set_problems(rows)
         self.problems_button.setText(f"⚠ {len(rows)} problems" if rows else "No problems")
 

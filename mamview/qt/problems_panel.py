@@ -25,7 +25,7 @@ class ProblemsPanel(QWidget):
         lay.addWidget(self.table)
 
     def set_problems(self, rows: list[dict]) -> None:
-        """Rows as `core.cache.store.list_problems` returns them."""
+        """Rows as `core.cache.reads.list_problems` returns them."""
         self.table.setRowCount(len(rows))
         for i, r in enumerate(rows):
             for c, key in enumerate(("reason", "path", "detail")):

@@ -7,7 +7,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from mamview.core import paths
-from mamview.core.cache import store
+from mamview.core.cache import reads
 from mamview.core.cache.db import connect
 from mamview.core.ingest import drain, run_import
 from tests.factories import write_mammogram
@@ -42,7 +42,7 @@ def scored_library(home, tmp_path):
     lib = paths.library(home)
     drain(run_import(lib, [src], make_previews=False))
     db = connect(lib.database)
-    keys = {e["exam_date"]: e["exam_key"] for e in store.list_exams(db)}
+    keys = {e["exam_date"]: e["exam_key"] for e in reads.list_exams(db)}
     for d, r5 in (("2019-03-01", 0.020), ("2020-03-10", 0.022), ("2023-03-15", 0.035)):
         save_score(db, keys[d], [r5 / 5 * k for k in range(1, 6)])
     save_score(db, keys["2022-03-01"], [], status="unscorable")

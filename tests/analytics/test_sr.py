@@ -11,7 +11,7 @@ import pytest
 
 from mamview import cli
 from mamview.core.analytics import sr
-from mamview.core.cache import scores as score_store
+from mamview.core.cache import reads
 from mamview.core.cache.db import connect
 from mamview.core.models.registry import DEMO_LABEL
 
@@ -37,7 +37,7 @@ def test_sr_is_valid_and_round_trips(scored_library, tmp_path, capsys):
     assert "Wrote" in text
 
     db = connect(lib.database)
-    score = score_store.for_exams(db, [keys["2023-03-15"]])[keys["2023-03-15"]]
+    score = reads.scores_for_exams(db, [keys["2023-03-15"]])[keys["2023-03-15"]]
     db.close()
     path = next(f for f in files if "20230315" in f.name)
     dump = _dsrdump_clean(path)

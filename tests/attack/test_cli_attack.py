@@ -226,14 +226,14 @@ def test_a_closed_pipe_ends_quietly(tmp_path, capsys):
 
 
 def test_problems_into_head_ends_quietly_when_head_stops_reading(tmp_path):
-    from mamview.core.cache import store
+    from mamview.core.cache import writes
     from mamview.core.cache.db import connect, write_transaction
 
     home = tmp_path / "lib"
     db = connect(home / "cache.sqlite")
     with write_transaction(db):  # one transaction: 3000 rows in milliseconds
         for i in range(3000):  # ~200 KB of output, more than a pipe holds
-            store.record_problem(db, f"/media/cd/IMAGES/IM{i:06d}", "not DICOM", "a text file")
+            writes.record_problem(db, f"/media/cd/IMAGES/IM{i:06d}", "not DICOM", "a text file")
     db.close()
     script = (f"{sys.executable} -m mamview --home '{home}' problems 2>'{tmp_path}/err' "
               f"| head -1; echo ${{PIPESTATUS[0]}} >'{tmp_path}/rc'")

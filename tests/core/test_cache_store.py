@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from mamview.core.cache import store
+from mamview.core.cache import keys, reads, writes
 from mamview.core.cache.db import connect
 from mamview.core.domain import Classified, ImageHeader, Problem, Source
 
@@ -61,8 +61,8 @@ def test_same_day_studies_merge_into_one_exam(db, tmp_path):
     # a scanner that puts each image in its own study, same day
     split = [header(h.path, h.sop_instance_uid, study=f"1.2.3.{i}", lat=h.laterality.value,
                     view=h.view.value, accession=f"A{i}") for i, h in enumerate(hs)]
-    store.write_batch(db, split, [])
-    exams = store.list_exams(db)
+    writes.write_batch(db, split, [])
+    exams = reads.list_exams(db)
     assert len(exams) == 1
     assert exams[0]["exam_date"] == "2024-01-05"
     assert len(exams[0]["study_uids"]) == 4 and len(exams[0]["accession_numbers"]) == 4
@@ -72,11 +72,11 @@ def test_same_day_studies_merge_into_one_exam(db, tmp_path):
 
 def test_rewriting_the_same_headers_adds_nothing(db, tmp_path):
     hs = four_views(tmp_path)
-    first = store.write_batch(db, hs, [])
-    before = store.counts(db)
-    second = store.write_batch(db, hs, [])
+    first = writes.write_batch(db, hs, [])
+    before = reads.counts(db)
+    second = writes.write_batch(db, hs, [])
     assert first.added == 4 and second.added == 0 and second.updated == 4
-    assert store.counts(db) == before
+    assert reads.counts(db) == before
 
 
 def test_duplicate_sop_uid_in_another_existing_file_is_a_problem(db, tmp_path):
@@ -84,46 +84,46 @@ def test_duplicate_sop_uid_in_another_existing_file_is_a_problem(db, tmp_path):
     b = tmp_path / "b.dcm"
     a.write_bytes(b"x")
     b.write_bytes(b"x")
-    result = store.write_batch(db, [header(a, "1.1"), header(b, "1.1")], [])
+    result = writes.write_batch(db, [header(a, "1.1"), header(b, "1.1")], [])
     assert result.added == 1 and len(result.duplicates) == 1
-    probs = store.list_problems(db)
+    probs = reads.list_problems(db)
     assert probs == [{"path": str(b), "reason": "duplicate",
                       "detail": f"same SOP Instance UID as {a}"}]
-    assert store.counts(db)["images"] == 1
+    assert reads.counts(db)["images"] == 1
 
 
 def test_moved_file_updates_the_path(db, tmp_path):
-    store.write_batch(db, [header(tmp_path / "old.dcm", "1.1")], [])
-    store.set_missing(db, [str(tmp_path / "old.dcm")])
-    store.write_batch(db, [header(tmp_path / "new.dcm", "1.1")], [])
-    (img,) = store.list_exams(db)[0]["images"]
+    writes.write_batch(db, [header(tmp_path / "old.dcm", "1.1")], [])
+    writes.set_missing(db, [str(tmp_path / "old.dcm")])
+    writes.write_batch(db, [header(tmp_path / "new.dcm", "1.1")], [])
+    (img,) = reads.list_exams(db)[0]["images"]
     assert img["path"] == str(tmp_path / "new.dcm") and not img["missing"]
 
 
 def test_file_replaced_by_another_instance_drops_the_old_one(db, tmp_path):
     p = tmp_path / "x.dcm"
-    store.write_batch(db, [header(p, "1.1", date="20200101")], [])
-    store.write_batch(db, [header(p, "1.2", date="20210101", size=200)], [])
-    exams = store.list_exams(db)
+    writes.write_batch(db, [header(p, "1.1", date="20200101")], [])
+    writes.write_batch(db, [header(p, "1.2", date="20210101", size=200)], [])
+    exams = reads.list_exams(db)
     assert [e["exam_date"] for e in exams] == ["2021-01-01"]  # the emptied exam is gone
-    assert store.counts(db)["images"] == 1
+    assert reads.counts(db)["images"] == 1
 
 
 def test_file_that_became_unreadable_leaves_the_cache(db, tmp_path):
     p = tmp_path / "x.dcm"
-    store.write_batch(db, [header(p, "1.1")], [])
-    store.write_batch(db, [], [Problem(str(p), "truncated", "short")], {str(p): (5, 2)})
-    assert store.counts(db) == {"patients": 0, "exams": 0, "images": 0, "missing": 0,
+    writes.write_batch(db, [header(p, "1.1")], [])
+    writes.write_batch(db, [], [Problem(str(p), "truncated", "short")], {str(p): (5, 2)})
+    assert reads.counts(db) == {"patients": 0, "exams": 0, "images": 0, "missing": 0,
                                 "problems": 1}
-    assert store.known_files(db)[str(p)] == (5, 2)
+    assert reads.known_files(db)[str(p)] == (5, 2)
 
 
 def test_incomplete_exam_reasons(db, tmp_path):
     hs = four_views(tmp_path)[:3]
     hs.append(header(tmp_path / "spot.dcm", "9.9", lat="L", view="CC",
                      modifiers=("spot compression",)))
-    store.write_batch(db, hs, [])
-    (exam,) = store.list_exams(db)
+    writes.write_batch(db, hs, [])
+    (exam,) = reads.list_exams(db)
     assert not exam["complete"]
     assert exam["incomplete_reason"] == "missing LMLO"
     spot = [im for im in exam["images"] if not im["is_standard"]]
@@ -134,23 +134,23 @@ def test_incomplete_exam_reasons(db, tmp_path):
 def test_for_processing_exam_is_not_complete(db, tmp_path):
     hs = [header(h.path, h.sop_instance_uid, lat=h.laterality.value, view=h.view.value,
                  intent="FOR PROCESSING") for h in four_views(tmp_path)]
-    store.write_batch(db, hs, [])
-    (exam,) = store.list_exams(db)
+    writes.write_batch(db, hs, [])
+    (exam,) = reads.list_exams(db)
     assert (exam["complete"], exam["incomplete_reason"]) == (False, "only For Processing images")
 
 
 def test_patients_without_id_are_never_merged(db, tmp_path):
     a = header(tmp_path / "a.dcm", "1.1", pid="", study="1.2.3")
     b = header(tmp_path / "b.dcm", "1.2", pid="", study="1.2.4")
-    store.write_batch(db, [a, b], [])
-    assert store.counts(db)["patients"] == 2
+    writes.write_batch(db, [a, b], [])
+    assert reads.counts(db)["patients"] == 2
 
 
 def test_preview_order_of_need(db, tmp_path):
-    store.write_batch(db, four_views(tmp_path / "old", date="20200101", prefix="1"), [])
-    store.write_batch(db, four_views(tmp_path / "new", date="20230101", prefix="2"), [])
-    store.write_batch(db, four_views(tmp_path / "b", pid="P2", prefix="3"), [])
-    todo = store.images_needing_previews(db, 1, first_patient="|P2")
+    writes.write_batch(db, four_views(tmp_path / "old", date="20200101", prefix="1"), [])
+    writes.write_batch(db, four_views(tmp_path / "new", date="20230101", prefix="2"), [])
+    writes.write_batch(db, four_views(tmp_path / "b", pid="P2", prefix="3"), [])
+    todo = reads.images_needing_previews(db, 1, first_patient="|P2")
     assert [r["patient_key"] for r in todo[:4]] == ["|P2"] * 4
     assert [r["exam_date"] for r in todo[4:]] == ["2023-01-01"] * 4 + ["2020-01-01"] * 4
 
@@ -164,7 +164,7 @@ def test_one_connection_per_thread(tmp_path):
         db = connect(path, migrate=False)  # each thread its own connection
         try:
             seen[name] = id(db.conn)
-            store.write_batch(db, [header(tmp_path / f"{name}.dcm", f"1.{name}", pid=name)], [])
+            writes.write_batch(db, [header(tmp_path / f"{name}.dcm", f"1.{name}", pid=name)], [])
         finally:
             db.close()
 
@@ -175,7 +175,7 @@ def test_one_connection_per_thread(tmp_path):
         t.join()
     assert len(seen) == 4  # no thread failed on a lock
     db = connect(path)
-    assert store.counts(db)["patients"] == 4
+    assert reads.counts(db)["patients"] == 4
     db.close()
 
 
@@ -186,8 +186,8 @@ def test_window_presets_round_trip(db, tmp_path):
 
     h = replace(header(tmp_path / "w.dcm", "1.1"),
                 window_presets=(WindowPreset(2000, 4000, "SIGMOID", "NORMAL"),))
-    store.write_batch(db, [h], [])
-    (img,) = store.list_exams(db)[0]["images"]
+    writes.write_batch(db, [h], [])
+    (img,) = reads.list_exams(db)[0]["images"]
     assert img["window_presets"] == [{"center": 2000, "width": 4000, "function": "SIGMOID",
                                       "explanation": "NORMAL", "lut_index": None}]
     assert json.loads(json.dumps(img))  # JSON-friendly for `mamview exams --json`
@@ -198,10 +198,10 @@ def test_window_presets_round_trip(db, tmp_path):
 
 def test_keys_of_plain_values_are_unchanged():
     h = header("/x/a.dcm", "1.1", pid="P1")
-    assert store.patient_key(h) == "|P1"
-    assert store.exam_key(h) == "|P1|2024-01-05"
-    assert store.patient_key_of("", "", "1.2.3") == "|no-id:1.2.3"
-    assert store.patient_key_of("ISS", "P1") == "ISS|P1"
+    assert keys.patient_key(h) == "|P1"
+    assert keys.exam_key(h) == "|P1|2024-01-05"
+    assert keys.patient_key_of("", "", "1.2.3") == "|no-id:1.2.3"
+    assert keys.patient_key_of("ISS", "P1") == "ISS|P1"
 
 
 @pytest.mark.parametrize(
@@ -211,18 +211,18 @@ def test_keys_of_plain_values_are_unchanged():
 )
 def test_keys_never_collide(db, tmp_path, a, b):
     (issuer_a, pid_a), (issuer_b, pid_b) = a, b
-    assert store.patient_key_of(issuer_a, pid_a, "1.2.3") != store.patient_key_of(issuer_b, pid_b, "1.2.3")
+    assert keys.patient_key_of(issuer_a, pid_a, "1.2.3") != keys.patient_key_of(issuer_b, pid_b, "1.2.3")
     ha = dataclasses.replace(header(tmp_path / "a.dcm", "1.1", pid=pid_a), issuer_of_patient_id=issuer_a)
     hb = dataclasses.replace(header(tmp_path / "b.dcm", "1.2", pid=pid_b), issuer_of_patient_id=issuer_b)
-    store.write_batch(db, [ha, hb], [])
-    assert store.counts(db)["patients"] == 2
-    assert store.counts(db)["exams"] == 2
+    writes.write_batch(db, [ha, hb], [])
+    assert reads.counts(db)["patients"] == 2
+    assert reads.counts(db)["exams"] == 2
 
 
 def test_exam_images_carry_the_phi_check_columns(db, tmp_path):
     h = dataclasses.replace(header(tmp_path / "a.dcm", "1.1"), burned_in_annotation="YES")
-    store.write_batch(db, [h], [])
-    (row,) = store.exam_images(db, store.exam_key(h))
+    writes.write_batch(db, [h], [])
+    (row,) = reads.exam_images(db, keys.exam_key(h))
     assert row["burned_in_annotation"] == "YES"
     assert row["sop_class_uid"] == "1.2.840.10008.5.1.4.1.1.1.2"
 
@@ -296,13 +296,13 @@ def test_migration_drops_images_indexed_with_invalid_uids(tmp_path):
 
 def test_walk_problems_are_replaced_by_the_next_look(db, tmp_path):
     root = str(tmp_path / "media")
-    store.write_batch(db, [], [Problem(root + "/bad.dcm", "not DICOM")], {root + "/bad.dcm": (1, 1)})
-    store.replace_walk_problems(db, [root], [Problem(root + "/locked", "unreadable folder")])
-    store.replace_walk_problems(db, [str(tmp_path / "other")], [Problem(str(tmp_path / "other"), "not found")])
-    assert {p["path"] for p in store.list_problems(db)} == {
+    writes.write_batch(db, [], [Problem(root + "/bad.dcm", "not DICOM")], {root + "/bad.dcm": (1, 1)})
+    writes.replace_walk_problems(db, [root], [Problem(root + "/locked", "unreadable folder")])
+    writes.replace_walk_problems(db, [str(tmp_path / "other")], [Problem(str(tmp_path / "other"), "not found")])
+    assert {p["path"] for p in reads.list_problems(db)} == {
         root + "/bad.dcm", root + "/locked", str(tmp_path / "other")}
-    store.replace_walk_problems(db, [root], [])  # the folder can be read now
-    assert {p["path"] for p in store.list_problems(db)} == {root + "/bad.dcm", str(tmp_path / "other")}
+    writes.replace_walk_problems(db, [root], [])  # the folder can be read now
+    assert {p["path"] for p in reads.list_problems(db)} == {root + "/bad.dcm", str(tmp_path / "other")}
 
 
 def test_an_undecodable_view_is_named_as_such_not_as_missing():
@@ -311,6 +311,6 @@ def test_an_undecodable_view_is_named_as_such_not_as_missing():
                 "presentation_intent": "FOR PRESENTATION"}
 
     images = [row("RCC", "PanicException: index out of bounds"), row("LCC"), row("RMLO")]
-    ok, reason = store.exam_status(images)
+    ok, reason = reads.exam_status(images)
     assert not ok
     assert reason == "missing LMLO; RCC cannot be decoded"

@@ -27,7 +27,7 @@ def core_modules():
 
 def test_every_core_module_imports_without_qt():
     mods = core_modules()
-    assert "mamview.core.ingest" in mods and "mamview.core.cache.store" in mods
+    assert "mamview.core.ingest" in mods and "mamview.core.cache.writes" in mods
     out = subprocess.run([sys.executable, "-c", BLOCKER, *mods], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"ok {len(mods)}"

@@ -12,7 +12,7 @@ from scipy.ndimage import gaussian_filter, maximum_filter
 from scipy.stats import spearmanr
 
 from mamview.cli import main
-from mamview.core.cache import store
+from mamview.core.cache import reads
 from mamview.core.cache.db import connect
 from mamview.core.demo_data import case_risk, generate_cohort, risk_features
 from mamview.core.ingest import preview_file, run_import
@@ -120,7 +120,7 @@ def test_import_of_twenty_women_reports_the_right_counts(cohort, imported):
     assert summary.totals["images"] == s.images
     assert summary.previews == s.images and not summary.skipped.get("corrupt pixel data")
     db = connect(lib.database)
-    exams = store.list_exams(db)
+    exams = reads.list_exams(db)
     incomplete = [e for e in exams if not e["complete"]]
     assert [e["incomplete_reason"] for e in incomplete] == ["missing LMLO"]
     spot = [im for e in exams for im in e["images"] if im["view_modifiers"]]

@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from mamview.core.cache import store
+from mamview.core.cache import reads
 from mamview.core.cache.db import connect
 from mamview.core.dicom.headers import dicom_date, dicom_time, read_header
 from mamview.core.inference import exam_inputs
@@ -29,7 +29,7 @@ def import_and_choose(lib, folder):
     drain(run_import(lib, [folder], make_previews=False))
     db = connect(lib.database)
     try:
-        (exam,) = store.list_exams(db)
+        (exam,) = reads.list_exams(db)
         rcc = exam_inputs(db, exam["exam_key"])[0]
     finally:
         db.close()
@@ -132,8 +132,8 @@ def test_a_library_from_before_reads_its_repeats_again_at_the_next_import(tmp_pa
 
     db = connect(lib.database)  # applies m005: the repeated RCCs are to be read again
     try:
-        known = store.known_files(db)
-        (exam,) = store.list_exams(db)
+        known = reads.known_files(db)
+        (exam,) = reads.list_exams(db)
         assert exam_inputs(db, exam["exam_key"])[0]["path"] == str(folder / "m_RCC.dcm")
     finally:
         db.close()

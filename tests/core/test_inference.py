@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mamview.core.cache import scores
+from mamview.core.cache import reads
 from mamview.core.cache.db import connect
 from mamview.core.inference import (
     ExamScored,
@@ -93,7 +93,7 @@ def test_scores_complete_exams_once_and_explains_the_rest(library):
     rows = list(db.query("SELECT * FROM scores WHERE status = 'ok'"))
     assert len(rows) == 2
     assert all(r["model_id"] == "tiny" and r["device"].startswith("CPU") for r in rows)
-    assert all(len(scores._decode(r)["input_uids"]) == 4 for r in rows)
+    assert all(len(reads._decode(r)["input_uids"]) == 4 for r in rows)
 
 
 def test_changed_model_recomputes(library):

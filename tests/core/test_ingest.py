@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 from pydicom import dcmread
 
-from mamview.core.cache import store
+from mamview.core.cache import reads
 from mamview.core.cache.db import connect
 from mamview.core.ingest import run_import
 from mamview.core.paths import Library
@@ -79,13 +79,13 @@ def test_mixed_folder_imports_every_mammogram_and_explains_the_rest(tmp_path, li
     assert summary.totals["images"] == 6
     assert summary.totals["patients"] == 3
     db = connect(lib.database)
-    problems = {os.path.basename(p["path"]): p["reason"] for p in store.list_problems(db)}
+    problems = {os.path.basename(p["path"]): p["reason"] for p in reads.list_problems(db)}
     assert problems == {
         "ct.dcm": "not a mammogram", "mr.dcm": "not a mammogram", "us.dcm": "not a mammogram",
         "report.pdf": "not DICOM", "empty.dcm": "empty file", "truncated.dcm": "truncated",
         "corrupt.dcm": "corrupt pixel data", "dbt.dcm": "tomosynthesis",
     }
-    assert all(p["detail"] or p["reason"] == "empty file" for p in store.list_problems(db))
+    assert all(p["detail"] or p["reason"] == "empty file" for p in reads.list_problems(db))
     # the user's files are untouched
     assert before == {p: p.stat().st_mtime_ns for p in src.rglob("*") if p.is_file()}
     assert summary.skipped["not a mammogram"] == 3
@@ -111,10 +111,10 @@ def test_changed_file_is_reread_and_deleted_file_noticed(tmp_path, lib):
     summary, _ = consume(run_import(lib, [tmp_path / "in"]))
     assert summary.updated == 0 and summary.added == 1 and summary.missing == 1
     db = connect(lib.database)
-    assert {p["patient_id"] for p in store.list_patients(db)} == {"P1", "P9"}
-    missing = [p for p in store.list_problems(db) if p["reason"] == "file missing"]
+    assert {p["patient_id"] for p in reads.list_patients(db)} == {"P1", "P9"}
+    missing = [p for p in reads.list_problems(db) if p["reason"] == "file missing"]
     assert [m["path"] for m in missing] == [str(files[1])]
-    (exam,) = store.list_exams(db, store.find_patient_keys(db, "P1"))
+    (exam,) = reads.list_exams(db, reads.find_patient_keys(db, "P1"))
     assert not exam["complete"]
 
 
@@ -141,7 +141,7 @@ def test_interrupted_import_completes_to_the_same_database(tmp_path):
     finally:
         ingest.BATCH_SIZE = old
     partial = connect(cut.database)
-    assert 0 < store.counts(partial)["images"] < 48
+    assert 0 < reads.counts(partial)["images"] < 48
     partial.close()
     consume(run_import(cut, [src]))
 
@@ -162,7 +162,7 @@ def test_missing_path_is_a_problem_not_a_crash(tmp_path, lib):
     summary, events = consume(run_import(lib, [tmp_path / "does-not-exist"]))
     assert summary.skipped["not found"] == 1
     db = connect(lib.database)
-    assert [(p["path"], p["reason"]) for p in store.list_problems(db)] == [
+    assert [(p["path"], p["reason"]) for p in reads.list_problems(db)] == [
         (str(tmp_path / "does-not-exist"), "not found")]
 
 
@@ -171,7 +171,7 @@ def test_image_without_view_tags_is_unknown(tmp_path, lib):
                     laterality="R", view="CC", extra={"SeriesDescription": ""})
     consume(run_import(lib, [tmp_path / "in"]))
     db = connect(lib.database)
-    (exam,) = store.list_exams(db)
+    (exam,) = reads.list_exams(db)
     (img,) = exam["images"]
     assert (img["view"], img["view_source"]) == ("UNKNOWN", "none")
     assert img["laterality"] == "R"
@@ -184,7 +184,7 @@ def test_dicomdir_imports_the_files_it_names(tmp_path, lib):
     summary, _ = consume(run_import(lib, [dicomdir]))
     assert summary.totals["images"] == 2 and not summary.skipped
     db = connect(lib.database)
-    (exam,) = store.list_exams(db)
+    (exam,) = reads.list_exams(db)
     assert sorted(im["label"] for im in exam["images"]) == ["LCC", "RCC"]
     assert all(str(tmp_path / "cd") in im["path"] for im in exam["images"])
 
@@ -218,14 +218,14 @@ def test_a_preview_that_cannot_be_written_is_a_problem_for_that_image_alone(tmp_
 
     db = connect(lib.database)
     assert summary.preview_failures == 1 and summary.previews == 3
-    problems = {p["path"]: p["reason"] for p in store.list_problems(db)}
+    problems = {p["path"]: p["reason"] for p in reads.list_problems(db)}
     assert problems == {str(blocked): PREVIEW_NOT_WRITTEN}
     assert db.execute("SELECT decode_error FROM images WHERE sop_instance_uid = ?", [uid]).fetchone() == ("",)
 
     shard.unlink()
     summary, _ = consume(run_import(lib, [tmp_path / "in"]))
     assert summary.previews == 1
-    assert store.list_problems(db) == []
+    assert reads.list_problems(db) == []
 
 
 def test_orphan_temp_files_are_removed_only_when_old(lib):

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from mamview.core.cache import store
+from mamview.core.cache import reads
 from mamview.core.cache.db import connect
 from mamview.core.models.registry import DEMO_LABEL
 from mamview.core.net import dcmtk
@@ -67,7 +67,7 @@ def test_pushed_cohort_is_stored_indexed_and_scored_and_a_second_push_adds_nothi
 
         # every exam with its four views was scored with the demo model, and said so
         db = connect(lib.database)
-        exams = store.list_exams(db)
+        exams = reads.list_exams(db)
         db.close()
         complete = {e["exam_key"] for e in exams if e["complete"]}
         assert 0 < len(complete) < len(exams)  # the cohort has an exam with a missing view

@@ -59,7 +59,7 @@ def sr_text(text: str) -> str:
 
 def build_exam_sr(score: dict, evidence: Sequence[Dataset], *, model_name: str,
                   model_label: str) -> Dataset:
-    """The Comprehensive SR of one 'ok' score row (core.cache.scores) and the header datasets
+    """The Comprehensive SR of one 'ok' score row (core.cache.reads) and the header datasets
     of its input images (`evidence`, in input order)."""
     import highdicom as hd
 
@@ -150,10 +150,10 @@ def write_exam_sr(db, exam_key: str, out_dir: str | Path, *, model=None, model_i
     stale one, whose model or input changed, is not reported) or an input image is no longer
     on disk.
     """
-    from mamview.core.cache import scores as score_store
+    from mamview.core.cache import reads
 
     model = model if model is not None else model_id
-    score = score_store.for_exams(db, [exam_key], model).get(exam_key)
+    score = reads.scores_for_exams(db, [exam_key], model).get(exam_key)
     name = getattr(model, "model_id", model)
     if not score or score["status"] != "ok":
         raise ValueError(f"exam {exam_key} has no computed score"

@@ -339,12 +339,11 @@ def exam_states(db, patient_key: str, model=None) -> list[tuple[datetime.date | 
     """(exam date, ScoredExam) of each of the woman's exams, oldest first, for `model` (a
     ModelRef, a model id, or None: the model that scored most of her exams)."""
     from mamview.core.cache import reads
-    from mamview.core.cache import scores as score_store
 
     exams = reads.exam_dates(db, patient_key)
     keys = [ek for ek, _, _ in exams]
     if model is None:
-        model = score_store.model_with_most_scores(db, keys)
+        model = reads.model_with_most_scores(db, keys)
         if model is None:
             return []
     states = reads.current_scores(db, keys, model)

@@ -140,7 +140,7 @@ def m003_escaped_keys(db: sqlite_utils.Database) -> None:
 
 
 def _escaped_patient_key(issuer: str, patient_id: str) -> str:
-    # a frozen copy of store.patient_key_of as of this migration (migrations never change)
+    # a frozen copy of keys.patient_key_of as of this migration (migrations never change)
     def esc(v: str) -> str:
         return v.replace("%", "%25").replace("|", "%7C")
 

@@ -8,9 +8,14 @@ files), *stale* (a stored score of this model id whose key no longer matches), *
 
 from __future__ import annotations
 
-from typing import Sequence
 
-from mamview.core.cache import scores as score_store
+import json
+from typing import Iterable, Sequence
+
+import sqlite_utils
+
+from mamview.core.cache.keys import cache_key, unscorable_key
+from mamview.core.domain import STANDARD_VIEWS, view_label
 from mamview.core.domain import STALE_REASON, ModelRef, ScoredExam, ScoreState
 
 
@@ -60,7 +65,7 @@ def choose_model(lib, requested: str | None = None, db=None) -> ModelRef | None:
     for e in entries:
         if e.available:
             return model_ref(e)
-    stored = score_store.model_with_most_scores(db) if db is not None else None
+    stored = model_with_most_scores(db) if db is not None else None
     return ModelRef(stored, stored, reason="not installed") if stored else None
 
 
@@ -90,7 +95,7 @@ def evaluate(db, exam_keys: Sequence[str], model: ModelRef | str | None
     keys = list(dict.fromkeys(exam_keys))
     ref = model if isinstance(model, ModelRef) else None
     model_id = ref.model_id if ref else model
-    newest = score_store.newest_per_exam(db, keys, model_id)
+    newest = newest_per_exam(db, keys, model_id)
     uids = _image_uids(db, keys)
     today: dict[str, tuple[str | None, str | None, str]] = {}  # ok key, unscorable key, reason
     for ek in keys:
@@ -99,13 +104,13 @@ def evaluate(db, exam_keys: Sequence[str], model: ModelRef | str | None
             today[ek] = (None, None, "")
             continue
         try:
-            ok_key, why = score_store.cache_key(ident, input_signature(exam_inputs(db, ek))), ""
+            ok_key, why = cache_key(ident, input_signature(exam_inputs(db, ek))), ""
         except Unscorable as exc:
             ok_key, why = None, str(exc)
         except (TypeError, ValueError, KeyError) as exc:  # odd stored values: this exam only
             ok_key, why = None, f"its images cannot be chosen: {type(exc).__name__}"
-        today[ek] = (ok_key, score_store.unscorable_key(ident, uids.get(ek, [])), why)
-    stored = score_store.rows_by_key(db, [k for t in today.values() for k in t[:2] if k])
+        today[ek] = (ok_key, unscorable_key(ident, uids.get(ek, [])), why)
+    stored = rows_by_key(db, [k for t in today.values() for k in t[:2] if k])
     return {ek: _state(ek, today[ek], stored, newest.get(ek), model_id) for ek in keys}
 
 
@@ -186,3 +191,239 @@ def image_paths(db, exam_key: str) -> dict[str, str]:
     """SOP Instance UID → file path of each image of an exam."""
     return {uid: path for uid, path in db.execute(
         "SELECT sop_instance_uid, path FROM images WHERE exam_key = ?", [exam_key])}
+
+
+# ---------------------------------------------------------------- library rows
+
+
+def known_files(db: sqlite_utils.Database) -> dict[str, tuple[int, int]]:
+    """path → (size, mtime_ns) of every file already looked at (images and problems)."""
+    return {r[0]: (r[1], r[2]) for r in db.execute("SELECT path, size, mtime_ns FROM files")}
+
+
+def counts(db: sqlite_utils.Database) -> dict[str, int]:
+    """Totals for summaries: patients, exams, images, missing files, problems."""
+    one = lambda sql: db.execute(sql).fetchone()[0]  # noqa: E731
+    return {
+        "patients": one("SELECT count(*) FROM patients"),
+        "exams": one("SELECT count(*) FROM exams"),
+        "images": one("SELECT count(*) FROM images"),
+        "missing": one("SELECT count(*) FROM images WHERE missing"),
+        "problems": one("SELECT count(*) FROM problems"),
+    }
+
+
+def list_patients(db: sqlite_utils.Database) -> list[dict]:
+    """Every woman in the cache with her exam count and first/last exam dates."""
+    return list(
+        db.query(
+            "SELECT p.patient_key, p.patient_id, p.issuer, p.name, p.birth_date, "
+            "count(e.exam_key) AS exams, min(e.exam_date) AS first_exam, "
+            "max(e.exam_date) AS last_exam "
+            "FROM patients p LEFT JOIN exams e ON e.patient_key = p.patient_key "
+            "GROUP BY p.patient_key ORDER BY p.patient_id, p.issuer"
+        )
+    )
+
+
+def find_patient_keys(db: sqlite_utils.Database, ident: str) -> list[str]:
+    """Patient keys whose PatientID or key equals `ident`."""
+    rows = db.execute(
+        "SELECT patient_key FROM patients WHERE patient_id = ? OR patient_key = ? "
+        "ORDER BY patient_key",
+        [ident, ident],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+_IMAGE_COLUMNS = (
+    "sop_instance_uid, path, laterality, laterality_source, view, view_source, view_modifiers, "
+    "is_standard, presentation_intent, missing, decode_error, transfer_syntax_uid, photometric, "
+    "rows, columns, manufacturer, study_uid, series_uid, patient_orientation, window_presets, "
+    "size, mtime_ns, sop_class_uid, burned_in_annotation, acquisition_date, acquisition_time, "
+    "content_date, content_time, instance_number"
+)
+
+
+def exam_images(db: sqlite_utils.Database, exam_key: str) -> list[dict]:
+    """The images of one exam, standard views first in RCC, LCC, RMLO, LMLO order."""
+    rows = list(
+        db.query(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE exam_key = ?", [exam_key])
+    )
+    order = {view_label(s.value, v.value): i for i, (s, v) in enumerate(STANDARD_VIEWS)}
+    for r in rows:
+        r["label"] = view_label(r["laterality"], r["view"])
+        for k in ("view_modifiers", "patient_orientation", "window_presets"):
+            r[k] = json.loads(r[k]) if r[k] else []
+        r["is_standard"] = bool(r["is_standard"])
+        r["missing"] = bool(r["missing"])
+    rows.sort(key=lambda r: (0 if r["is_standard"] else 1, order.get(r["label"], 99), r["path"]))
+    return rows
+
+
+def is_scorable_view(image: dict) -> bool:
+    """A standard, present, decodable, For Presentation image (an `exam_images` row)."""
+    return (image["is_standard"] and not image["missing"] and not image["decode_error"]
+            and image["presentation_intent"] != "FOR PROCESSING")
+
+
+def acquisition_order(image: dict) -> tuple[str, int, str]:
+    """Sort key among repeats of one view (`exam_images` rows): when it was acquired
+    (AcquisitionDate/Time, else ContentDate/Time), then InstanceNumber, then path; the last
+    one is the one read. Unknown values sort first."""
+    if image["acquisition_date"] or image["acquisition_time"]:
+        when = f"{image['acquisition_date']} {image['acquisition_time']}"
+    else:
+        when = f"{image['content_date']} {image['content_time']}"
+    number = image["instance_number"]
+    return when, -1 if number is None else number, image["path"]
+
+
+def exam_status(images: list[dict]) -> tuple[bool, str]:
+    """Whether an exam has the four standard For Presentation views; else the reason."""
+    usable = {r["label"] for r in images if is_scorable_view(r)}
+    needed = [view_label(s.value, v.value) for s, v in STANDARD_VIEWS]
+    absent = [lab for lab in needed if lab not in usable]
+    if not absent:
+        return True, ""
+    if any(r["presentation_intent"] == "FOR PROCESSING" for r in images) and len(absent) == 4:
+        return False, "only For Processing images"
+    # an image that is there but cannot be decoded is not "missing": say which and why
+    broken = {r["label"]: r["decode_error"] for r in images
+              if r["is_standard"] and not r["missing"] and r["decode_error"]}
+    undecodable = [lab for lab in absent if lab in broken]
+    absent = [lab for lab in absent if lab not in broken]
+    parts = (["missing " + ", ".join(absent)] if absent else []) + [
+        f"{lab} cannot be decoded" for lab in undecodable]
+    return False, "; ".join(parts)
+
+
+def list_exams(db: sqlite_utils.Database, patient_keys: list[str] | None = None) -> list[dict]:
+    """Exams (oldest first per woman) with their images and completeness."""
+    if patient_keys is None:
+        rows = list(db.query("SELECT * FROM exams ORDER BY patient_key, exam_date"))
+    else:
+        rows = []
+        for pk in patient_keys:
+            rows += list(
+                db.query("SELECT * FROM exams WHERE patient_key = ? ORDER BY exam_date", [pk])
+            )
+    pid = {r[0]: r[1] for r in db.execute("SELECT patient_key, patient_id FROM patients")}
+    for r in rows:
+        r["patient_id"] = pid.get(r["patient_key"], "")
+        r["study_uids"] = json.loads(r["study_uids"])
+        r["accession_numbers"] = json.loads(r["accession_numbers"])
+        r["images"] = exam_images(db, r["exam_key"])
+        r["complete"], r["incomplete_reason"] = exam_status(r["images"])
+    return rows
+
+
+def list_problems(db: sqlite_utils.Database) -> list[dict]:
+    """Files that could not be used, and missing files, with reasons."""
+    rows = list(db.query("SELECT path, reason, detail FROM problems ORDER BY path"))
+    rows += [
+        {"path": r[0], "reason": "file missing", "detail": "deleted or moved since it was imported"}
+        for r in db.execute("SELECT path FROM images WHERE missing ORDER BY path")
+    ]
+    return rows
+
+
+def images_needing_previews(
+    db: sqlite_utils.Database, pipeline_version: int, first_patient: str | None = None
+) -> list[dict]:
+    """Images whose preview is absent or stale, in order of need: the patient on screen
+    first, then newest exams first, standard views before extra ones."""
+    rows = list(
+        db.query(
+            "SELECT i.sop_instance_uid, i.path, i.size, i.mtime_ns, i.patient_key, i.exam_key, "
+            "i.is_standard, e.exam_date FROM images i JOIN exams e ON e.exam_key = i.exam_key "
+            "LEFT JOIN previews p ON p.sop_instance_uid = i.sop_instance_uid "
+            "WHERE NOT i.missing AND i.decode_error = '' AND (p.sop_instance_uid IS NULL "
+            "OR p.source_size != i.size OR p.source_mtime_ns != i.mtime_ns "
+            "OR p.pipeline_version != ?)",
+            [pipeline_version],
+        )
+    )
+    rows.sort(key=lambda r: r["path"])
+    rows.sort(key=lambda r: not r["is_standard"])
+    rows.sort(key=lambda r: r["exam_date"], reverse=True)
+    rows.sort(key=lambda r: r["patient_key"] != first_patient)
+    return rows
+
+
+def preview_row(db: sqlite_utils.Database, sop_uid: str) -> dict | None:
+    """The preview record of one image, or None."""
+    rows = list(db.query("SELECT * FROM previews WHERE sop_instance_uid = ?", [sop_uid]))
+    return rows[0] if rows else None
+
+
+def score_by_key(db: sqlite_utils.Database, key: str) -> dict | None:
+    """The stored score with this cache key, or None."""
+    rows = list(db.query("SELECT * FROM scores WHERE cache_key = ?", [key]))
+    return _decode(rows[0]) if rows else None
+
+
+def scores_for_exams(db: sqlite_utils.Database, exam_keys: Iterable[str], model=None) -> dict[str, dict]:
+    """The *current* stored score row per exam (ok or unscorable) of `model` (a ModelRef, a
+    model id, or None for the newest model per exam). A stored score whose key no longer
+    matches (model or input changed) is left out: see `reads.current_scores` for its state."""
+    from mamview.core.cache import reads
+
+    return {ek: row for ek, (_, row) in reads.evaluate(db, list(exam_keys), model).items()
+            if row is not None}
+
+
+def rows_by_key(db: sqlite_utils.Database, keys: Sequence[str]) -> dict[str, dict]:
+    """Stored rows by cache key (decoded), in chunks of 500 keys per query."""
+    out: dict[str, dict] = {}
+    for chunk in _chunks(list(dict.fromkeys(keys))):
+        marks = ",".join("?" * len(chunk))
+        for row in db.query(f"SELECT * FROM scores WHERE cache_key IN ({marks})", chunk):
+            out[row["cache_key"]] = _decode(row)
+    return out
+
+
+def newest_per_exam(db: sqlite_utils.Database, exam_keys: Sequence[str],
+                    model_id: str | None = None) -> dict[str, dict]:
+    """The newest stored row per exam (of `model_id` when given), decoded."""
+    out: dict[str, dict] = {}
+    for chunk in _chunks(list(dict.fromkeys(exam_keys))):
+        marks = ",".join("?" * len(chunk))
+        sql = f"SELECT * FROM scores WHERE exam_key IN ({marks})"
+        args: list = list(chunk)
+        if model_id:
+            sql += " AND model_id = ?"
+            args.append(model_id)
+        for row in db.query(sql + " ORDER BY computed_at, score_id", args):
+            out[row["exam_key"]] = row  # ascending order: the last one seen is the newest
+    return {k: _decode(v) for k, v in out.items()}
+
+
+def model_with_most_scores(db: sqlite_utils.Database, exam_keys: Sequence[str] | None = None
+                           ) -> str | None:
+    """The model id with computed scores for most exams (of `exam_keys`, else the library);
+    ties go to the newest score."""
+    sql = "SELECT model_id FROM scores WHERE status = 'ok'"
+    args: list = []
+    if exam_keys is not None:
+        if not exam_keys:
+            return None
+        marks = ",".join("?" * len(exam_keys))
+        sql += f" AND exam_key IN ({marks})"
+        args = list(exam_keys)
+    row = db.execute(sql + " GROUP BY model_id ORDER BY count(DISTINCT exam_key) DESC, "
+                     "max(computed_at) DESC LIMIT 1", args).fetchone()
+    return row[0] if row else None
+
+
+def _chunks(items: list, size: int = 500):
+    # SQLite caps the number of bound parameters (999 in old builds)
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _decode(row: dict) -> dict:
+    row = dict(row)
+    row["input_uids"] = json.loads(row["input_uids"])
+    row["risk"] = json.loads(row["risk"])
+    return row

@@ -129,7 +129,7 @@ def load_exams(cohort: Path, lib, config: MiraiConfig, log=print) -> tuple[list[
 
     Returns the exams and the number of incomplete exams left out.
     """
-    from mamview.core.cache import store
+    from mamview.core.cache import reads
     from mamview.core.cache.db import connect
     from mamview.core.inference import exam_inputs, load_view
 
@@ -142,7 +142,7 @@ def load_exams(cohort: Path, lib, config: MiraiConfig, log=print) -> tuple[list[
     min_height = 2 * config.input_height  # what registry.load sets for the demo model
     t0 = time.perf_counter()
     try:
-        for exam in store.list_exams(db):
+        for exam in reads.list_exams(db):
             if not exam["complete"]:
                 skipped += 1
                 continue

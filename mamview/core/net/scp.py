@@ -741,10 +741,10 @@ class StorageNode:
         """Make the missing previews; an image whose decoder fails in a way the import did
         not catch is recorded as a decode error (so no later batch trips on it), bounded."""
         from mamview.core import ingest
-        from mamview.core.cache import store
+        from mamview.core.cache import reads, writes
 
         for _ in range(MAX_POISONED_PER_BATCH):
-            todo = store.images_needing_previews(db, ingest.PREVIEW_PIPELINE_VERSION)
+            todo = reads.images_needing_previews(db, ingest.PREVIEW_PIPELINE_VERSION)
             done = 0
             try:
                 for ev in ingest.generate_previews(self.lib, db):
@@ -760,7 +760,7 @@ class StorageNode:
                     raise
                 row = todo[done]
                 message = f"the decoder failed: {type(exc).__name__}: {exc}"
-                store.record_decode_error(db, row["sop_instance_uid"], row["path"], message)
+                writes.record_decode_error(db, row["sop_instance_uid"], row["path"], message)
                 self._emit(NodeError(f"{row['path']}: {message}"),
                            f"no preview for {row['sop_instance_uid']}: {message}",
                            logging.WARNING)
@@ -801,11 +801,11 @@ class StorageNode:
         self._queue_complete_exams(db, sorted(set(keys)))
 
     def _queue_complete_exams(self, db, exam_keys: list[str], announce: bool = True) -> None:
-        from mamview.core.cache import store
+        from mamview.core.cache import reads
 
         complete = []
         for ek in exam_keys:
-            ok, _ = store.exam_status(store.exam_images(db, ek))
+            ok, _ = reads.exam_status(reads.exam_images(db, ek))
             if not ok:
                 continue
             complete.append(ek)

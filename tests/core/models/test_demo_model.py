@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mamview.core.cache import store
+from mamview.core.cache import reads
 from mamview.core.cache.db import connect
 from mamview.core.demo_data import generate_cohort
 from mamview.core.inference import ExamScored, InferenceService
@@ -59,7 +59,7 @@ def scored_cohort(tmp_path_factory):
     consume(run_import(lib, sorted(p for p in cohort.iterdir() if p.is_dir()),
                        make_previews=False))
     db = connect(lib.database)
-    exams = store.list_exams(db)
+    exams = reads.list_exams(db)
     db.close()
     entry = registry.resolve(lib, "demo")
     svc = InferenceService(lib.database, lambda dev: registry.load(entry, dev), device="cpu",

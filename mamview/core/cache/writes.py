@@ -1,8 +1,6 @@
-"""Writing and reading the exam cache: patients, exams, images, files seen, problems, previews.
+"""Every write to the cache: images, exams, patients, files seen, problems, previews and scores.
 
 Writers take a whole batch in one transaction so readers (WAL) never see a half-written batch.
-Keys are derived from the data (PatientID, date, SOP UID), never from insertion order, so an
-interrupted import that is run again ends with the same rows as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -10,56 +8,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Iterable
 
 import sqlite_utils
 
 from mamview.core.cache.db import write_transaction
-from mamview.core.domain import ImageHeader, Problem, STANDARD_VIEWS, view_label
-
-
-NO_ID_MARKER = "no-id:"
-
-
-def escape_key_part(value: str) -> str:
-    """`value` with `%` and `|` percent-escaped, so `|` can separate the parts of a key.
-
-    Values without these characters are unchanged, so keys written before stay valid.
-    """
-    return value.replace("%", "%25").replace("|", "%7C")
-
-
-def patient_key_of(issuer: str, patient_id: str, study_uid: str = "") -> str:
-    """The patient key for these values (see `patient_key`)."""
-    pid = patient_id.strip()
-    if not pid:
-        return f"|{NO_ID_MARKER}{escape_key_part(study_uid)}"
-    pid = escape_key_part(pid)
-    if pid.startswith(NO_ID_MARKER):
-        pid = "%6E" + pid[1:]  # 'n' escaped: a real ID never reads as the no-ID group
-    return f"{escape_key_part(issuer.strip())}|{pid}"
-
-
-def patient_key(header: ImageHeader) -> str:
-    """Stable key of the woman an image belongs to: issuer|PatientID, each part escaped.
-
-    Files without a PatientID are grouped per study, never merged with other women.
-    """
-    return patient_key_of(header.issuer_of_patient_id, header.patient_id, header.study_instance_uid)
-
-
-def iso_date(dicom_date: str) -> str:
-    """'20240131' → '2024-01-31'; anything unparseable → ''."""
-    d = (dicom_date or "").strip()
-    if len(d) == 8 and d.isdigit():
-        return f"{d[:4]}-{d[4:6]}-{d[6:]}"
-    return ""
-
-
-def exam_key(header: ImageHeader) -> str:
-    """A screening exam is one woman's images of one day: studies split per image merge."""
-    date = iso_date(header.study_date) or iso_date(header.content_date)
-    return f"{patient_key(header)}|{date or 'study:' + escape_key_part(header.study_instance_uid)}"
+from mamview.core.cache.keys import exam_key, iso_date, patient_key
+from mamview.core.domain import ImageHeader, Problem
 
 
 def _image_row(h: ImageHeader) -> dict:
@@ -251,11 +207,6 @@ def _drop_empty_exams(db: sqlite_utils.Database, exam_keys: Iterable[str]) -> No
                 db.execute("DELETE FROM patients WHERE patient_key = ?", [pk[0]])
 
 
-def known_files(db: sqlite_utils.Database) -> dict[str, tuple[int, int]]:
-    """path → (size, mtime_ns) of every file already looked at (images and problems)."""
-    return {r[0]: (r[1], r[2]) for r in db.execute("SELECT path, size, mtime_ns FROM files")}
-
-
 def set_missing(db: sqlite_utils.Database, paths: Iterable[str], missing: bool = True) -> int:
     """Mark the images at `paths` as missing (file deleted) or present again; returns the count."""
     n = 0
@@ -330,162 +281,6 @@ def replace_walk_problems(db: sqlite_utils.Database, roots: Iterable[str], probl
             )
 
 
-# ---------------------------------------------------------------- reading
-
-
-def counts(db: sqlite_utils.Database) -> dict[str, int]:
-    """Totals for summaries: patients, exams, images, missing files, problems."""
-    one = lambda sql: db.execute(sql).fetchone()[0]  # noqa: E731
-    return {
-        "patients": one("SELECT count(*) FROM patients"),
-        "exams": one("SELECT count(*) FROM exams"),
-        "images": one("SELECT count(*) FROM images"),
-        "missing": one("SELECT count(*) FROM images WHERE missing"),
-        "problems": one("SELECT count(*) FROM problems"),
-    }
-
-
-def list_patients(db: sqlite_utils.Database) -> list[dict]:
-    """Every woman in the cache with her exam count and first/last exam dates."""
-    return list(
-        db.query(
-            "SELECT p.patient_key, p.patient_id, p.issuer, p.name, p.birth_date, "
-            "count(e.exam_key) AS exams, min(e.exam_date) AS first_exam, "
-            "max(e.exam_date) AS last_exam "
-            "FROM patients p LEFT JOIN exams e ON e.patient_key = p.patient_key "
-            "GROUP BY p.patient_key ORDER BY p.patient_id, p.issuer"
-        )
-    )
-
-
-def find_patient_keys(db: sqlite_utils.Database, ident: str) -> list[str]:
-    """Patient keys whose PatientID or key equals `ident`."""
-    rows = db.execute(
-        "SELECT patient_key FROM patients WHERE patient_id = ? OR patient_key = ? "
-        "ORDER BY patient_key",
-        [ident, ident],
-    ).fetchall()
-    return [r[0] for r in rows]
-
-
-_IMAGE_COLUMNS = (
-    "sop_instance_uid, path, laterality, laterality_source, view, view_source, view_modifiers, "
-    "is_standard, presentation_intent, missing, decode_error, transfer_syntax_uid, photometric, "
-    "rows, columns, manufacturer, study_uid, series_uid, patient_orientation, window_presets, "
-    "size, mtime_ns, sop_class_uid, burned_in_annotation, acquisition_date, acquisition_time, "
-    "content_date, content_time, instance_number"
-)
-
-
-def exam_images(db: sqlite_utils.Database, exam_key: str) -> list[dict]:
-    """The images of one exam, standard views first in RCC, LCC, RMLO, LMLO order."""
-    rows = list(
-        db.query(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE exam_key = ?", [exam_key])
-    )
-    order = {view_label(s.value, v.value): i for i, (s, v) in enumerate(STANDARD_VIEWS)}
-    for r in rows:
-        r["label"] = view_label(r["laterality"], r["view"])
-        for k in ("view_modifiers", "patient_orientation", "window_presets"):
-            r[k] = json.loads(r[k]) if r[k] else []
-        r["is_standard"] = bool(r["is_standard"])
-        r["missing"] = bool(r["missing"])
-    rows.sort(key=lambda r: (0 if r["is_standard"] else 1, order.get(r["label"], 99), r["path"]))
-    return rows
-
-
-def is_scorable_view(image: dict) -> bool:
-    """A standard, present, decodable, For Presentation image (an `exam_images` row)."""
-    return (image["is_standard"] and not image["missing"] and not image["decode_error"]
-            and image["presentation_intent"] != "FOR PROCESSING")
-
-
-def acquisition_order(image: dict) -> tuple[str, int, str]:
-    """Sort key among repeats of one view (`exam_images` rows): when it was acquired
-    (AcquisitionDate/Time, else ContentDate/Time), then InstanceNumber, then path; the last
-    one is the one read. Unknown values sort first."""
-    if image["acquisition_date"] or image["acquisition_time"]:
-        when = f"{image['acquisition_date']} {image['acquisition_time']}"
-    else:
-        when = f"{image['content_date']} {image['content_time']}"
-    number = image["instance_number"]
-    return when, -1 if number is None else number, image["path"]
-
-
-def exam_status(images: list[dict]) -> tuple[bool, str]:
-    """Whether an exam has the four standard For Presentation views; else the reason."""
-    usable = {r["label"] for r in images if is_scorable_view(r)}
-    needed = [view_label(s.value, v.value) for s, v in STANDARD_VIEWS]
-    absent = [lab for lab in needed if lab not in usable]
-    if not absent:
-        return True, ""
-    if any(r["presentation_intent"] == "FOR PROCESSING" for r in images) and len(absent) == 4:
-        return False, "only For Processing images"
-    # an image that is there but cannot be decoded is not "missing": say which and why
-    broken = {r["label"]: r["decode_error"] for r in images
-              if r["is_standard"] and not r["missing"] and r["decode_error"]}
-    undecodable = [lab for lab in absent if lab in broken]
-    absent = [lab for lab in absent if lab not in broken]
-    parts = (["missing " + ", ".join(absent)] if absent else []) + [
-        f"{lab} cannot be decoded" for lab in undecodable]
-    return False, "; ".join(parts)
-
-
-def list_exams(db: sqlite_utils.Database, patient_keys: list[str] | None = None) -> list[dict]:
-    """Exams (oldest first per woman) with their images and completeness."""
-    if patient_keys is None:
-        rows = list(db.query("SELECT * FROM exams ORDER BY patient_key, exam_date"))
-    else:
-        rows = []
-        for pk in patient_keys:
-            rows += list(
-                db.query("SELECT * FROM exams WHERE patient_key = ? ORDER BY exam_date", [pk])
-            )
-    pid = {r[0]: r[1] for r in db.execute("SELECT patient_key, patient_id FROM patients")}
-    for r in rows:
-        r["patient_id"] = pid.get(r["patient_key"], "")
-        r["study_uids"] = json.loads(r["study_uids"])
-        r["accession_numbers"] = json.loads(r["accession_numbers"])
-        r["images"] = exam_images(db, r["exam_key"])
-        r["complete"], r["incomplete_reason"] = exam_status(r["images"])
-    return rows
-
-
-def list_problems(db: sqlite_utils.Database) -> list[dict]:
-    """Files that could not be used, and missing files, with reasons."""
-    rows = list(db.query("SELECT path, reason, detail FROM problems ORDER BY path"))
-    rows += [
-        {"path": r[0], "reason": "file missing", "detail": "deleted or moved since it was imported"}
-        for r in db.execute("SELECT path FROM images WHERE missing ORDER BY path")
-    ]
-    return rows
-
-
-# ---------------------------------------------------------------- previews
-
-
-def images_needing_previews(
-    db: sqlite_utils.Database, pipeline_version: int, first_patient: str | None = None
-) -> list[dict]:
-    """Images whose preview is absent or stale, in order of need: the patient on screen
-    first, then newest exams first, standard views before extra ones."""
-    rows = list(
-        db.query(
-            "SELECT i.sop_instance_uid, i.path, i.size, i.mtime_ns, i.patient_key, i.exam_key, "
-            "i.is_standard, e.exam_date FROM images i JOIN exams e ON e.exam_key = i.exam_key "
-            "LEFT JOIN previews p ON p.sop_instance_uid = i.sop_instance_uid "
-            "WHERE NOT i.missing AND i.decode_error = '' AND (p.sop_instance_uid IS NULL "
-            "OR p.source_size != i.size OR p.source_mtime_ns != i.mtime_ns "
-            "OR p.pipeline_version != ?)",
-            [pipeline_version],
-        )
-    )
-    rows.sort(key=lambda r: r["path"])
-    rows.sort(key=lambda r: not r["is_standard"])
-    rows.sort(key=lambda r: r["exam_date"], reverse=True)
-    rows.sort(key=lambda r: r["patient_key"] != first_patient)
-    return rows
-
-
 def save_preview_row(db: sqlite_utils.Database, row: dict, solved: tuple[str, str] | None = None) -> None:
     """Record a written preview file (one short transaction); `solved` = (path, reason) of a
     problem the written file solves, removed in the same transaction."""
@@ -495,7 +290,13 @@ def save_preview_row(db: sqlite_utils.Database, row: dict, solved: tuple[str, st
             db.execute("DELETE FROM problems WHERE path = ? AND reason = ?", list(solved))
 
 
-def preview_row(db: sqlite_utils.Database, sop_uid: str) -> dict | None:
-    """The preview record of one image, or None."""
-    rows = list(db.query("SELECT * FROM previews WHERE sop_instance_uid = ?", [sop_uid]))
-    return rows[0] if rows else None
+def save_scores(db: sqlite_utils.Database, rows: Iterable[dict]) -> None:
+    """Store computed (or unscorable) results in one transaction."""
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    with write_transaction(db):
+        for r in rows:
+            row = dict(r)
+            row.setdefault("computed_at", now)
+            row["input_uids"] = json.dumps(list(row.get("input_uids", [])))
+            row["risk"] = json.dumps([float(x) for x in row.get("risk", [])])
+            db["scores"].upsert(row, pk="cache_key")
