@@ -340,7 +340,7 @@ def cmd_check(args, lib: paths.Library) -> int:
 
 
 def cmd_bench(args, lib: paths.Library) -> int:
-    from mamview import bench
+    from mamview.bench import library as bench
 
     return bench.main(args, lib)
 

@@ -70,7 +70,7 @@ def cmd_score(args, lib: Library) -> int:
     from tqdm import tqdm
 
     from mamview.core.cache import reads
-    from mamview.core.inference import (ExamScored, ExamUnscorable, GenerationDone,
+    from mamview.core.services.inference import (ExamScored, ExamUnscorable, GenerationDone,
                                         InferenceService, ScoreFailed, ServiceError)
     from mamview.core.models import registry
     from mamview.core.models.errors import ModelUnavailable
@@ -157,7 +157,7 @@ def _model_label(lib: Library, model_id: str) -> str:
 
 def cmd_trajectory(args, lib: Library) -> int:
     from mamview.core.analytics import trajectory as tj
-    from mamview.core.analytics.export import trajectory_rows, write_csv
+    from mamview.core.reports.csv_export import trajectory_rows, write_csv
 
     if bool(args.patient) == bool(args.all):
         raise cli.CliError("name one PATIENT or use --all")
@@ -335,7 +335,7 @@ def _print_cohort(report) -> None:
 
 
 def cmd_sr(args, lib: Library) -> int:
-    from mamview.core.analytics import sr
+    from mamview.core.reports import sr
 
     node = None
     if args.send:

@@ -114,6 +114,6 @@ def _demo_console(args, lib: Library) -> int:
 
 def cmd_bench_gui(args, lib: Library) -> int:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from mamview.qt.bench_gui import main
+    from mamview.bench.gui import main
 
     return main(args)

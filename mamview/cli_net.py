@@ -281,7 +281,7 @@ def cmd_bench_net(args, lib: Library) -> int:
     from pathlib import Path
 
     from mamview import cli
-    from mamview.core.net.bench import bench_net, table
+    from mamview.bench.net import bench_net, table
 
     try:
         fig = bench_net(args.patients, args.size, work=args.work,

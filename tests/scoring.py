@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mamview.core.cache import keys, reads, writes
 from mamview.core.domain import ModelRef
-from mamview.core.inference import exam_inputs, input_signature
+from mamview.core.services.inference import exam_inputs, input_signature
 from mamview.core.models.registry import read_identity
 from mamview.core.paths import resources_dir
 

@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (QGridLayout, QHBoxLayout, QLabel, QScrollArea, QT
 
 from mamview.core import hanging, previews
 from mamview.core.hanging import LAYOUTS, VIEW_ORDER, Hanging
-from mamview.qt.decode_worker import render_full_elsewhere
+from mamview.core.services.decode import render_full_elsewhere
 from mamview.qt.image_tile import ImageTile
 from mamview.core.worklist import ExamInfo, ExamScore, preview_path
 

@@ -1,6 +1,6 @@
 """Tumour-board figure: the current hanging, the risk trajectory and its metrics, as PNG or PDF.
 
-What the figure says is decided by `mamview.core.report.build_export_content`; this module only
+What the figure says is decided by `mamview.core.reports.figure.build_export_content`; this module only
 draws it. The chart is rendered from the content's data into a fresh, hidden TrajectoryChart (never
 grabbed from the live widget), so a de-identified figure shows years relative to the latest exam
 instead of dates. Tile images come from the window (`window_tile_images`) as
@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QFileDialog
                                QLabel, QLineEdit, QMessageBox, QPushButton, QVBoxLayout, QWidget)
 
 from mamview.core import reference
-from mamview.core.report import SCORED, WITHHELD_NOTE, ExportContent, new_pseudonym
+from mamview.core.reports.figure import SCORED, WITHHELD_NOTE, ExportContent, new_pseudonym
 from mamview.qt.trajectory_chart import ChartPoint, TrajectoryChart
 
 # Logical page (landscape, about A4 proportions); PNGs are drawn at SCALE × this size.
@@ -416,7 +416,7 @@ def content_for_window(window, deidentify: bool, pseudonym: str | None = None) -
     """The ExportContent of what the main window shows now: its patient, current/prior exam,
     layout, model, thresholds and the metrics panel's report. Raises ValueError without a
     patient."""
-    from mamview.core.report import build_export_content
+    from mamview.core.reports.figure import build_export_content
 
     patient_key = getattr(window, "patient_key", None)
     if not patient_key:

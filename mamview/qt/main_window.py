@@ -455,13 +455,13 @@ class MainWindow(QMainWindow):
         if self.service is None and self.model_entry is not None and self.start_inference:
             entry = self.model_entry
             if self.inference_in_process:
-                from mamview.qt.inference_process import InferenceProcess
+                from mamview.core.services.inference_process import InferenceProcess
 
                 self.service = InferenceProcess(
                     self.lib.database, self.lib.home, entry.model_id,
                     device=self.settings.device, on_event=self.bridge.post_score_event).start()
             else:
-                from mamview.core.inference import InferenceService
+                from mamview.core.services.inference import InferenceService
                 from mamview.core.models import registry
 
                 self.service = InferenceService(
@@ -480,7 +480,7 @@ class MainWindow(QMainWindow):
         keys = [ek for ek, _, _ in reversed(exams)
                 if states[ek].state in (ScoreState.PENDING, ScoreState.STALE)]
         if keys:
-            from mamview.core.inference import PRIORITY_BACKGROUND
+            from mamview.core.services.inference import PRIORITY_BACKGROUND
 
             self._background_generation = svc.submit(keys, PRIORITY_BACKGROUND)
 
@@ -493,12 +493,12 @@ class MainWindow(QMainWindow):
             self._screen_generation = None
         pending = [e.exam_key for e in exams if e.score.state == "pending"]  # stale ones too
         if pending:
-            from mamview.core.inference import PRIORITY_ON_SCREEN
+            from mamview.core.services.inference import PRIORITY_ON_SCREEN
 
             self._screen_generation = svc.submit(pending, PRIORITY_ON_SCREEN)
 
     def _on_score_event(self, ev) -> None:
-        from mamview.core import inference as inf
+        from mamview.core.services import inference as inf
 
         if self._closed:
             return
@@ -892,7 +892,7 @@ class MainWindow(QMainWindow):
             self.service.shutdown(timeout=30)
             self.service = None
         self.bridge.shutdown()
-        from mamview.qt import decode_worker
+        from mamview.core.services import decode as decode_worker
 
         decode_worker.shutdown()
         try:

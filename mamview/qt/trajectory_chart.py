@@ -24,7 +24,7 @@ from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from mamview.core import reference
 from mamview.core.models.registry import DEMO_LABEL
-from mamview.core.report import format_relative_years, years_between
+from mamview.core.reports.figure import format_relative_years, years_between
 
 SCORED, PENDING, UNSCORABLE = "scored", "pending", "unscorable"
 

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 
 from mamview import cli
-from mamview.core.analytics import sr
+from mamview.core.reports import sr
 from mamview.core.cache import reads
 from mamview.core.cache.db import connect
 from mamview.core.models.registry import DEMO_LABEL

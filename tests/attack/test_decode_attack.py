@@ -46,7 +46,7 @@ def _row(path) -> dict:
 
 def _outcome(fn) -> str:
     """'ok', or the name of the expected refusal; anything else propagates and fails the test."""
-    from mamview.core.inference import Unscorable
+    from mamview.core.services.inference import Unscorable
 
     try:
         fn()
@@ -82,8 +82,8 @@ def test_deflate_bomb_is_small_on_disk(tmp_path):
 
 
 def test_panicking_rle_is_a_decode_error_everywhere(tmp_path):
-    from mamview.core.inference import load_view
-    from mamview.qt.decode_worker import render_full
+    from mamview.core.services.inference import load_view
+    from mamview.core.services.decode import render_full
 
     p = hostile.panicking_rle(tmp_path / "panic.dcm", shape=SHAPE)
     for decode in (lambda: make_preview(p), lambda: pixels.decode_full(p),
@@ -203,7 +203,7 @@ def test_memory_error_in_a_decoder_is_a_decode_error(tmp_path):
 def test_full_resolution_child_is_memory_capped_and_its_death_is_a_decode_error(tmp_path):
     import signal
 
-    from mamview.qt import decode_worker
+    from mamview.core.services import decode as decode_worker
 
     good = str(hostile.write_mammogram(tmp_path / "good.dcm"))
     panic = str(hostile.panicking_rle(tmp_path / "panic.dcm"))
@@ -288,7 +288,7 @@ def _mutations(bases: dict[str, Path], folder: Path, rng: random.Random, n: int)
 def fuzz(folder: str, seed: int, n: int) -> dict:
     """Run `n` seeded hostile files through make_preview, load_view (full and reduced) and
     report the outcome counts, the slowest case and this process's peak RSS."""
-    from mamview.core.inference import load_view
+    from mamview.core.services.inference import load_view
     from mamview.core.models import base  # noqa: F401 - imports torch now, not in the first case
 
     folder_path = Path(folder)
@@ -333,7 +333,7 @@ def test_seeded_fuzz_every_file_decodes_or_is_refused(tmp_path):
 EXIT_AFTER_KILLS = """
 import sys
 from mamview.core.dicom.pixels import PixelDecodeError
-from mamview.qt import decode_worker
+from mamview.core.services import decode as decode_worker
 
 def main():
     for i in range(12):  # deadlines around the decode time: the child is killed mid-answer too

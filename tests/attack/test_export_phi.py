@@ -22,7 +22,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 from PySide6.QtCore import QRectF
 from PySide6.QtGui import QGuiApplication, QImage
 
-from mamview.core import report
+from mamview.core.reports import figure as report
 from mamview.core.cache.db import connect
 from mamview.core.ingest import drain, run_import
 from mamview.core.paths import library

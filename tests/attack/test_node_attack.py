@@ -108,7 +108,7 @@ def test_path_like_uids_write_nothing_outside_the_library(home, tmp_path):
 
 @needs_dcmtk
 def test_path_like_uid_sent_by_storescu_is_refused(home, tmp_path, scu_config):
-    from mamview.core.net import dcmtk
+    from mamview.bench import dcmtk
 
     lib = library(home)
     bad = hostile.path_like_uid(tmp_path / "bad.dcm", uid="../../../../x")

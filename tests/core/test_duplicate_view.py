@@ -9,7 +9,7 @@ import pytest
 from mamview.core.cache import reads
 from mamview.core.cache.db import connect
 from mamview.core.dicom.headers import dicom_date, dicom_time, read_header
-from mamview.core.inference import exam_inputs
+from mamview.core.services.inference import exam_inputs
 from mamview.core.ingest import drain, run_import
 from mamview.core.paths import Library
 from tests.factories import write_mammogram

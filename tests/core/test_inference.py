@@ -10,7 +10,7 @@ import torch
 
 from mamview.core.cache import reads
 from mamview.core.cache.db import connect
-from mamview.core.inference import (
+from mamview.core.services.inference import (
     ExamScored,
     ExamUnscorable,
     GenerationDone,
@@ -154,7 +154,7 @@ def _view_row(path):
     ({"pixels": np.full(SHAPE, 777, np.uint16)}, "the image is constant (every pixel 777)"),
 ])
 def test_implausible_images_are_unscorable_with_the_reason(tmp_path, kw, why):
-    from mamview.core.inference import Unscorable, load_view
+    from mamview.core.services.inference import Unscorable, load_view
 
     kw = {"shape": SHAPE, **kw}
     if kw.get("pixels", 0) is None:
@@ -168,7 +168,7 @@ def test_implausible_images_are_unscorable_with_the_reason(tmp_path, kw, why):
 
 
 def test_a_plausible_image_loads(tmp_path):
-    from mamview.core.inference import load_view
+    from mamview.core.services.inference import load_view
 
     view = load_view(_view_row(write_mammogram(tmp_path / "x.dcm", shape=SHAPE)), None)
     assert view.array.shape == SHAPE and np.isfinite(view.array).all()
@@ -232,7 +232,7 @@ def test_a_worker_that_dies_is_reported_and_replaced(library):
 
 
 def test_a_dead_inference_process_is_reported_to_later_callers(library):
-    from mamview.qt.inference_process import InferenceProcess
+    from mamview.core.services.inference_process import InferenceProcess
 
     events: queue.Queue = queue.Queue()
     proc = InferenceProcess(library.database, library.home, "no-such-model", device="cpu",

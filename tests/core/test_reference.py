@@ -58,7 +58,7 @@ def test_strata_are_the_names_the_trajectory_gives():
 
 def test_the_places_that_still_write_the_numbers_agree():
     # until they read core.reference, a change in one place would make the others disagree
-    from mamview.core import report
+    from mamview.core.reports import figure as report
     from mamview.core.analytics import cohort
 
     assert settings.Settings().thresholds_percent == list(DEFAULT_THRESHOLDS_PERCENT)

@@ -7,7 +7,7 @@ import datetime
 
 import pytest
 
-from mamview.core import report
+from mamview.core.reports import figure as report
 from mamview.core.cache.db import connect
 from mamview.core.ingest import run_import
 from mamview.core.models.registry import DEMO_LABEL

@@ -10,7 +10,8 @@ from dataclasses import replace
 import pytest
 
 from mamview import cli
-from mamview.core import report, worklist
+from mamview.core import worklist
+from mamview.core.reports import figure as report
 from mamview.core.analytics import trajectory
 from mamview.core.cache import reads
 from mamview.core.cache.db import connect
@@ -162,7 +163,7 @@ def test_a_trajectory_that_mixes_model_versions_says_so():
 def test_the_image_on_screen_is_the_image_scored(home, tmp_path):
     """A repeated view: the screen hangs the repeat the score was computed from (the last
     acquired), not the last by file name."""
-    from mamview.core.inference import exam_inputs
+    from mamview.core.services.inference import exam_inputs
 
     lib = library(home).ensure()
     src = tmp_path / "dicom"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mamview.core.demo_data import generate_cohort, write_patient
-from mamview.core.net import dcmtk
+from mamview.bench import dcmtk
 
 LOOPBACK = "127.0.0.1"
 

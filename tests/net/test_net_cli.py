@@ -14,7 +14,7 @@ import pytest
 
 from mamview.cli import main
 from mamview.core import settings as settings_mod
-from mamview.core.net import dcmtk
+from mamview.bench import dcmtk
 from mamview.core.net.nodes import PacsNode, nodes_from_settings, resolve_node
 from mamview.core.net.scp import LOG_FILE_NAME
 from tests.net.conftest import LOOPBACK, cohort_folders, free_port, needs_dcmtk, run

@@ -9,7 +9,7 @@ import pytest
 
 from mamview.core import settings as settings_mod
 from mamview.core.ingest import drain, run_import
-from mamview.core.net import dcmtk
+from mamview.bench import dcmtk
 from mamview.core.paths import library
 from tests.net.conftest import LOOPBACK, cohort_folders, free_port, needs_dcmtk, run
 

@@ -14,7 +14,7 @@ from pydicom.uid import generate_uid
 from mamview.core.cache import reads
 from mamview.core.cache.db import connect
 from mamview.core.models.registry import DEMO_LABEL
-from mamview.core.net import dcmtk
+from mamview.bench import dcmtk
 from mamview.core.net import scp
 from mamview.core.net.nodes import PacsNode
 from mamview.core.net.qr import send_files

@@ -8,7 +8,7 @@ import zlib
 import pytest
 from PySide6.QtGui import QColor, QGuiApplication, QImage
 
-from mamview.core import report
+from mamview.core.reports import figure as report
 from mamview.core.models.registry import DEMO_LABEL
 from mamview.qt import export
 from tests.core.test_report import BIRTH, DATES, NAME, PID, make_library

@@ -8,7 +8,7 @@ import pytest
 from PySide6.QtCore import QRectF
 from PySide6.QtGui import QImage
 
-from mamview.core import report
+from mamview.core.reports import figure as report
 from mamview.core.ingest import drain, run_import
 from mamview.core.paths import Library
 from mamview.qt import export

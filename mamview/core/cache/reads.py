@@ -90,7 +90,7 @@ def evaluate(db, exam_keys: Sequence[str], model: ModelRef | str | None
     Queries: one per exam for its inputs, then three in all (newest rows, image UIDs, rows
     by today's keys), whatever the number of exams.
     """
-    from mamview.core.inference import Unscorable, exam_inputs, input_signature
+    from mamview.core.services.inference import Unscorable, exam_inputs, input_signature
 
     keys = list(dict.fromkeys(exam_keys))
     ref = model if isinstance(model, ModelRef) else None

@@ -36,7 +36,7 @@ from typing import Callable, Iterable
 from mamview.core import safety
 from mamview.core.errors import InputRefused, MamviewError
 # the node forwards its inference service's ExamScored as is (one event type for a score)
-from mamview.core.inference import ExamScored
+from mamview.core.services.inference import ExamScored
 from mamview.core.net import guard
 from mamview.core.net.guard import NodeLimits
 from mamview.core.net.nodes import check_ae_title
@@ -828,7 +828,7 @@ class StorageNode:
         """The node's inference service, created when the first exam needs it."""
         if self._service is not None or self._service_broken:
             return None if self._service_broken else self._service
-        from mamview.core.inference import InferenceService
+        from mamview.core.services.inference import InferenceService
         from mamview.core.models import registry
         from mamview.core.models.errors import ModelUnavailable
 
@@ -846,7 +846,7 @@ class StorageNode:
         return self._service
 
     def _on_score_event(self, ev) -> None:
-        from mamview.core import inference as inf
+        from mamview.core.services import inference as inf
 
         if isinstance(ev, inf.ExamScored):
             with self._lock:

@@ -11,11 +11,11 @@ import torch
 from mamview.core.cache import reads
 from mamview.core.cache.db import connect
 from mamview.core.demo_data import generate_cohort
-from mamview.core.inference import ExamScored, InferenceService
+from mamview.core.services.inference import ExamScored, InferenceService
 from mamview.core.ingest import run_import
 from mamview.core.models import registry
 from mamview.core.models.mirai import MiraiConfig, demo_preprocessing_version
-from mamview.core.models.train_demo import DEMO_CONFIG, cached_exams, exam_cache_key, spearman
+from tools.train_demo import DEMO_CONFIG, cached_exams, exam_cache_key, spearman
 from mamview.core.paths import Library, resources_dir
 from tests.core.test_inference import drain
 from tests.core.test_ingest import consume

@@ -3,7 +3,7 @@
 Measures, per exam: the full MiraiNet forward, a bare ResNet-18 trunk on the same four images
 (written independently below, torchvision-style), their ratio (the overhead of our code on top
 of the unavoidable convolutions) and the preprocessing of four native-size mammograms.
-Weights are random: timing does not depend on them. Run `python -m mamview.core.models.bench_infer`
+Weights are random: timing does not depend on them. Run `python -m mamview.bench.infer`
 for a JSON report.
 """
 
@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import ViewImage
-from .device import describe_device, select_device
-from .mirai import MiraiConfig, MiraiNet
-from .preprocess import preprocess_exam
+from mamview.core.models.base import ViewImage
+from mamview.core.models.device import describe_device, select_device
+from mamview.core.models.mirai import MiraiConfig, MiraiNet
+from mamview.core.models.preprocess import preprocess_exam
 
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

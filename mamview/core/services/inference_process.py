@@ -26,7 +26,7 @@ def _child(database: str, home: str, model_id: str, device: str, cpu_threads: in
     """Child process: run an InferenceService and translate generation ids both ways."""
     from pathlib import Path
 
-    from mamview.core.inference import InferenceService
+    from mamview.core.services.inference import InferenceService
     from mamview.core.models import registry
     from mamview.core.paths import Library
 
@@ -118,7 +118,7 @@ class InferenceProcess:
         self.start()
         gen = next(self._generations)
         if self._death:  # the child died earlier: say so rather than wait on it forever
-            from mamview.core.inference import ServiceError
+            from mamview.core.services.inference import ServiceError
 
             self._emit(ServiceError(self._death))
         elif exam_keys and not self._stopped:
@@ -157,7 +157,7 @@ class InferenceProcess:
         self._relay.join(5)
 
     def _relay_events(self) -> None:
-        from mamview.core.inference import GenerationDone, ServiceError
+        from mamview.core.services.inference import GenerationDone, ServiceError
 
         while True:
             try:

@@ -15,14 +15,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from mamview.core.bench_format import format_rows, machine_line
+from mamview.bench.format import format_rows, machine_line
 
 
 def bench_net(patients: int = 6, size: str = "small", work: str | None = None,
               make_previews: bool = True, timeout: float = 600.0) -> dict:
     """Measure; returns the figures as a dict. RuntimeError when dcmtk is missing or a step fails."""
     from mamview.core.demo_data import generate_cohort
-    from mamview.core.net import dcmtk
+    from mamview.bench import dcmtk
     from mamview.core.net.scp import StorageNode
     from mamview.core.paths import Library
 

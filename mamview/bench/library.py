@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mamview.core.bench_format import format_rows, machine_line
+from mamview.bench.format import format_rows, machine_line
 from mamview.core.ingest import drain
 
 
@@ -122,7 +122,7 @@ def bench_infer_all(height: int, width: int, batches: list[int] | None, repeats:
     """Mirai forward at native resolution: CPU fp32, plus fp32/bf16 on a GPU when there is one."""
     import torch
 
-    from mamview.core.models.bench_infer import bench_infer
+    from mamview.bench.infer import bench_infer
 
     runs = bench_infer("cpu", height, width, batch_sizes=batches or [1], dtypes=("fp32",),
                        repeats=repeats)

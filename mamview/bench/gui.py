@@ -155,7 +155,7 @@ def measure(work: Path, size: str = "full", repeats: int = 15, stall_seconds: fl
 
 def main(args) -> int:
     """Entry point of `mamview bench gui`."""
-    from mamview.core.bench_format import format_rows, machine_line
+    from mamview.bench.format import format_rows, machine_line
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="mamview-bench-gui-"))
     try:

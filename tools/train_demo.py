@@ -1,6 +1,6 @@
 """Train the bundled demo model: a reduced Mirai-architecture network on synthetic mammograms.
 
-    python -m mamview.core.models.train_demo --out resources/demo_model [--patients N]
+    python -m tools.train_demo --out resources/demo_model [--patients N]
         [--seed S] [--epochs E] [--rank-weight W] [--exam-cache FILE]
 
 Reproducible on a CPU in a few minutes. The script
@@ -41,10 +41,10 @@ import torch
 from scipy.stats import spearmanr
 import torch.nn.functional as F
 
-from .base import YEARS, ModelIdentity
-from .mirai import MiraiCalibrator, MiraiConfig, MiraiNet, demo_preprocessing_version, \
+from mamview.core.models.base import YEARS, ModelIdentity
+from mamview.core.models.mirai import MiraiCalibrator, MiraiConfig, MiraiNet, demo_preprocessing_version, \
     state_dict_sha256
-from .preprocess import preprocess_exam
+from mamview.core.models.preprocess import preprocess_exam
 
 DEMO_LABEL = "demo model — synthetic training data — not for clinical use"
 
@@ -131,7 +131,7 @@ def load_exams(cohort: Path, lib, config: MiraiConfig, log=print) -> tuple[list[
     """
     from mamview.core.cache import reads
     from mamview.core.cache.db import connect
-    from mamview.core.inference import exam_inputs, load_view
+    from mamview.core.services.inference import exam_inputs, load_view
 
     truth = {}
     with open(cohort / "ground_truth.csv", newline="", encoding="utf-8") as f:
@@ -358,7 +358,7 @@ def run(out: Path, patients: int = 160, seed: int = 0, epochs: int = 14, threads
         work_dir: Path | None = None, lr: float = 2e-3, exam_cache: Path | None = None,
         rank_weight: float = 0.0, log=print) -> dict:
     """Train, evaluate and write the demo model into `out`; returns the provenance."""
-    from .snapshots import write_converted
+    from mamview.core.models.snapshots import write_converted
 
     t_start = time.perf_counter()
     if threads:
@@ -390,8 +390,8 @@ def run(out: Path, patients: int = 160, seed: int = 0, epochs: int = 14, threads
         calibrator_sha256=cal.sha256, preprocessing_version=demo_preprocessing_version(config),
         clinically_validated=False, label=DEMO_LABEL)
     provenance = {
-        "trainer": "mamview.core.models.train_demo",
-        "command": "python -m mamview.core.models.train_demo --out OUT "
+        "trainer": "tools.train_demo",
+        "command": "python -m tools.train_demo --out OUT "
                    f"--patients {patients} --seed {seed} --epochs {epochs} --lr {lr} "
                    f"--rank-weight {rank_weight}",
         "seed": seed, "patients": patients, "epochs": epochs, "learning_rate": lr,

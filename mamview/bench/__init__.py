@@ -1,0 +1,1 @@
+"""Every `mamview bench …`: measured figures, printed as one table format (and JSON)."""

@@ -1,0 +1,1 @@
+"""Background workers with no Qt: the inference service, its child process, the full-resolution decode child."""
