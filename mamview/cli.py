@@ -18,7 +18,6 @@ import importlib
 import io
 import json
 import os
-import sqlite3
 import sys
 import traceback
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Sequence
 
 from mamview import __version__
 from mamview.core import paths
+from mamview.core.cache.db import DatabaseError
 from mamview.core.errors import LibraryError, MamviewError
 from mamview.core.safety import printable
 
@@ -490,7 +490,7 @@ def _describe(exc: BaseException, lib: paths.Library | None) -> tuple[str, int]:
         if lib is not None and _under(exc.filename, lib.home):
             return str(folder_error(lib.home, exc)), LibraryError.exit_code
         return _os_message(exc), 2
-    if isinstance(exc, sqlite3.Error) and lib is not None:
+    if isinstance(exc, DatabaseError) and lib is not None:
         err = database_error(exc, lib.database)
         if err is not None:
             return str(err), err.exit_code

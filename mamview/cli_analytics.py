@@ -348,22 +348,15 @@ def cmd_sr(args, lib: Library) -> int:
     db = cli._open_db(lib, reading=True)  # writes only into --out
     written, skipped = [], []
     try:
-        if db.execute("SELECT 1 FROM exams WHERE exam_key = ?", [args.target]).fetchone():
+        from mamview.core.cache import reads
+
+        if reads.exam_exists(db, args.target):
             exams = [args.target]
         else:
-            keys = cli._patient_keys(db, args.target)
-            marks = ",".join("?" * len(keys))
-            sql = f"SELECT exam_key FROM exams WHERE patient_key IN ({marks})"
-            params = list(keys)
-            if args.date:
-                sql += " AND exam_date = ?"
-                params.append(args.date)
-            exams = [r[0] for r in db.execute(sql + " ORDER BY exam_date", params)]
+            exams = reads.exam_keys_of(db, cli._patient_keys(db, args.target), args.date)
             if not exams:
                 raise cli.CliError(f"{args.target} has no exam" +
                                    (f" on {args.date}" if args.date else ""))
-        from mamview.core.cache import reads
-
         model = reads.choose_model(lib, args.model, db)
         for ek in exams:
             try:

@@ -53,6 +53,7 @@ def measure(work: Path, size: str = "full", repeats: int = 15, stall_seconds: fl
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
+    from mamview.core.cache import reads, writes
     from mamview.core.cache.db import connect
     from mamview.qt.app import application
     from mamview.qt.main_window import MainWindow
@@ -93,8 +94,7 @@ def measure(work: Path, size: str = "full", repeats: int = 15, stall_seconds: fl
 
     # stall: score everything from scratch on the CPU while the heartbeat runs
     db = connect(lib.database)
-    db.execute("DELETE FROM scores")
-    db.conn.commit()
+    writes.delete_scores(db)
     db.close()
     win.start_inference = True
     win.settings.device = "cpu"
@@ -128,15 +128,13 @@ def measure(work: Path, size: str = "full", repeats: int = 15, stall_seconds: fl
             # keep the worker busy for the whole window: clear and score again
             rounds += 1
             db = connect(lib.database)
-            scored_exams += db.execute(
-                "SELECT count(*) FROM scores WHERE status = 'ok'").fetchone()[0]
-            db.execute("DELETE FROM scores")
-            db.conn.commit()
+            scored_exams += reads.ok_score_count(db)
+            writes.delete_scores(db)
             db.close()
             win.score_library()
     timer.stop()
     db = connect(lib.database)
-    scored_exams += db.execute("SELECT count(*) FROM scores WHERE status = 'ok'").fetchone()[0]
+    scored_exams += reads.ok_score_count(db)
     db.close()
     device = win.service.device_label if win.service else "?"
     busy = gaps

@@ -323,13 +323,13 @@ def _notice_deleted(db: sqlite_utils.Database, roots: list[Path], seen: set[str]
         r = r.resolve() if r.exists() else r.absolute()
         prefixes.append(str(r) + (os.sep if r.is_dir() else ""))
     gone = []
-    for (path,) in db.execute("SELECT path FROM files"):
+    for path in reads.indexed_paths(db):
         if path in seen or not any(path == p or path.startswith(p) for p in prefixes):
             continue
         if not os.path.exists(path):
             gone.append(path)
     writes.set_missing(db, gone, missing=True)
-    return db.execute("SELECT count(*) FROM images WHERE missing").fetchone()[0]
+    return reads.missing_image_count(db)
 
 
 def preview_name(sop_uid: str) -> str:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import sys
 from pathlib import Path
 
 from PySide6.QtGui import QColor, QPalette, QGuiApplication
 from PySide6.QtWidgets import QApplication, QMessageBox
 
+from mamview.core.cache.db import DatabaseError
 from mamview.core.errors import MamviewError
 from mamview.core.paths import Library
 
@@ -68,7 +68,7 @@ def run(lib: Library, *, demo: bool = False, device: str | None = None,
         from mamview.qt.main_window import MainWindow
 
         win = MainWindow(lib, device=device)
-    except (MamviewError, OSError, sqlite3.Error) as exc:
+    except (MamviewError, OSError, DatabaseError) as exc:
         return refuse_library(lib, exc)
     screen = app.primaryScreen()
     if screen is not None:  # fill the screen (no window manager under Xvfb to maximise it)
@@ -104,7 +104,7 @@ def refuse_library(lib: Library, exc: BaseException) -> int:
     from mamview.core.cache.db import database_error, folder_error
     from mamview.core.safety import printable
 
-    if isinstance(exc, sqlite3.Error):
+    if isinstance(exc, DatabaseError):
         err = database_error(exc, lib.database)
         if err is None:
             raise exc  # not the library's state: a bug, for the top-level handler

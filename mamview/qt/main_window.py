@@ -575,11 +575,12 @@ class MainWindow(QMainWindow):
 
     def _patient_of(self, exam_key: str) -> str | None:
         if exam_key not in self._patient_of_exam:
-            row = self.db.execute("SELECT patient_key FROM exams WHERE exam_key = ?",
-                                  [exam_key]).fetchone()
-            if row is None:
+            from mamview.core.cache import reads
+
+            pk = reads.patient_of_exam(self.db, exam_key)
+            if pk is None:
                 return None
-            self._patient_of_exam[exam_key] = row[0]
+            self._patient_of_exam[exam_key] = pk
         return self._patient_of_exam[exam_key]
 
     # ---------------------------------------------------------------- patients

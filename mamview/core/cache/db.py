@@ -37,6 +37,9 @@ _SQLITE_REASONS = (
 )
 
 # OSError errno → what it says about a library folder
+# what callers outside the cache catch (they never import sqlite3 themselves)
+DatabaseError = sqlite3.Error
+
 _FOLDER_REASONS = {
     errno.EROFS: "is on a read-only file system",
     errno.EACCES: "is read-only or not accessible for this user (permission denied)",

@@ -427,3 +427,56 @@ def _decode(row: dict) -> dict:
     row["input_uids"] = json.loads(row["input_uids"])
     row["risk"] = json.loads(row["risk"])
     return row
+
+
+def exam_exists(db: sqlite_utils.Database, exam_key: str) -> bool:
+    """Whether the library holds an exam with this key."""
+    return db.execute("SELECT 1 FROM exams WHERE exam_key = ?", [exam_key]).fetchone() is not None
+
+
+def exam_keys_of(db: sqlite_utils.Database, patient_keys: Sequence[str],
+                 exam_date: str | None = None) -> list[str]:
+    """The exam keys of these women (on one ISO date when given), oldest first."""
+    keys = list(patient_keys)
+    if not keys:
+        return []
+    sql = f"SELECT exam_key FROM exams WHERE patient_key IN ({','.join('?' * len(keys))})"
+    if exam_date:
+        sql += " AND exam_date = ?"
+        keys.append(exam_date)
+    return [r[0] for r in db.execute(sql + " ORDER BY exam_date, exam_key", keys)]
+
+
+def patient_of_exam(db: sqlite_utils.Database, exam_key: str) -> str | None:
+    """The patient key of an exam, None when the library has no such exam."""
+    row = db.execute("SELECT patient_key FROM exams WHERE exam_key = ?", [exam_key]).fetchone()
+    return row[0] if row else None
+
+
+def patient_row(db: sqlite_utils.Database, patient_key: str) -> dict | None:
+    """The patients row of one woman (None when unknown)."""
+    rows = list(db.query("SELECT * FROM patients WHERE patient_key = ?", [patient_key]))
+    return rows[0] if rows else None
+
+
+def indexed_paths(db: sqlite_utils.Database) -> list[str]:
+    """The path of every file the library has seen."""
+    return [r[0] for r in db.execute("SELECT path FROM files")]
+
+
+def missing_image_count(db: sqlite_utils.Database) -> int:
+    """How many indexed images are marked missing (their file is gone)."""
+    return db.execute("SELECT count(*) FROM images WHERE missing").fetchone()[0]
+
+
+def ok_score_count(db: sqlite_utils.Database) -> int:
+    """How many stored scores have a risk (status 'ok'), of any model."""
+    return db.execute("SELECT count(*) FROM scores WHERE status = 'ok'").fetchone()[0]
+
+
+# ---------------------------------------------------------------- reading session
+# (queries the reading session needs; keep this heading: helpers add below it)
+
+
+# ---------------------------------------------------------------- storage node
+# (queries the DICOM node needs; keep this heading: helpers add below it)

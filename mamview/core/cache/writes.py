@@ -300,3 +300,13 @@ def save_scores(db: sqlite_utils.Database, rows: Iterable[dict]) -> None:
             row["input_uids"] = json.dumps(list(row.get("input_uids", [])))
             row["risk"] = json.dumps([float(x) for x in row.get("risk", [])])
             db["scores"].upsert(row, pk="cache_key")
+
+
+def delete_scores(db: sqlite_utils.Database) -> int:
+    """Forget every stored score (benchmarks re-score from scratch); returns how many."""
+    with write_transaction(db):
+        return db.execute("DELETE FROM scores").rowcount
+
+
+# ---------------------------------------------------------------- storage node
+# (writes the DICOM node needs; keep this heading: helpers add below it)

@@ -376,10 +376,9 @@ def build_export_content(db, patient_key: str, current_key: str | None, prior_ke
     from mamview.core.cache import reads
     from mamview.core.domain import STALE_REASON, ScoreState
 
-    rows = list(db.query("SELECT * FROM patients WHERE patient_key = ?", [patient_key]))
-    if not rows:
+    patient = reads.patient_row(db, patient_key)
+    if patient is None:
         raise ValueError(f"no patient with key {patient_key!r} in the library")
-    patient = rows[0]
     exams = [e for e in reads.list_exams(db, [patient_key])]
     dated = [(parse_date(e["exam_date"]), e) for e in exams]
     anchor = max((d for d, _ in dated if d), default=None)
