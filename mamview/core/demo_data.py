@@ -51,6 +51,7 @@ VENDORS = {
 }
 VIEW_CODES = {"CC": ("399162004", "cranio-caudal"), "MLO": ("399368009", "medio-lateral oblique")}
 SPOT_CODE = ("399055006", "spot compression")
+BREAST_CODE = ("76752008", "Breast")
 FIRST_NAMES = ["ALICE", "BEATRIZ", "CHLOE", "DANA", "ELIF", "FATIMA", "GRACE", "HANA", "INES",
                "JOY", "KAREN", "LENA", "MARIA", "NOOR", "OLGA", "PRIYA", "QIN", "ROSA", "SARA",
                "TARA", "UMA", "VERA", "WEN", "XENIA", "YARA", "ZOE"]
@@ -300,9 +301,15 @@ def write_image(path: Path, w: Woman, when: date, study_uid: str, lat: str, view
     ds.ImageLaterality = lat
     ds.ViewPosition = view
     code = _code(*VIEW_CODES[view])
-    if spot:
-        code.ViewModifierCodeSequence = Sequence([_code(*SPOT_CODE)])
+    # Type 2 in the MG IOD: present (empty) when the view has no modifier
+    code.ViewModifierCodeSequence = Sequence([_code(*SPOT_CODE)] if spot else [])
     ds.ViewCodeSequence = Sequence([code])
+    ds.AnatomicRegionSequence = Sequence([_code(*BREAST_CODE)])
+    ds.PositionerType = "MAMMOGRAPHIC"
+    ds.OrganExposed = "BREAST"
+    ds.DetectorType = "DIRECT"
+    ds.AcquisitionContextSequence = Sequence([])
+    ds.ReferringPhysicianName = ""
     ds.PatientOrientation = _orientation(lat, view, flip_lr, flip_ud)
     ds.BodyPartExamined = "BREAST"
     ds.BreastImplantPresent = "NO"
@@ -316,6 +323,9 @@ def write_image(path: Path, w: Woman, when: date, study_uid: str, lat: str, view
     ds.PixelRepresentation = 0
     ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "US"
     ds.PresentationLUTShape = "INVERSE" if v["photometric"] == "MONOCHROME1" else "IDENTITY"
+    # for presentation: log of the X-ray intensity; dense tissue (less intensity) displays white
+    ds.PixelIntensityRelationship = "LOG"
+    ds.PixelIntensityRelationshipSign = -1 if v["photometric"] == "MONOCHROME2" else 1
     center, width = 40 + 0.33 * (top - 80), 0.62 * (top - 80)
     if v["photometric"] == "MONOCHROME1":
         center = top - center
