@@ -31,6 +31,8 @@ class Settings:
     node_allowed_aes: list[str] = field(default_factory=list)
     node_allowed_hosts: list[str] = field(default_factory=list)
     node_allow_any: bool = False
+    # UID root of the site for the SRs we write ('' = 2.25 UUID-derived UIDs, no registration needed)
+    uid_root: str = ""
 
 
 def load(path: str | os.PathLike) -> Settings:

@@ -1,6 +1,7 @@
 """The per-exam Comprehensive SR: valid per dcmtk's dsrdump, same values through pydicom,
 and sent to a real dcmtk storescp peer."""
 
+import hashlib
 import shutil
 import socket
 import subprocess
@@ -39,9 +40,11 @@ def test_sr_is_valid_and_round_trips(scored_library, tmp_path, capsys):
     db = connect(lib.database)
     score = reads.scores_for_exams(db, [keys["2023-03-15"]])[keys["2023-03-15"]]
     db.close()
-    path = next(f for f in files if "20230315" in f.name)
+    path = next(f for f in files if pydicom.dcmread(f, stop_before_pixels=True).StudyDate
+                == "20230315")
     dump = _dsrdump_clean(path)
     assert "Comprehensive SR" in dump and "Cumulative breast cancer risk within 5 years" in dump
+    assert '"Imaging Measurement Report"' in dump and "(71651007,SCT,\"Mammography\")" in dump
 
     got = sr.read_sr_values(path)
     assert got["risk_percent"] == {y: pytest.approx(v) for y, v in
@@ -56,6 +59,11 @@ def test_sr_is_valid_and_round_trips(scored_library, tmp_path, capsys):
 
     ds = pydicom.dcmread(path)
     assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
+    template = ds.ContentTemplateSequence[0]
+    assert (template.MappingResource, template.TemplateIdentifier) == ("DCMR", "1500")
+    # UIDs are ours, not pydicom's shared prefix: 2.25 name-based UUIDs unless a root is set
+    assert ds.SOPInstanceUID.startswith("2.25.") and ds.SeriesInstanceUID.startswith("2.25.")
+    assert path.name == f"SR_{hashlib.sha256(ds.SOPInstanceUID.encode()).hexdigest()[:20]}.dcm"
     assert ds.PatientID == "P7" and ds.Modality == "SR"
     studies = list(ds.CurrentRequestedProcedureEvidenceSequence) + list(
         ds.get("PertinentOtherEvidenceSequence", []))
@@ -118,3 +126,44 @@ def test_sr_is_sent_to_a_real_storescp(scored_library, tmp_path, capsys):
     finally:
         peer.terminate()
         peer.wait(timeout=10)
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools not installed")
+def test_every_sr_passes_dciodvfy(scored_library, tmp_path):
+    lib, _ = scored_library
+    out = tmp_path / "sr"
+    assert cli.main(["--home", str(lib.home), "sr", "P7", "--out", str(out)]) == 0
+    files = sorted(out.glob("*.dcm"))
+    assert len(files) == 3
+    for f in files:
+        proc = subprocess.run(["dciodvfy", str(f)], capture_output=True, text=True, timeout=60)
+        errors = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("Error")]
+        assert not errors, (f.name, errors)
+
+
+def test_sr_uids_under_a_site_root_and_names_never_from_headers(scored_library, tmp_path):
+    lib, keys = scored_library
+    db = connect(lib.database)
+    try:
+        ek = keys["2023-03-15"]
+        score = reads.scores_for_exams(db, [ek])[ek]
+        paths = reads.image_paths(db, ek)
+        evidence = sr.read_evidence([paths[u] for u in score["input_uids"]])
+        for ds in evidence:  # a hostile header value (in memory only) changes no UID rule
+            ds.PatientID = "../../escape"
+        built = sr.build_exam_sr(score, evidence, model_name="demo", model_label="",
+                                 uid_root="1.2.826.0.1.99999.")
+        assert built.SOPInstanceUID.startswith("1.2.826.0.1.99999.")
+        assert len(built.SOPInstanceUID) <= 64 and built.SOPInstanceUID[-1] != "."
+        again = sr.build_exam_sr(score, evidence, model_name="demo", model_label="",
+                                 uid_root="1.2.826.0.1.99999.")
+        assert again.SOPInstanceUID == built.SOPInstanceUID  # deterministic: resend is a duplicate
+        for bad in ("1.2.3", "1.02.3.", "a.b.", "1." * 30):
+            with pytest.raises(ValueError):
+                sr.check_uid_root(bad)
+        out = tmp_path / "out"
+        path = sr.write_exam_sr(db, ek, out, model_id="demo", uid_root="1.2.826.0.1.99999.")
+        assert path.parent == out and path.name.startswith("SR_") and "escape" not in path.name
+        assert pydicom.dcmread(path).SOPInstanceUID.startswith("1.2.826.0.1.99999.")
+    finally:
+        db.close()

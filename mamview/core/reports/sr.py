@@ -1,41 +1,48 @@
-"""DICOM Comprehensive SR of one exam's risk score, built with highdicom.
+"""DICOM Comprehensive SR of one exam's risk score: a TID 1500 Measurement Report (highdicom).
 
-The report holds the cumulative risk for years 1..5 (NUM, UCUM "%"), the model's identity
-(TID 4019 Algorithm Name / Version, plus weights and calibrator hashes and the preprocessing
-version), its intended-use label ("not for clinical use" for the demo model) and IMAGE
-references to the four input SOP instances, which also go into the Current Requested Procedure
-Evidence. Patient and study come from the input images, so a PACS files the SR with the exam.
+The report (title DCM 126000 "Imaging Measurement Report", procedure SCT 71651007 "Mammography")
+holds one measurement group: the cumulative risk for years 1..5 (NUM, UCUM "%"), finding site
+SCT 76752008 "Breast", the model as TID 4019 Algorithm Identification (name, version; its weights
+and calibrator hashes, preprocessing version, model id, device and intended-use label as algorithm
+parameters "key: value"), and the four input images as its source images and in the Image Library;
+they are also the Current Requested Procedure Evidence. Patient and study come from the inputs, so
+a PACS files the SR with the exam. Only the yearly risks have no standard code: they use the
+private scheme 99MAMVIEW (declared in the Coding Scheme Identification Sequence).
 
-Concepts without a standard code use the private scheme 99MAMVIEW (declared in the Coding
-Scheme Identification Sequence). UIDs derive from the score's cache key, so writing the same
-score again gives the same instance (a PACS sees a duplicate, not a second report).
+UIDs derive from the score's cache key (the same score written again is the same instance: a PACS
+sees a duplicate, not a second report), under `uid_root` when the site has one, else as 2.25
+UUIDs (name-based, ISO/IEC 9834-8). File names are hashes: no header value names a file.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
+import uuid
 from pathlib import Path
 from typing import Sequence
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import generate_uid
 
 from mamview import __version__
 
 SCHEME = "99MAMVIEW"
-TITLE = Code("RISK-REPORT", SCHEME, "Image-based breast cancer risk assessment")
+PROCEDURE = Code("71651007", "SCT", "Mammography")
+BREAST = Code("76752008", "SCT", "Breast")
 ALGORITHM_NAME = Code("111001", "DCM", "Algorithm Name")
 ALGORITHM_VERSION = Code("111003", "DCM", "Algorithm Version")
-SOURCE = Code("121112", "DCM", "Source of Measurement")
-WEIGHTS = Code("WEIGHTS-SHA256", SCHEME, "Model weights SHA-256")
-CALIBRATOR = Code("CALIBRATOR", SCHEME, "Calibrator")
-PREPROCESSING = Code("PREPROCESSING", SCHEME, "Preprocessing version")
-MODEL_ID = Code("MODEL-ID", SCHEME, "Model identifier")
-INTENDED_USE = Code("INTENDED-USE", SCHEME, "Intended use")
-DEVICE = Code("DEVICE", SCHEME, "Compute device")
+ALGORITHM_PARAMETERS = Code("111002", "DCM", "Algorithm Parameters")
 PERCENT = Code("%", "UCUM", "percent")
 SERIES_NUMBER = 9701
+# the algorithm parameters, as "key: value" (read back by read_sr_values under these names)
+MODEL_ID, WEIGHTS, CALIBRATOR = "Model identifier", "Model weights SHA-256", "Calibrator"
+PREPROCESSING, DEVICE, INTENDED_USE = "Preprocessing version", "Compute device", "Intended use"
+# namespace of the name-based UUIDs behind our 2.25 UIDs (fixed: the same score, the same UID)
+_UID_NAMESPACE = uuid.UUID("5f0e6d1c-8b1e-5a57-9d1e-6d616d766965")
+_ROOT = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\.$")
 
 
 def risk_code(year: int) -> Code:
@@ -57,8 +64,26 @@ def sr_text(text: str) -> str:
     return folded.encode("ascii", "replace").decode("ascii")
 
 
+def check_uid_root(root: str) -> str:
+    """`root` if it can prefix our UIDs (digits and dots, no leading zeros, ending in '.', at
+    most 40 characters so the rest fits in 64); '' stays '' (2.25 UUIDs). Else ValueError."""
+    if root and (len(root) > 40 or not _ROOT.match(root)):
+        raise ValueError(f"UID root {root!r} is not of the form 1.2.840.99999. "
+                         "(digits and dots, ending in a dot, at most 40 characters)")
+    return root
+
+
+def make_uid(seed: Sequence[str], root: str = "") -> str:
+    """A UID derived from `seed`: under `root`, else 2.25.<name-based UUID>."""
+    name = "\x1f".join(seed)
+    if root:
+        digits = str(int(hashlib.sha256(name.encode()).hexdigest(), 16))
+        return (check_uid_root(root) + digits)[:64].rstrip(".")
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}"
+
+
 def build_exam_sr(score: dict, evidence: Sequence[Dataset], *, model_name: str,
-                  model_label: str) -> Dataset:
+                  model_label: str, uid_root: str = "") -> Dataset:
     """The Comprehensive SR of one 'ok' score row (core.cache.reads) and the header datasets
     of its input images (`evidence`, in input order)."""
     import highdicom as hd
@@ -67,37 +92,38 @@ def build_exam_sr(score: dict, evidence: Sequence[Dataset], *, model_name: str,
         raise ValueError("only a computed score with five yearly risks can be reported")
     if not evidence:
         raise ValueError("the SR needs the input images' headers")
-    rel = hd.sr.RelationshipTypeValues
-    items = [
-        hd.sr.TextContentItem(ALGORITHM_NAME, sr_text(model_name), relationship_type=rel.CONTAINS),
-        hd.sr.TextContentItem(ALGORITHM_VERSION, str(score["model_version"]) or "unknown",
-                              relationship_type=rel.CONTAINS),
-        hd.sr.TextContentItem(MODEL_ID, score["model_id"], relationship_type=rel.CONTAINS),
-        hd.sr.TextContentItem(WEIGHTS, score["weights_sha256"] or "unknown",
-                              relationship_type=rel.CONTAINS),
-        hd.sr.TextContentItem(CALIBRATOR, score.get("calibrator") or "none",
-                              relationship_type=rel.CONTAINS),
-        hd.sr.TextContentItem(PREPROCESSING, str(score["preprocessing_version"]),
-                              relationship_type=rel.CONTAINS),
-        hd.sr.TextContentItem(INTENDED_USE, sr_text(model_label or "research use"),
-                              relationship_type=rel.CONTAINS),
-    ]
-    if score.get("device"):
-        items.append(hd.sr.TextContentItem(DEVICE, score["device"], relationship_type=rel.CONTAINS))
-    for year, value in enumerate(risk_percent_values(score["risk"][:5]), start=1):
-        items.append(hd.sr.NumContentItem(risk_code(year), value, PERCENT,
-                                          relationship_type=rel.CONTAINS))
-    for ds in evidence:
-        items.append(hd.sr.ImageContentItem(SOURCE, ds.SOPClassUID, ds.SOPInstanceUID,
-                                            relationship_type=rel.CONTAINS))
-    root = hd.sr.ContainerContentItem(TITLE, is_content_continuous=False)
-    root.ContentSequence = items
     seed = ["mamview-sr", score["cache_key"]]
+    params = [f"{MODEL_ID}: {score['model_id']}",
+              f"{WEIGHTS}: {score['weights_sha256'] or 'unknown'}",
+              f"{CALIBRATOR}: {score.get('calibrator') or 'none'}",
+              f"{PREPROCESSING}: {score['preprocessing_version']}",
+              f"{INTENDED_USE}: {sr_text(model_label or 'research use')}"]
+    if score.get("device"):
+        params.append(f"{DEVICE}: {score['device']}")
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=sr_text(model_name), version=str(score["model_version"]) or "unknown",
+        parameters=params)
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=make_uid(seed + ["tracking"], uid_root),
+                                                     identifier="breast cancer risk"),
+        algorithm_id=algorithm, finding_sites=[hd.sr.FindingSite(BREAST)],
+        measurements=[hd.sr.Measurement(name=risk_code(year), value=value, unit=PERCENT)
+                      for year, value in enumerate(risk_percent_values(score["risk"][:5]), 1)],
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds)
+                       for ds in evidence])
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=make_uid(["mamview-device"], uid_root), name="mamview", manufacturer_name="mamview",
+        model_name=sr_text(model_name)[:64])
+    context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device, observer_identifying_attributes=device))
+    report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=PROCEDURE,
+                                     imaging_measurements=[group],
+                                     referenced_images=list(evidence))
     sr = hd.sr.ComprehensiveSR(
-        evidence=list(evidence), content=root,
-        series_instance_uid=generate_uid(entropy_srcs=seed + ["series"]),
+        evidence=list(evidence), content=report[0],
+        series_instance_uid=make_uid(seed + ["series"], uid_root),
         series_number=SERIES_NUMBER,
-        sop_instance_uid=generate_uid(entropy_srcs=seed + ["sop"]),
+        sop_instance_uid=make_uid(seed + ["sop"], uid_root),
         instance_number=1, manufacturer="mamview", is_complete=True,
         series_description="AI risk score (mamview)",
     )
@@ -142,9 +168,10 @@ def read_evidence(paths: Sequence[str]) -> list[Dataset]:
 
 
 def write_exam_sr(db, exam_key: str, out_dir: str | Path, *, model=None, model_id: str | None = None,
-                  model_name: str = "", model_label: str = "") -> Path:
+                  model_name: str = "", model_label: str = "", uid_root: str = "") -> Path:
     """Write the SR of an exam's *current* 'ok' score of `model` (a ModelRef from
-    `reads.choose_model`, else `model_id`, else the newest model) into `out_dir`.
+    `reads.choose_model`, else `model_id`, else the newest model) into `out_dir`, as
+    `SR_<hash of its SOP Instance UID>.dcm`.
 
     Raises ValueError (with a message for the user) when the exam has no current score (a
     stale one, whose model or input changed, is not reported) or an input image is no longer
@@ -158,37 +185,44 @@ def write_exam_sr(db, exam_key: str, out_dir: str | Path, *, model=None, model_i
     if not score or score["status"] != "ok":
         raise ValueError(f"exam {exam_key} has no computed score"
                          + (f" of model {name}" if name else ""))
-    from mamview.core.cache import reads
-
     paths = reads.image_paths(db, exam_key)
     missing = [u for u in score["input_uids"] if u not in paths or not Path(paths[u]).is_file()]
     if missing:
         raise ValueError(f"exam {exam_key}: {len(missing)} input image(s) are no longer on disk")
     evidence = read_evidence([paths[u] for u in score["input_uids"]])
     sr = build_exam_sr(score, evidence, model_name=model_name or score["model_id"],
-                       model_label=model_label)
+                       model_label=model_label, uid_root=uid_root)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    date = (evidence[0].get("StudyDate", "") or "nodate")
-    pid = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(evidence[0].PatientID))
-    path = out / f"SR_{pid}_{date}_{score['model_id']}.dcm"
+    path = out / f"SR_{hashlib.sha256(str(sr.SOPInstanceUID).encode()).hexdigest()[:20]}.dcm"
     tmp = path.with_suffix(".tmp")
     sr.save_as(tmp, enforce_file_format=True)
     tmp.replace(path)
     return path
 
 
+def _items(node: Dataset):
+    """Every content item under `node`, depth first."""
+    for item in node.get("ContentSequence", []):
+        yield item
+        yield from _items(item)
+
+
 def read_sr_values(path: str | Path) -> dict:
-    """What an SR written here says: yearly risks (percent), model fields, referenced UIDs."""
+    """What an SR written here says: yearly risks (percent), the algorithm's name, version and
+    parameters (by their names), and the source images' SOP Instance UIDs (in input order)."""
     ds = pydicom.dcmread(path)
     out: dict = {"risk_percent": {}, "text": {}, "images": []}
-    for item in ds.ContentSequence:
-        code = item.ConceptNameCodeSequence[0].CodeValue
-        if item.ValueType == "NUM":
-            year = int(code.removeprefix("RISK-Y"))
+    for item in _items(ds):
+        concept = item.ConceptNameCodeSequence[0]
+        if item.ValueType == "NUM" and concept.CodingSchemeDesignator == SCHEME:
+            year = int(concept.CodeValue.removeprefix("RISK-Y"))
             out["risk_percent"][year] = float(item.MeasuredValueSequence[0].NumericValue)
+        elif item.ValueType == "TEXT" and concept.CodeValue == ALGORITHM_PARAMETERS.value:
+            key, _, value = item.TextValue.partition(": ")
+            out["text"][key] = value
         elif item.ValueType == "TEXT":
-            out["text"][item.ConceptNameCodeSequence[0].CodeMeaning] = item.TextValue
-        elif item.ValueType == "IMAGE":
+            out["text"][concept.CodeMeaning] = item.TextValue
+        elif item.ValueType == "IMAGE" and concept.CodeValue == "121112":  # Source of Measurement
             out["images"].append(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
     return out
