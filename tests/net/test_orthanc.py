@@ -1,0 +1,69 @@
+"""mamview against a real PACS: Orthanc (the Debian package), on loopback, stopped by PID.
+
+Each test is one scenario a PACS administrator would try: Orthanc pushing a study to
+`mamview listen`, and mamview sending its SR to Orthanc and reading it back over Orthanc's REST API.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pydicom
+import pytest
+
+from mamview.cli import main
+from mamview.core.cache import reads
+from mamview.core.cache.db import connect_read_only
+from tests.net.conftest import LOOPBACK, cohort_folders, free_port
+from tests.net.orthanc import Orthanc, needs_orthanc
+
+pytestmark = [needs_orthanc, pytest.mark.timeout(300)]
+
+
+def _wait_for_text(path, text, proc, timeout=60.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = path.read_text() if path.exists() else ""
+        if text in content:
+            return content
+        if proc.poll() is not None:
+            raise AssertionError(f"mamview listen exited early ({proc.returncode}): {content}")
+        time.sleep(0.1)
+    raise TimeoutError(f"{text!r} did not appear in {path} within {timeout} s")
+
+
+def test_orthanc_pushes_a_study_to_mamview_listen(home, tmp_path, procs, cohort):
+    node_port = free_port()
+    pacs = Orthanc(tmp_path / "orthanc", {"MAMVIEW": (LOOPBACK, node_port)}, procs=procs)
+    try:
+        folder = cohort_folders(cohort)[0]
+        files = sorted(folder.rglob("*.dcm"))
+        pacs.upload(files)
+        err = tmp_path / "listen.err"
+        proc = procs.start([sys.executable, "-m", "mamview", "--home", str(home), "listen",
+                            "--port", str(node_port), "--ae-title", "MAMVIEW", "--host", LOOPBACK,
+                            "--allow-ae", pacs.aet, "--no-score"],
+                           stdout=subprocess.DEVNULL, stderr=open(err, "w"),
+                           stdin=subprocess.DEVNULL)
+        _wait_for_text(err, "listening on", proc)
+        patients = pacs.get("/patients")
+        answer = pacs.post("/modalities/mamview/store",
+                           {"Resources": patients, "Synchronous": True})
+        assert answer.get("FailedInstancesCount", 0) == 0, answer
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert f"Received {len(files)} instances" in err.read_text()
+        db = connect_read_only(home / "cache.sqlite")
+        try:
+            got = {im["sop_instance_uid"] for ex in reads.list_exams(db)
+                   for im in reads.exam_images(db, ex["exam_key"])}
+        finally:
+            db.close()
+        sent = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+        assert got == sent
+    finally:
+        pacs.stop()
+
