@@ -20,11 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generator, Iterable
 
-import sqlite_utils
-
 from mamview.core import safety
 from mamview.core.cache import reads, writes
-from mamview.core.cache.db import connect
+from mamview.core.cache.db import Database, connect
 from mamview.core.dicom import headers
 from mamview.core.domain import ImageHeader, Problem
 from mamview.core.errors import MamviewError
@@ -210,7 +208,7 @@ def run_import(
     *,
     make_previews: bool = True,
     cancel: threading.Event | None = None,
-    db: sqlite_utils.Database | None = None,
+    db: Database | None = None,
 ) -> Generator[Event, None, ImportSummary]:
     """Index `paths` into the library's cache, yielding events; returns the summary."""
     t0 = time.perf_counter()
@@ -257,7 +255,7 @@ def _cancelled(cancel: threading.Event | None) -> bool:
 
 
 def _index(
-    db: sqlite_utils.Database,
+    db: Database,
     files: list[str],
     summary: ImportSummary,
     cancel: threading.Event | None,
@@ -316,7 +314,7 @@ def _index(
     writes.set_missing(db, back_again, missing=False)
 
 
-def _notice_deleted(db: sqlite_utils.Database, roots: list[Path], seen: set[str]) -> int:
+def _notice_deleted(db: Database, roots: list[Path], seen: set[str]) -> int:
     """Mark indexed files under the imported roots that no longer exist."""
     prefixes = []
     for r in roots:
@@ -395,7 +393,7 @@ def _write_preview(lib: Library, sop_uid: str, array) -> str:
 
 def generate_previews(
     lib: Library,
-    db: sqlite_utils.Database,
+    db: Database,
     *,
     first_patient: str | None = None,
     summary: ImportSummary | None = None,

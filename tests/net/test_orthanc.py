@@ -17,7 +17,9 @@ import pytest
 from mamview.cli import main
 from mamview.core.cache import reads
 from mamview.core.cache.db import connect_read_only
+from mamview.core.reports import sr
 from tests.net.conftest import LOOPBACK, cohort_folders, free_port
+from tests.analytics.conftest import scored_library  # noqa: F401 - a fixture
 from tests.net.orthanc import Orthanc, needs_orthanc
 
 pytestmark = [needs_orthanc, pytest.mark.timeout(300)]
@@ -67,3 +69,35 @@ def test_orthanc_pushes_a_study_to_mamview_listen(home, tmp_path, procs, cohort)
     finally:
         pacs.stop()
 
+
+
+def test_sr_send_files_the_report_in_the_image_study_and_a_resend_adds_nothing(
+        scored_library, tmp_path, procs, capsys):
+    lib, keys = scored_library
+    pacs = Orthanc(tmp_path / "orthanc", {"MAMVIEW": (LOOPBACK, free_port())}, procs=procs)
+    try:
+        images = sorted((lib.home.parent / "files" / "P7" / "20230315").glob("*.dcm"))
+        pacs.upload(images)
+        args = ["--home", str(lib.home), "sr", "P7", "--date", "2023-03-15",
+                "--out", str(tmp_path / "sr"), "--send", pacs.address]
+        assert main(args) == 0, capsys.readouterr()
+        assert main(args) == 0  # the same score again: the same instance
+        srs = [t for t in pacs.instances() if t.get("Modality") == "SR"]
+        assert len(srs) == 1
+        study = pydicom.dcmread(images[0], stop_before_pixels=True).StudyInstanceUID
+        assert srs[0]["StudyInstanceUID"] == study
+        assert srs[0]["SOPClassUID"] == "1.2.840.10008.5.1.4.1.1.88.33"
+        # read back over REST: the yearly risks and the model as written
+        found = pacs.post("/tools/lookup", srs[0]["SOPInstanceUID"].encode())
+        copy = tmp_path / "back.dcm"
+        copy.write_bytes(pacs.get(f"/instances/{found[0]['ID']}/file"))
+        got = sr.read_sr_values(copy)
+        db = connect_read_only(lib.database)
+        try:
+            score = reads.scores_for_exams(db, [keys["2023-03-15"]])[keys["2023-03-15"]]
+        finally:
+            db.close()
+        assert got["risk_percent"] == dict(zip(range(1, 6), sr.risk_percent_values(score["risk"])))
+        assert got["text"]["Model weights SHA-256"] == score["weights_sha256"]
+    finally:
+        pacs.stop()
