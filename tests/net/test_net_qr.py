@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import csv
 import sqlite3
+from pathlib import Path
 
 import pydicom
 import pytest
 
 from mamview.cli import main
 from mamview.core.net.nodes import NetError, PacsNode, echo
-from mamview.core.net.qr import fetch_priors, find_studies, send_files
+from mamview.core.net.qr import fetch_priors, find_studies, library_study_uids, send_files
 from mamview.core.net.scp import StorageNode
 from mamview.core.paths import library
 from tests.factories import write_sr
 from tests.net.conftest import LOOPBACK, free_port, needs_dcmtk
+from tests.net.test_net_scp import needs_proc, open_database_files
 
 pytestmark = [needs_dcmtk, pytest.mark.timeout(300)]  # a hung peer fails the test, never CI
 
@@ -75,6 +77,17 @@ def test_fetch_priors_skips_studies_already_in_the_library(home, pacs):
     assert summary.instances_moved == 8 and summary.ok
     assert seen == [(0, 2), (1, 2), (2, 2)]
     assert node.stats.received == 8
+    assert library_study_uids(lib) == study_uids(pacs.files)
+    if Path("/proc/self/fd").is_dir():  # the lookup, the node and its threads closed theirs
+        assert open_database_files(lib) == []
+
+
+@needs_proc
+def test_the_library_lookup_opens_a_missing_database_and_closes_it(home):
+    lib = library(home)
+    assert library_study_uids(lib) == set()
+    assert lib.database.is_file()
+    assert open_database_files(lib) == []
 
 
 def test_an_unknown_move_destination_is_reported_per_study(home, pacs):

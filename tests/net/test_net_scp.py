@@ -4,15 +4,18 @@ duplicates, a truncated instance, allow-lists, restart."""
 from __future__ import annotations
 
 import csv
+import os
 import sqlite3
-import threading
+from pathlib import Path
 
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
 from mamview.core.cache import reads
+from mamview.core.cache import db as cache_db
 from mamview.core.cache.db import connect
+from mamview.core.ingest import run_import
 from mamview.core.models.registry import DEMO_LABEL
 from mamview.bench import dcmtk
 from mamview.core.net import scp
@@ -31,6 +34,25 @@ def db_rows(lib, sql, args=()):
         return conn.execute(sql, args).fetchall()
     finally:
         conn.close()
+
+
+def open_database_files(lib) -> list[str]:
+    """The library's database files (the file, its -wal and -shm) that this process has open:
+    every sqlite connection holds the file and, under WAL, its -wal and -shm."""
+    names = {os.path.realpath(f"{lib.database}{suffix}") for suffix in ("", "-wal", "-shm")}
+    held = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile (the listing's own fd)
+            continue
+        if target in names:
+            held.append(target)
+    return sorted(held)
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(),
+                                reason="counts open files through /proc (Linux)")
 
 
 def inbox_files(lib):
@@ -237,3 +259,44 @@ def test_files_in_the_old_inbox_layout_still_import_and_count_as_duplicates(
         assert node.wait_idle(60)
         assert node.stats.duplicates == 1 and node.stats.received == 0
     assert inbox_files(lib) == [old]
+
+
+@needs_proc
+def test_the_node_closes_every_database_connection_it_opens(home, cohort, scu_config):
+    """The indexer's connection lives as long as its thread; each duplicate check from an
+    association's thread opens a read-only one and closes it. After stop none is left open."""
+    lib = library(home)
+    folder = cohort_folders(cohort)[0]
+    # imported from the files first: pushing them again is a duplicate found in the index
+    summary = None
+    gen = run_import(lib, [folder], make_previews=False)
+    while summary is None:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            summary = stop.value
+    n = summary.added
+    assert n > 0 and open_database_files(lib) == []
+    with scp.StorageNode(lib, port=0, host=LOOPBACK, score=False, allow_any=True) as node:
+        assert node.wait_idle(60)
+        assert open_database_files(lib)  # the indexer's connection: the count sees it
+        assert push(node, [folder], scu_config).returncode == 0
+        assert node.wait_idle(60)
+        assert (node.stats.duplicates, node.stats.received) == (n, 0)
+    assert not node.indexer_alive
+    assert open_database_files(lib) == []
+    assert inbox_files(lib) == []
+
+
+@needs_proc
+def test_a_read_for_the_node_closes_its_connection_even_when_it_fails(home):
+    lib = library(home)
+    with cache_db.opened(lib.database) as db:
+        assert open_database_files(lib)
+        assert not reads.has_present_image(db, "1.2.3")
+    assert open_database_files(lib) == []
+    with pytest.raises(cache_db.DatabaseError):
+        with cache_db.reading(lib.database) as db:
+            assert open_database_files(lib)
+            db.execute("SELECT nothing FROM nowhere")
+    assert open_database_files(lib) == []

@@ -36,10 +36,12 @@ _SQLITE_REASONS = (
     ("SQLITE_IOERR", "cannot be read or written (input/output error)"),
 )
 
-# OSError errno → what it says about a library folder
-# what callers outside the cache catch (they never import sqlite3 themselves)
+# what callers outside the cache catch and annotate with (they never import sqlite3 or
+# sqlite_utils themselves)
 DatabaseError = sqlite3.Error
+Database = sqlite_utils.Database
 
+# OSError errno → what it says about a library folder
 _FOLDER_REASONS = {
     errno.EROFS: "is on a read-only file system",
     errno.EACCES: "is read-only or not accessible for this user (permission denied)",
@@ -145,6 +147,9 @@ def connect_read_only(path: str | Path) -> sqlite_utils.Database:
     except sqlite3.Error as exc:
         conn.close()
         raise _open_error(exc, path) from exc
+    except BaseException:
+        conn.close()
+        raise
     if pending:
         conn.close()
         raise LibraryError(f"the library database {path} was written by an older mamview and "
@@ -195,3 +200,36 @@ def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Databa
         raise
     else:
         db.conn.execute("COMMIT")
+
+
+@contextlib.contextmanager
+def opened(path: str | Path, *, migrate: bool = True) -> Iterator[sqlite_utils.Database]:
+    """`connect(path)` for the length of a `with` block, closed on leaving it whatever
+    happens (for code that opens the cache for one job, or for a thread's lifetime)."""
+    db = connect(path, migrate=migrate)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+@contextlib.contextmanager
+def reading(path: str | Path) -> Iterator[sqlite_utils.Database]:
+    """`connect_read_only(path)` for one short read, closed on leaving the `with` block
+    whatever happens: threads that come and go (a DICOM association's) must not leak one."""
+    db = connect_read_only(path)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def rollback_open(db: sqlite_utils.Database) -> None:
+    """End a transaction that a failure left open, so the connection stays usable; a
+    connection too broken to roll back is left as it is (its owner closes it)."""
+    conn = getattr(db, "conn", db)
+    try:
+        if conn.in_transaction:
+            conn.rollback()
+    except sqlite3.Error:
+        pass

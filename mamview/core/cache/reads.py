@@ -480,3 +480,54 @@ def ok_score_count(db: sqlite_utils.Database) -> int:
 
 # ---------------------------------------------------------------- storage node
 # (queries the DICOM node needs; keep this heading: helpers add below it)
+
+
+def has_present_image(db: sqlite_utils.Database, sop_uid: str) -> bool:
+    """True when the library holds the instance `sop_uid` and its file is on disk."""
+    return db.execute("SELECT 1 FROM images WHERE sop_instance_uid = ? AND NOT missing",
+                      [sop_uid]).fetchone() is not None
+
+
+def present_study_uids(db: sqlite_utils.Database) -> set[str]:
+    """Study Instance UIDs of the images the library holds (present on disk)."""
+    return {r[0] for r in db.execute("SELECT DISTINCT study_uid FROM images WHERE NOT missing")}
+
+
+def _under(folder: str) -> tuple[str, list]:
+    import os.path  # here: this section may not touch the module's imports (shared file)
+
+    # a prefix test on the stored path, separator included (no LIKE: a path may hold % or _)
+    prefix = os.path.join(folder, "")
+    return "substr(path, 1, ?) = ?", [len(prefix), prefix]
+
+
+def exam_keys_under(db: sqlite_utils.Database, folder: str) -> list[str]:
+    """Exams with an image present on disk whose file lies under `folder` (an absolute,
+    resolved path as the import stores it)."""
+    where, args = _under(folder)
+    return [r[0] for r in db.execute(
+        f"SELECT DISTINCT exam_key FROM images WHERE {where} AND NOT missing", args)]
+
+
+def sop_uids_under(db: sqlite_utils.Database, folder: str) -> set[str]:
+    """SOP Instance UIDs of every image indexed from a file under `folder`, missing or not."""
+    where, args = _under(folder)
+    return {r[0] for r in db.execute(f"SELECT sop_instance_uid FROM images WHERE {where}", args)}
+
+
+def exam_keys_of_paths(db: sqlite_utils.Database, paths: Sequence[str]) -> list[str]:
+    """The exams that the images indexed from these files belong to, sorted."""
+    keys: set[str] = set()
+    for chunk in _chunks(list(paths)):
+        keys.update(r[0] for r in db.execute(
+            f"SELECT DISTINCT exam_key FROM images WHERE path IN ({','.join('?' * len(chunk))})",
+            chunk))
+    return sorted(keys)
+
+
+def exam_date_and_patient_id(db: sqlite_utils.Database, exam_key: str) -> tuple[str, str] | None:
+    """(exam date, patient ID) of an exam, as the import stored them; None if unknown."""
+    row = db.execute("SELECT e.exam_date, p.patient_id FROM exams e JOIN patients p "
+                     "ON p.patient_key = e.patient_key WHERE e.exam_key = ?",
+                     [exam_key]).fetchone()
+    return (row[0], row[1]) if row else None

@@ -159,13 +159,11 @@ def _study(ident) -> StudyInfo:
 
 def library_study_uids(lib) -> set[str]:
     """Study Instance UIDs of the images the library holds (present on disk)."""
-    from mamview.core.cache.db import connect
+    from mamview.core.cache import db, reads
 
-    db = connect(lib.database)
-    try:
-        return {r[0] for r in db.execute("SELECT DISTINCT study_uid FROM images WHERE NOT missing")}
-    finally:
-        db.close()
+    # opened for writing: a library with no database yet gets one (and then holds nothing)
+    with db.opened(lib.database) as conn:
+        return reads.present_study_uids(conn)
 
 
 def fetch_priors(lib, patient_id: str, pacs: PacsNode, our_ae: str = DEFAULT_OUR_AE,

@@ -8,6 +8,8 @@ UID is refused with a failure status. Received files are indexed in batches by t
 import (`core.ingest.run_import`) on one indexer thread: when an association ends, when a
 batch fills, or after a short window. Exams that have their four standard views are queued for
 scoring on the node's own `InferenceService` (its model loads when the first exam needs it).
+The indexer thread holds one cache connection for its lifetime; the duplicate check on an
+association's thread opens a read-only one and closes it; all SQL is in `core.cache.reads`.
 
 Every handler returns a DICOM status instead of raising: a bad instance gets a failure status
 and the association goes on. Peers are bounded in time, memory and number (`guard`: PDU
@@ -24,17 +26,17 @@ import ipaddress
 import logging
 import os
 import socket
-import sqlite3
 import threading
 import time
 import uuid
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 from mamview.core import safety
-from mamview.core.errors import InputRefused, MamviewError
+from mamview.core.cache import db as cache_db
+from mamview.core.cache import reads
+from mamview.core.errors import InputRefused, LibraryError, MamviewError
 # the node forwards its inference service's ExamScored as is (one event type for a score)
 from mamview.core.services.inference import ExamScored
 from mamview.core.net import guard
@@ -315,9 +317,8 @@ class StorageNode:
         self._incoming.mkdir(parents=True, exist_ok=True)
         self._clear_incoming()
         self._open_log()
-        from mamview.core.cache.db import connect
-
-        connect(self.lib.database).close()  # create / migrate before any reader opens it
+        with cache_db.opened(self.lib.database):
+            pass  # create / migrate before any reader opens it
 
         lim = self.limits
         ae = AE(ae_title=self.ae_title)
@@ -514,11 +515,8 @@ class StorageNode:
         if sop_uid in self._received_uids:
             return True
         # a short-lived connection: association threads come and go, none may leak one
-        with closing(sqlite3.connect(f"file:{self.lib.database}?mode=ro", uri=True,
-                                     timeout=10)) as conn:
-            row = conn.execute("SELECT 1 FROM images WHERE sop_instance_uid = ? AND NOT missing",
-                               [sop_uid]).fetchone()
-        return row is not None
+        with cache_db.reading(self.lib.database) as db:
+            return reads.has_present_image(db, sop_uid)
 
     def _handle_store(self, event) -> int:
         """C-STORE: write atomically, check, file; a DICOM status, never an exception."""
@@ -574,10 +572,10 @@ class StorageNode:
             return SUCCESS
         except InputRefused as exc:
             return self._failed(uid, calling, NOT_OUR_SOP_CLASS, str(exc))
+        except (cache_db.DatabaseError, LibraryError) as exc:  # busy or unusable: retry later
+            return self._failed(uid, calling, OUT_OF_RESOURCES, f"the library's index: {exc}")
         except OSError as exc:
             return self._failed(uid, calling, OUT_OF_RESOURCES, f"could not write: {exc}")
-        except sqlite3.Error as exc:  # the index is busy or unusable: the peer may retry
-            return self._failed(uid, calling, OUT_OF_RESOURCES, f"the library's index: {exc}")
         except _FATAL:
             raise
         except BaseException as exc:  # noqa: BLE001 - one bad instance never stops the node
@@ -650,10 +648,8 @@ class StorageNode:
         self._start_indexer()
 
     def _index_loop(self) -> None:
-        from mamview.core.cache.db import connect
-
-        db = connect(self.lib.database, migrate=False)
-        try:
+        # the thread's one connection, closed when the thread ends (stop, or a death)
+        with cache_db.opened(self.lib.database, migrate=False) as db:
             if not self._reindexed:
                 self._guarded("re-indexing the inbox", self._reindex_inbox, db)
                 with self._cv:
@@ -669,8 +665,6 @@ class StorageNode:
                     self._inflight = []
                     self._indexing = False
                     self._indexer_deaths = 0
-        finally:
-            db.close()
 
     def _next_batch(self) -> list[str] | None:
         """Wait for a batch to index (count, window, flush or stop); None when stopping."""
@@ -704,7 +698,7 @@ class StorageNode:
         except _FATAL:
             raise
         except BaseException as exc:  # noqa: BLE001 - the files stay in the inbox
-            _rollback(db)
+            cache_db.rollback_open(db)
             msg = f"{what} failed: {type(exc).__name__}: {exc}"
             self._emit(NodeError(msg), msg, logging.ERROR)
             return False
@@ -728,7 +722,7 @@ class StorageNode:
         except _FATAL:
             raise
         except BaseException as exc:  # noqa: BLE001
-            _rollback(db)
+            cache_db.rollback_open(db)
             msg = (f"importing {len(paths)} files failed ({type(exc).__name__}: {exc}); "
                    f"going on file by file")
             self._emit(NodeError(msg), msg, logging.ERROR)
@@ -741,7 +735,7 @@ class StorageNode:
         """Make the missing previews; an image whose decoder fails in a way the import did
         not catch is recorded as a decode error (so no later batch trips on it), bounded."""
         from mamview.core import ingest
-        from mamview.core.cache import reads, writes
+        from mamview.core.cache import writes
 
         for _ in range(MAX_POISONED_PER_BATCH):
             todo = reads.images_needing_previews(db, ingest.PREVIEW_PIPELINE_VERSION)
@@ -755,7 +749,7 @@ class StorageNode:
             except _FATAL:
                 raise
             except BaseException as exc:  # noqa: BLE001 - a native decoder panic
-                _rollback(db)
+                cache_db.rollback_open(db)
                 if done >= len(todo):
                     raise
                 row = todo[done]
@@ -769,13 +763,9 @@ class StorageNode:
         """Index whatever lies in the inbox (received before a restart) and queue its exams."""
         t0 = time.perf_counter()
         summary = self._import(db, [self.lib.inbox])
-        inbox = str(self.lib.inbox.resolve()) + os.sep
-        keys = [r[0] for r in db.execute(
-            "SELECT DISTINCT exam_key FROM images WHERE substr(path, 1, ?) = ? AND NOT missing",
-            [len(inbox), inbox])]
-        for (uid,) in db.execute("SELECT sop_instance_uid FROM images WHERE substr(path, 1, ?) = ?",
-                                 [len(inbox), inbox]):
-            self._received_uids.add(uid)
+        inbox = str(self.lib.inbox.resolve())
+        keys = reads.exam_keys_under(db, inbox)
+        self._received_uids.update(reads.sop_uids_under(db, inbox))
         self._emit(BatchIndexed(summary.files_seen, summary.added + summary.updated,
                                 sum(summary.skipped.values()), time.perf_counter() - t0),
                    f"inbox re-indexed: {summary.files_seen} files, {summary.added} new, "
@@ -792,17 +782,9 @@ class StorageNode:
                                 time.perf_counter() - t0),
                    f"indexed {len(batch)} received files ({added} new images) in "
                    f"{time.perf_counter() - t0:.2f} s")
-        keys: list[str] = []
-        for i in range(0, len(batch), 500):
-            chunk = batch[i:i + 500]
-            keys += [r[0] for r in db.execute(
-                f"SELECT DISTINCT exam_key FROM images WHERE path IN ({','.join('?' * len(chunk))})",
-                chunk)]
-        self._queue_complete_exams(db, sorted(set(keys)))
+        self._queue_complete_exams(db, reads.exam_keys_of_paths(db, batch))
 
     def _queue_complete_exams(self, db, exam_keys: list[str], announce: bool = True) -> None:
-        from mamview.core.cache import reads
-
         complete = []
         for ek in exam_keys:
             ok, _ = reads.exam_status(reads.exam_images(db, ek))
@@ -810,12 +792,10 @@ class StorageNode:
                 continue
             complete.append(ek)
             if announce:
-                row = db.execute("SELECT e.exam_date, p.patient_id FROM exams e JOIN patients p "
-                                 "ON p.patient_key = e.patient_key WHERE e.exam_key = ?",
-                                 [ek]).fetchone()
+                date, patient_id = reads.exam_date_and_patient_id(db, ek) or ("", "")
                 with self._lock:
                     self.stats.exams_complete += 1
-                self._emit(ExamComplete(ek, row[1] if row else "", row[0] if row else ""),
+                self._emit(ExamComplete(ek, patient_id, date),
                            f"exam complete: {ek}")
         if complete and self.score and not self._stopping:
             svc = self._inference()
@@ -879,16 +859,6 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _rollback(db) -> None:
-    """End a transaction a failure left open (the connection stays usable)."""
-    conn = getattr(db, "conn", db)
-    try:
-        if conn.in_transaction:
-            conn.rollback()
-    except sqlite3.Error:
-        pass
 
 
 def _write_received(event, path: Path) -> None:
