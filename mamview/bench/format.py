@@ -15,3 +15,8 @@ def format_rows(rows: list[tuple[str, str]]) -> str:
     """(label, value) rows as aligned, indented text lines."""
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def report(what: str, fig: dict, rows: list[tuple[str, str]]) -> str:
+    """The text report of benchmark `what`: a title line, then the machine and `rows`."""
+    return f"mamview bench {what}\n" + format_rows([("machine", fig["machine"]), *rows])

@@ -9,13 +9,13 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from mamview.bench.format import machine_line
 from mamview.core.ingest import drain
 
 
@@ -48,8 +48,21 @@ def _paint(win, since: float = 0.0, timeout: float = 5.0) -> None:
     raise RuntimeError("the tiles were not painted within the timeout")
 
 
-def measure(work: Path, size: str = "full", repeats: int = 15, stall_seconds: float = 8.0) -> dict:
-    """Run both measurements; returns the figures."""
+def measure(size: str = "full", repeats: int = 15, stall_seconds: float = 8.0,
+            work: str | None = None) -> dict:
+    """Run both measurements (offscreen: set QT_QPA_PLATFORM first); returns the figures.
+
+    The generated data is kept in `work` when given, else in a temporary folder removed
+    afterwards."""
+    base = Path(work) if work else Path(tempfile.mkdtemp(prefix="mamview-bench-gui-"))
+    try:
+        return _measure(base, size, repeats, stall_seconds)
+    finally:
+        if not work:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def _measure(work: Path, size: str, repeats: int, stall_seconds: float) -> dict:
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
@@ -68,7 +81,8 @@ def measure(work: Path, size: str = "full", repeats: int = 15, stall_seconds: fl
     keys = win.patient_list.rows
     bench_key = next(k for k, r in keys.items() if r.patient_id == "BENCH0001")
     other_key = next(k for k in keys if k != bench_key)
-    figures: dict = {"size": size, "window": "1920x1080 offscreen"}
+    figures: dict = {"benchmark": "gui", "machine": machine_line(), "size": size,
+                     "window": "1920x1080 offscreen"}
 
     for layout in ("4up", "8up", "timeline"):
         win.set_layout(layout)
@@ -151,32 +165,18 @@ def measure(work: Path, size: str = "full", repeats: int = 15, stall_seconds: fl
     return figures
 
 
-def main(args) -> int:
-    """Entry point of `mamview bench gui`."""
-    from mamview.bench.format import format_rows, machine_line
-
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="mamview-bench-gui-"))
-    try:
-        fig = measure(work, args.size, args.repeats, args.stall_seconds)
-    finally:
-        if not args.work:
-            shutil.rmtree(work, ignore_errors=True)
-    fig["machine"] = machine_line()
-    rows = [("machine", fig["machine"]),
-            ("data", f"one woman, 6 exams × 4 views ({args.size}), previews "
-                     f"{fig['preview_shape'][0]}×{fig['preview_shape'][1]} from the cache")]
+def rows(fig: dict) -> list[tuple[str, str]]:
+    """The figures of :func:`measure` as (label, value) rows (the machine row aside)."""
+    out = [("data", f"one woman, 6 exams × 4 views ({fig['size']}), previews "
+                    f"{fig['preview_shape'][0]}×{fig['preview_shape'][1]} from the cache")]
     for layout in ("4up", "8up", "timeline"):
         for kind, what in (("cold", "previews from disk"), ("in_memory", "revisit/prefetched")):
             f = fig[f"select_to_drawn_ms_{layout}_{kind}"]
-            rows.append((f"select → {f['tiles']} tiles drawn ({layout}, {what})",
-                         f"median {f['median']} ms, max {f['max']} ms (target < 300 ms)"))
+            out.append((f"select → {f['tiles']} tiles drawn ({layout}, {what})",
+                        f"median {f['median']} ms, max {f['max']} ms (target < 300 ms)"))
     s = fig["stall"]
-    rows.append(("longest event-loop stall, CPU inference",
-                 f"{s['longest_gap_ms']} ms (p99 {s['p99_gap_ms']} ms; target < 100 ms) over "
-                 f"{s['seconds']} s, {s['exams_scored_meanwhile']} exams scored on "
-                 f"{s['inference_device']}"))
-    print("mamview bench gui")
-    print(format_rows(rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps(fig, indent=2))
-    return 0
+    out.append(("longest event-loop stall, CPU inference",
+                f"{s['longest_gap_ms']} ms (p99 {s['p99_gap_ms']} ms; target < 100 ms) over "
+                f"{s['seconds']} s, {s['exams_scored_meanwhile']} exams scored on "
+                f"{s['inference_device']}"))
+    return out

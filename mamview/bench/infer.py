@@ -1,10 +1,11 @@
-"""Inference benchmark for the Mirai architecture at native resolution.
+"""`mamview bench infer`: the Mirai architecture at native resolution.
 
 Measures, per exam: the full MiraiNet forward, a bare ResNet-18 trunk on the same four images
 (written independently below, torchvision-style), their ratio (the overhead of our code on top
 of the unavoidable convolutions) and the preprocessing of four native-size mammograms.
-Weights are random: timing does not depend on them. Run `python -m mamview.bench.infer`
-for a JSON report.
+Weights are random: timing does not depend on them. `mamview bench infer` runs :func:`measure`
+(CPU, and the GPU where there is one); `python -m mamview.bench.infer` prints one device's runs
+as JSON.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mamview.bench.format import machine_line
 from mamview.core.models.base import ViewImage
 from mamview.core.models.device import describe_device, select_device
 from mamview.core.models.mirai import MiraiConfig, MiraiNet
@@ -152,8 +154,33 @@ def bench_infer(device: str = "cpu", height: int = 2048, width: int = 1664,
     return results
 
 
+def measure(height: int = 2048, width: int = 1664, batches: Sequence[int] | None = None,
+            repeats: int = 2) -> dict[str, Any]:
+    """Mirai forward at native resolution: CPU fp32, plus fp32/bf16 on a GPU when there is one."""
+    runs = bench_infer("cpu", height, width, batch_sizes=batches or [1], dtypes=("fp32",),
+                       repeats=repeats)
+    if torch.cuda.is_available():
+        runs += bench_infer("cuda", height, width, batch_sizes=batches or [1, 8, 32],
+                            dtypes=("fp32", "bf16"), repeats=max(repeats, 3))
+    return {"benchmark": "infer", "machine": machine_line(), "runs": runs}
+
+
+def rows(fig: dict[str, Any]) -> list[tuple[str, str]]:
+    """The figures of :func:`measure` as (label, value) rows (the machine row aside)."""
+    out = []
+    for r in fig["runs"]:
+        out.append((f"{r['device']} batch {r['batch']} {r['dtype']}",
+                    f"{r['full_s_per_exam']:.3f} s/exam ({1 / r['full_s_per_exam']:.1f} "
+                    f"exams/s), trunk {r['trunk_s_per_exam']:.3f} s, overhead ratio "
+                    f"{r['overhead_ratio']:.2f} (target ≤ 1.3)"))
+    if fig["runs"]:
+        out.append(("preprocessing (4 views, CPU)",
+                    f"{fig['runs'][0]['preprocess_s_per_exam']:.3f} s/exam"))
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: print the benchmark as JSON."""
+    """`python -m mamview.bench.infer`: one device's runs as JSON."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--height", type=int, default=2048)

@@ -15,10 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from mamview.bench.format import format_rows, machine_line
+from mamview.bench.format import machine_line
 
 
-def bench_net(patients: int = 6, size: str = "small", work: str | None = None,
+def measure(patients: int = 6, size: str = "small", work: str | None = None,
               make_previews: bool = True, timeout: float = 600.0) -> dict:
     """Measure; returns the figures as a dict. RuntimeError when dcmtk is missing or a step fails."""
     from mamview.core.demo_data import generate_cohort
@@ -75,11 +75,10 @@ def bench_net(patients: int = 6, size: str = "small", work: str | None = None,
             shutil.rmtree(base, ignore_errors=True)
 
 
-def table(fig: dict) -> str:
-    """The figures as aligned text rows."""
+def rows(fig: dict) -> list[tuple[str, str]]:
+    """The figures of :func:`measure` as (label, value) rows (the machine row aside)."""
     c = fig["cohort"]
-    rows = [
-        ("machine", fig["machine"]),
+    return [
         ("cohort", f"{c['instances']} instances ({c['size']}, {c['megabytes']} MB, "
                    f"{c['patients']} women), storescu on loopback, one association"),
         ("received (C-STORE answered)", f"{fig['received_instances_per_s']} instances/s, "
@@ -88,4 +87,3 @@ def table(fig: dict) -> str:
          f"{fig['received_and_indexed_instances_per_s']} instances/s "
          f"({fig['received_and_indexed_s']} s)"),
     ]
-    return format_rows(rows)

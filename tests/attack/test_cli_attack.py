@@ -287,7 +287,7 @@ def test_json_output_keeps_the_values_and_escapes_them(escape_library):
 # a command that fails in a way no handler expects (the handler is real; the bug is planted)
 PLANTED = """
 import sys
-from mamview import cli
+from mamview.cli import library, main
 
 class Panic(BaseException):  # like pyo3's PanicException from a native decoder
     pass
@@ -295,8 +295,8 @@ class Panic(BaseException):  # like pyo3's PanicException from a native decoder
 def failing(args, lib):
     raise {exc}
 
-cli.cmd_problems = failing
-sys.exit(cli.main(sys.argv[1:] + ["problems"]))
+library.cmd_problems = failing
+sys.exit(main(sys.argv[1:] + ["problems"]))
 """
 
 

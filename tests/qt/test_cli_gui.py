@@ -3,7 +3,8 @@ demo, and `mamview gui --patient` options."""
 
 from __future__ import annotations
 
-from mamview import cli_gui
+from mamview.cli import bench as cli_bench
+from mamview.cli import gui as cli_gui
 from mamview.cli import build_parser, main
 
 
@@ -13,7 +14,7 @@ def test_bare_mamview_opens_the_window_and_demo_has_a_console_mode():
     args = p.parse_args(["gui", "--patient", "P1", "--layout", "8up", "--device", "cpu"])
     assert (args.func, args.patient, args.layout, args.device) == (cli_gui.cmd_gui, "P1", "8up", "cpu")
     assert p.parse_args(["demo", "--no-gui"]).func is cli_gui.cmd_demo
-    assert p.parse_args(["bench", "gui"]).func is cli_gui.cmd_bench_gui
+    assert p.parse_args(["bench", "gui"]).func is cli_bench.cmd_bench_gui
     assert p.parse_args(["patients"]).func.__name__ == "cmd_patients"
 
 

@@ -1,4 +1,4 @@
-"""Command-line commands of the analytics area; `mamview.cli` calls :func:`register`."""
+"""Commands of the analytics area: `score`, `trajectory`, `cohort`, `sr`."""
 
 from __future__ import annotations
 
@@ -7,15 +7,13 @@ import sys
 import time
 from pathlib import Path
 
-from mamview import cli
+from mamview.cli.common import CliError, open_db, patient_keys, print_json, term
 from mamview.core.domain import STALE_REASON
 from mamview.core.paths import Library
 
 
-def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction,
-             parser: argparse.ArgumentParser) -> None:
-    """Add this area's commands to `sub`, its benchmarks to `bench` (`mamview bench …`);
-    `parser` is the top level (for defaults such as what a bare `mamview` runs)."""
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add this area's commands to `sub`."""
     s = sub.add_parser("score", help="compute 1- to 5-year risk for every complete exam")
     s.add_argument("--patient", metavar="ID", help="only this woman's exams")
     s.add_argument("--model", default="auto", help="model id (default: best installed)")
@@ -67,6 +65,7 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction,
 
 
 def cmd_score(args, lib: Library) -> int:
+    """Score every complete exam (or one woman's); cached scores are kept, stale ones redone."""
     from tqdm import tqdm
 
     from mamview.core.cache import reads
@@ -80,10 +79,10 @@ def cmd_score(args, lib: Library) -> int:
     try:
         entry = registry.resolve(lib, args.model)
     except ModelUnavailable as exc:
-        raise cli.CliError(str(exc)) from exc
-    db = cli._open_db(lib)
+        raise CliError(str(exc)) from exc
+    db = open_db(lib)
     try:
-        exams = [e["exam_key"] for e in reads.list_exams(db, cli._patient_keys(db, args.patient))]
+        exams = [e["exam_key"] for e in reads.list_exams(db, patient_keys(db, args.patient))]
         # stored scores whose key no longer matches are computed again: say how many
         stale = sum(s.state == ScoreState.STALE for s in
                     reads.current_scores(db, exams, reads.model_ref(entry)).values())
@@ -107,7 +106,7 @@ def cmd_score(args, lib: Library) -> int:
             while True:
                 ev = svc.next_event()  # never waits on a worker that died
                 if isinstance(ev, ServiceError):
-                    raise cli.CliError(ev.message)
+                    raise CliError(ev.message)
                 if isinstance(ev, ExamScored):
                     cached += ev.cached
                     computed += not ev.cached
@@ -126,8 +125,8 @@ def cmd_score(args, lib: Library) -> int:
         return 130
     finally:
         svc.shutdown()
-    print(cli.term(f"Model: {entry.name}" + (f" — {entry.label}" if entry.label else "")))
-    print(f"Device: {cli.term(svc.device_label)}")
+    print(term(f"Model: {entry.name}" + (f" — {entry.label}" if entry.label else "")))
+    print(f"Device: {term(svc.device_label)}")
     print(f"Scored {computed + cached} exams ({computed} computed, {cached} already in the cache).")
     if stale:
         print(f"Recomputed {stale} exam(s) whose stored score was stale (model or image changed).")
@@ -136,9 +135,9 @@ def cmd_score(args, lib: Library) -> int:
         print(f"Throughput: {computed / seconds:.2f} exams/s computed ({seconds:.1f} s in all, "
               f"model loading included)")
     for reason, n in sorted(unscorable.items()):
-        print(cli.term(f"Not scored, {reason}: {n}"))
+        print(term(f"Not scored, {reason}: {n}"))
     for ev in failed:
-        print(cli.term(f"Failed: {ev.exam_key}: {ev.message}"))
+        print(term(f"Failed: {ev.exam_key}: {ev.message}"))
     return 1 if failed else 0
 
 
@@ -156,20 +155,21 @@ def _model_label(lib: Library, model_id: str) -> str:
 
 
 def cmd_trajectory(args, lib: Library) -> int:
+    """Change metrics of one woman's (or every woman's) risk trajectory: text, JSON or CSV."""
     from mamview.core.analytics import trajectory as tj
     from mamview.core.reports.csv_export import trajectory_rows, write_csv
 
     if bool(args.patient) == bool(args.all):
-        raise cli.CliError("name one PATIENT or use --all")
+        raise CliError("name one PATIENT or use --all")
     from mamview.core.cache import reads
 
-    db = cli._open_db(lib, reading=True)
+    db = open_db(lib, reading=True)
     try:
         if args.all:
             people = [(r["patient_key"], r["patient_id"]) for r in reads.list_patients(db)]
             people.sort(key=lambda p: p[1])
         else:
-            people = [(k, args.patient) for k in cli._patient_keys(db, args.patient)]
+            people = [(k, args.patient) for k in patient_keys(db, args.patient)]
         model = reads.choose_model(lib, args.model, db)
         results, states = [], {}
         for key, pid in people:
@@ -198,15 +198,15 @@ def cmd_trajectory(args, lib: Library) -> int:
             d["exams"] = [{"exam_key": s.exam_key, "exam_date": when.isoformat() if when else None,
                            **s.as_dict()} for when, s in states[pid]]
             out.append(d)
-        cli._print_json(out if args.all else out[0])
+        print_json(out if args.all else out[0])
         return 0
     for pid, rep in results:
-        print(f"Patient {cli.term(pid)}")
+        print(f"Patient {term(pid)}")
         for mid in sorted({p.model_id for p in rep.points}):
             if labels.get(mid):
-                print(cli.term(f"  Model {mid}: {labels[mid]}"))
+                print(term(f"  Model {mid}: {labels[mid]}"))
         for label, value in rep.display_rows():
-            print(cli.term(f"  {label + ':':<36} {value}"))
+            print(term(f"  {label + ':':<36} {value}"))
         stale = sum(s.state == "stale" for _, s in states[pid])
         if stale:
             print(f"  {stale} exam(s) {STALE_REASON} (run `mamview score`)")
@@ -219,6 +219,7 @@ def cmd_trajectory(args, lib: Library) -> int:
 
 
 def cmd_cohort(args, lib: Library) -> int:
+    """Cases vs controls before the index exam, from cached scores or a --scores table."""
     from tqdm import tqdm
 
     from mamview.core.analytics import cohort
@@ -229,7 +230,7 @@ def cmd_cohort(args, lib: Library) -> int:
             scores = cohort.read_score_table(args.scores)
             model = f"scores from {Path(args.scores).name} (not computed by mamview)"
         else:
-            db = cli._open_db(lib, reading=True)
+            db = open_db(lib, reading=True)
             try:
                 from mamview.core.cache import reads
 
@@ -240,7 +241,7 @@ def cmd_cohort(args, lib: Library) -> int:
                     with tqdm(desc="Reading scores", unit="exam", file=sys.stderr) as bar:
                         scores = _current_score_table(db, chosen, bar.update)
                 if scores is None or scores.empty:
-                    raise cli.CliError("no scores in the library: run `mamview score` first, "
+                    raise CliError("no scores in the library: run `mamview score` first, "
                                        "or pass a table with --scores")
             finally:
                 db.close()
@@ -258,9 +259,9 @@ def cmd_cohort(args, lib: Library) -> int:
                                        max_women_mixed=args.max_women_mixed, progress=step)
             bar.update(bar.total - bar.n)
     except cohort.CohortError as exc:
-        raise cli.CliError(str(exc)) from exc
+        raise CliError(str(exc)) from exc
     if args.json:
-        cli._print_json(report.as_dict())
+        print_json(report.as_dict())
         return 0
     _print_cohort(report)
     return 0
@@ -288,7 +289,7 @@ def _current_score_table(db, model, progress=None):
 
 
 def _print_cohort(report) -> None:
-    term = cli.term  # the model's name and the CSV's values come from outside
+    # the model's name and the CSV's values come from outside: every one goes through term
     print(f"Model: {term(report.model)}")
     print(f"Women: {report.women} ({report.cases} cases, {report.controls} controls), "
           f"{report.exams} exams")
@@ -335,6 +336,7 @@ def _print_cohort(report) -> None:
 
 
 def cmd_sr(args, lib: Library) -> int:
+    """A Comprehensive SR per scored exam into --out, optionally sent to a PACS."""
     from mamview.core.reports import sr
 
     node = None
@@ -344,8 +346,8 @@ def cmd_sr(args, lib: Library) -> int:
         try:
             node = PacsNode.parse(args.send)
         except ValueError as exc:
-            raise cli.CliError(str(exc)) from exc
-    db = cli._open_db(lib, reading=True)  # writes only into --out
+            raise CliError(str(exc)) from exc
+    db = open_db(lib, reading=True)  # writes only into --out
     written, skipped = [], []
     try:
         from mamview.core.cache import reads
@@ -353,9 +355,9 @@ def cmd_sr(args, lib: Library) -> int:
         if reads.exam_exists(db, args.target):
             exams = [args.target]
         else:
-            exams = reads.exam_keys_of(db, cli._patient_keys(db, args.target), args.date)
+            exams = reads.exam_keys_of(db, patient_keys(db, args.target), args.date)
             if not exams:
-                raise cli.CliError(f"{args.target} has no exam" +
+                raise CliError(f"{args.target} has no exam" +
                                    (f" on {args.date}" if args.date else ""))
         model = reads.choose_model(lib, args.model, db)
         for ek in exams:
@@ -372,9 +374,9 @@ def cmd_sr(args, lib: Library) -> int:
     finally:
         db.close()
     for path in written:
-        print(f"Wrote {cli.term(path)}")
+        print(f"Wrote {term(path)}")
     for msg in skipped:
-        print(f"Skipped: {cli.term(msg)}")
+        print(f"Skipped: {term(msg)}")
     if node and written:
         from mamview.core.net.nodes import NetError
         from mamview.core.net.qr import send_files
@@ -382,13 +384,13 @@ def cmd_sr(args, lib: Library) -> int:
         try:
             summary = send_files(node, written, args.our_ae)
         except NetError as exc:
-            raise cli.CliError(str(exc)) from exc
-        print(cli.term(f"Sent {summary.sent} of {len(written)} to "
+            raise CliError(str(exc)) from exc
+        print(term(f"Sent {summary.sent} of {len(written)} to "
                        f"{node.ae_title}@{node.host}:{node.port}"))
         for path, why in summary.failed:
-            print(cli.term(f"Not sent: {path}: {why}"))
+            print(term(f"Not sent: {path}: {why}"))
         if summary.failed:
             return 1
     if not written:
-        raise cli.CliError("no SR written: run `mamview score` first")
+        raise CliError("no SR written: run `mamview score` first")
     return 0

@@ -1,7 +1,6 @@
-"""Command-line commands of the net area; `mamview.cli` calls :func:`register`.
+"""Commands of the net area: `listen` (headless DICOM node), `echo`, `fetch-priors`.
 
-`mamview listen` (headless DICOM node), `mamview echo`, `mamview fetch-priors`,
-`mamview bench net`.
+`mamview bench net` is registered with the other benchmarks (`mamview.cli.bench`).
 """
 
 from __future__ import annotations
@@ -10,16 +9,15 @@ import argparse
 import logging
 import sys
 
+from mamview.cli.common import CliError, open_db, print_json
 from mamview.core.paths import Library
 
 DEFAULT_PORT = 11112
 DEFAULT_AE = "MAMVIEW"
 
 
-def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction,
-             parser: argparse.ArgumentParser) -> None:
-    """Add this area's commands to `sub`, its benchmarks to `bench` (`mamview bench …`);
-    `parser` is the top level (for defaults such as what a bare `mamview` runs)."""
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add this area's commands to `sub`."""
     s = sub.add_parser("listen", help="run as a DICOM storage node: receive, index and score "
                                       "mammograms (headless; Ctrl-C stops)")
     s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
@@ -72,15 +70,6 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction,
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.set_defaults(func=cmd_fetch_priors)
 
-    b = bench.add_parser("net", help="instances/s received and indexed from dcmtk storescu on "
-                                     "loopback")
-    b.add_argument("--patients", type=int, default=6)
-    b.add_argument("--size", choices=("small", "full"), default="small")
-    b.add_argument("--no-previews", action="store_true", help="index headers only")
-    b.add_argument("--work", metavar="DIR", help="folder for the cohort and the scratch library (kept)")
-    b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-    b.set_defaults(func=cmd_bench_net)
-
 
 # ---------------------------------------------------------------- helpers
 
@@ -116,14 +105,13 @@ def _console_log(quiet: bool) -> logging.Handler | None:
 
 
 def _node(text: str, lib: Library):
-    from mamview import cli
     from mamview.core import settings as settings_mod
     from mamview.core.net.nodes import resolve_node
 
     try:
         return resolve_node(text, settings_mod.load(lib.settings_file))
     except ValueError as exc:
-        raise cli.CliError(str(exc)) from exc
+        raise CliError(str(exc)) from exc
 
 
 # ---------------------------------------------------------------- commands
@@ -136,10 +124,10 @@ LISTEN_NEEDS_A_CHOICE = (
 
 
 def cmd_listen(args, lib: Library) -> int:
+    """Run the storage node until Ctrl-C or SIGTERM; refuses to start open by accident."""
     import signal
     import threading
 
-    from mamview import cli
     from mamview.core import settings as settings_mod
     from mamview.core.errors import MamviewError
     from mamview.core.net.scp import OPEN_WARNING, StorageNode
@@ -155,9 +143,9 @@ def cmd_listen(args, lib: Library) -> int:
                            score=not args.no_score,
                            model=args.model or st.model, device=args.device or st.device)
     except ValueError as exc:
-        raise cli.CliError(str(exc)) from exc
+        raise CliError(str(exc)) from exc
     except OSError as exc:
-        raise cli.CliError(f"the library folder {lib.home} is not usable: {exc}") from exc
+        raise CliError(f"the library folder {lib.home} is not usable: {exc}") from exc
     if node.is_open:
         print(f"mamview: warning: {OPEN_WARNING} (--allow-any)", file=sys.stderr, flush=True)
     handler = _console_log(args.quiet)
@@ -171,7 +159,7 @@ def cmd_listen(args, lib: Library) -> int:
         try:
             node.start()
         except OSError as exc:
-            raise cli.CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
+            raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
                                f"(another program may use the port; ports below 1024 need "
                                f"privileges)") from exc
         print(f"mamview DICOM node {node.ae_title} listening on {args.host}:{node.bound_port}; "
@@ -195,24 +183,24 @@ def cmd_listen(args, lib: Library) -> int:
 
 
 def cmd_echo(args, lib: Library) -> int:
-    from mamview import cli
+    """C-ECHO a node; CliError with the reason when it does not answer."""
     from mamview.core.net.nodes import echo
 
     node = _node(args.node, lib)
     try:
         result = echo(node, args.our_ae, timeout=args.timeout)
     except ValueError as exc:  # our AE title
-        raise cli.CliError(str(exc)) from exc
+        raise CliError(str(exc)) from exc
     if not result.ok:
-        raise cli.CliError(result.message)
+        raise CliError(result.message)
     print(result.message)
     return 0
 
 
 def cmd_fetch_priors(args, lib: Library) -> int:
+    """C-FIND + C-MOVE a woman's earlier studies into the library; 1 when some failed."""
     from tqdm import tqdm
 
-    from mamview import cli
     from mamview.core.net.nodes import NetError
     from mamview.core.net.qr import fetch_priors
     from mamview.core.net.scp import StorageNode
@@ -224,8 +212,8 @@ def cmd_fetch_priors(args, lib: Library) -> int:
                            score=args.score, allowed_aes=[pacs.ae_title],
                            allowed_hosts=[pacs.host])
     except ValueError as exc:
-        raise cli.CliError(str(exc)) from exc
-    cli._open_db(lib).close()
+        raise CliError(str(exc)) from exc
+    open_db(lib).close()
     try:
         node.start()
         own = True
@@ -250,9 +238,9 @@ def cmd_fetch_priors(args, lib: Library) -> int:
             print("Indexing is still running; the files are in the inbox and will be indexed "
                   "at the next start.", file=sys.stderr)
     except NetError as exc:
-        raise cli.CliError(str(exc)) from exc
+        raise CliError(str(exc)) from exc
     except ValueError as exc:
-        raise cli.CliError(str(exc)) from exc
+        raise CliError(str(exc)) from exc
     finally:
         for bar in bars:
             bar.close()
@@ -261,7 +249,7 @@ def cmd_fetch_priors(args, lib: Library) -> int:
     if args.json:
         d = dict(vars(summary))
         d["ok"] = summary.ok
-        cli._print_json(d)
+        print_json(d)
     else:
         print(f"{pacs}: {summary.studies_found} studies of {args.patient}; "
               f"{summary.already_in_library} already in the library, "
@@ -274,21 +262,3 @@ def cmd_fetch_priors(args, lib: Library) -> int:
             print(f"Stored {s.received} new images ({s.duplicates} already held, "
                   f"{s.failed} refused).")
     return 0 if summary.ok else 1
-
-
-def cmd_bench_net(args, lib: Library) -> int:
-    import json
-    from pathlib import Path
-
-    from mamview import cli
-    from mamview.bench.net import bench_net, table
-
-    try:
-        fig = bench_net(args.patients, args.size, work=args.work,
-                        make_previews=not args.no_previews)
-    except RuntimeError as exc:
-        raise cli.CliError(str(exc)) from exc
-    print(table(fig))
-    if args.json:
-        Path(args.json).write_text(json.dumps(fig, indent=2))
-    return 0

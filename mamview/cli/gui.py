@@ -1,8 +1,9 @@
-"""Command-line commands of the gui area; `mamview.cli` calls :func:`register`.
+"""Commands of the gui area: `gui` (also what a bare `mamview` runs) and `demo`.
 
 A bare `mamview` opens the reading window on the user's library; `mamview gui` does the same
 with options; `mamview demo` opens it on the synthetic demo cohort while that is written,
-imported and scored (`--no-gui`: the console version); `mamview bench gui` measures the window.
+imported and scored (`--no-gui`: the console version). `mamview bench gui`, which measures the
+window, is registered with the other benchmarks (`mamview.cli.bench`).
 """
 
 from __future__ import annotations
@@ -11,14 +12,13 @@ import argparse
 import os
 import sys
 
-from mamview import cli
+from mamview.cli.common import CliError, drive, ensure_library, print_summary
 from mamview.core.paths import Library
 
 
-def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction,
-             parser: argparse.ArgumentParser) -> None:
-    """Add this area's commands to `sub`, its benchmarks to `bench` (`mamview bench …`);
-    `parser` is the top level (for defaults such as what a bare `mamview` runs)."""
+def register(sub: argparse._SubParsersAction, parser: argparse.ArgumentParser) -> None:
+    """Add this area's commands to `sub`; make the window what a bare `mamview` (`parser`,
+    the top level) runs."""
     parser.set_defaults(func=cmd_gui, device=None)
 
     s = sub.add_parser("gui", help="open the reading window on the library (the default)")
@@ -38,23 +38,12 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction,
     s.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=None)
     s.set_defaults(func=cmd_demo)
 
-    b = bench.add_parser("gui", help="window: patient switch to tiles drawn, event-loop stall "
-                                     "while CPU inference runs (offscreen)")
-    b.add_argument("--size", choices=("small", "full"), default="full",
-                   help="image size of the generated 6-exam woman (default full)")
-    b.add_argument("--work", metavar="DIR", help="folder for the generated data (kept)")
-    b.add_argument("--repeats", type=int, default=15)
-    b.add_argument("--stall-seconds", type=float, default=8.0,
-                   help="how long to watch the event loop while inference runs")
-    b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-    b.set_defaults(func=cmd_bench_gui)
-
 
 def _need_display() -> None:
     if sys.platform.startswith("linux") and not (
             os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
             or os.environ.get("QT_QPA_PLATFORM")):
-        raise cli.CliError("no display: run on a desktop, set QT_QPA_PLATFORM=offscreen, or use "
+        raise CliError("no display: run on a desktop, set QT_QPA_PLATFORM=offscreen, or use "
                            "the console commands (`mamview --help`)")
 
 
@@ -67,6 +56,7 @@ def _window_visible() -> bool:
 
 
 def cmd_gui(args, lib: Library) -> int:
+    """Open the reading window (what a bare `mamview` runs)."""
     _need_display()
     # an unusable library is refused by `run` itself: on stderr and, on a screen, in a dialog,
     # since a window opened from the desktop has no terminal to read
@@ -77,16 +67,17 @@ def cmd_gui(args, lib: Library) -> int:
 
 
 def cmd_demo(args, lib: Library) -> int:
+    """The demo cohort in the window, scored live; the console demo without a display."""
     if args.patients < 1:
-        raise cli.CliError("--patients must be at least 1")
+        raise CliError("--patients must be at least 1")
     if not args.no_gui and not _window_visible():
         print("No display to open a window on: running the console demo "
               "(use --no-gui to say so).", file=sys.stderr)
     elif not args.no_gui:
-        cli.ensure_library(lib)
+        ensure_library(lib)
         out = lib.home / "demo-cohort"
         if out.exists() and any(out.iterdir()) and not (out / ".mamview-demo-cohort").exists():
-            raise cli.CliError(f"{out} exists and is not a demo cohort; move it away first")
+            raise CliError(f"{out} exists and is not a demo cohort; move it away first")
         from mamview.qt.app import run
 
         return run(lib, demo=True, device=args.device, patients=args.patients, size=args.size)
@@ -97,23 +88,16 @@ def _demo_console(args, lib: Library) -> int:
     from mamview.core.demo_data import generate_cohort
     from mamview.core.ingest import run_import
 
-    cli.ensure_library(lib)
+    ensure_library(lib)
     out = lib.home / "demo-cohort"
     if not (out / "images.csv").exists():
         print(f"Generating a synthetic demo cohort of {args.patients} women in {out} …")
         try:
             generate_cohort(out, n_patients=args.patients, size=args.size, seed=0)
         except ValueError as exc:
-            raise cli.CliError(str(exc)) from exc
+            raise CliError(str(exc)) from exc
     # the patient folders only: the ground-truth CSVs beside them are not images to report
-    summary = cli._drive(run_import(lib, sorted(p for p in out.iterdir() if p.is_dir())))
-    cli._print_summary(summary)
+    summary = drive(run_import(lib, sorted(p for p in out.iterdir() if p.is_dir())))
+    print_summary(summary)
     print("\nSynthetic data, not patients. Try `mamview patients` and `mamview exams DEMO0001`.")
     return 0
-
-
-def cmd_bench_gui(args, lib: Library) -> int:
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from mamview.bench.gui import main
-
-    return main(args)

@@ -1,25 +1,35 @@
-"""`mamview bench …`: measured performance figures, printed as a table and optionally as JSON.
+"""`mamview bench import`: header indexing and preview rates on a synthetic cohort.
 
-Benchmarks live here, not in unit tests: timings depend on the machine.
+Benchmarks live in this package, not in unit tests: timings depend on the machine.
 """
 
 from __future__ import annotations
 
-import json
+import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from mamview.bench.format import format_rows, machine_line
+from mamview.bench.format import machine_line
 from mamview.core.ingest import drain
 
 
-def bench_import(patients: int = 6, size: str = "full", work: str | None = None) -> dict:
+def measure(patients: int = 6, size: str = "full", work: str | None = None) -> dict:
     """Header indexing rate, preview rate, reduced vs full J2K preview decode, one 6-exam patient.
 
-    Generates a synthetic cohort (kept in `work` when given, so later runs reuse it).
+    Generates a synthetic cohort (kept in `work` when given, so later runs reuse it; otherwise
+    in a temporary folder removed afterwards).
     """
+    base = Path(work) if work else Path(tempfile.mkdtemp(prefix="mamview-bench-"))
+    try:
+        return _measure(base, patients, size)
+    finally:
+        if not work:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def _measure(base: Path, patients: int, size: str) -> dict:
     from mamview.core import previews
     from mamview.core.cache import reads
     from mamview.core.cache.db import connect
@@ -27,7 +37,6 @@ def bench_import(patients: int = 6, size: str = "full", work: str | None = None)
     from mamview.core.ingest import find_files, generate_previews, run_import
     from mamview.core.paths import Library
 
-    base = Path(work) if work else Path(tempfile.mkdtemp(prefix="mamview-bench-"))
     cohort = base / f"cohort-{size}-{patients}"
     t = time.perf_counter()
     if not (cohort / "images.csv").exists():
@@ -102,8 +111,6 @@ def _r(x: float | None) -> float | None:
 
 
 def _rmtree(p: Path) -> None:
-    import shutil
-
     shutil.rmtree(p)
 
 
@@ -118,53 +125,20 @@ def _is_j2k(path: str) -> bool:
                                                    "1.2.840.10008.1.2.4.91")
 
 
-def bench_infer_all(height: int, width: int, batches: list[int] | None, repeats: int) -> dict:
-    """Mirai forward at native resolution: CPU fp32, plus fp32/bf16 on a GPU when there is one."""
-    import torch
-
-    from mamview.bench.infer import bench_infer
-
-    runs = bench_infer("cpu", height, width, batch_sizes=batches or [1], dtypes=("fp32",),
-                       repeats=repeats)
-    if torch.cuda.is_available():
-        runs += bench_infer("cuda", height, width, batch_sizes=batches or [1, 8, 32],
-                            dtypes=("fp32", "bf16"), repeats=max(repeats, 3))
-    return {"benchmark": "infer", "machine": machine_line(), "runs": runs}
-
-
-def main(args, lib) -> int:
-    """Entry point of `mamview bench`."""
-    if args.bench == "import":
-        fig = bench_import(args.patients, args.size, args.work)
-        rows = [
-            ("machine", fig["machine"]),
-            ("cohort", f"{fig['cohort']['patients']} women, {fig['cohort']['images']} images "
-                       f"({fig['cohort']['size']}), {fig['cohort']['files']} files"),
-            ("header indexing", f"{fig['header_index_files_per_s']} files/s "
-                                f"(runs: {fig['header_index_runs_files_per_s']}; target ≥ 500)"),
-            ("previews, whole cohort", f"{fig['preview_images_per_s']} images/s"),
-            ("J2K preview, reduced decode", f"{fig['j2k_preview_reduced_s']} s/image"),
-            ("J2K preview, full decode+downsample",
-             f"{fig['j2k_preview_full_decode_downsample_s']} s/image"),
-            ("J2K reduced-decode speed-up", f"{fig['j2k_reduced_speedup']}× (target ≥ 5×)"),
-            ("6-exam J2K patient, all previews",
-             f"{fig['six_exam_j2k_patient_previews']} in "
-             f"{fig['six_exam_j2k_patient_previews_s']} s (target < 3 s)"),
-        ]
-    elif args.bench == "infer":
-        fig = bench_infer_all(args.height, args.width, args.batch, args.repeats)
-        rows = [("machine", fig["machine"])]
-        for r in fig["runs"]:
-            rows.append((f"{r['device']} batch {r['batch']} {r['dtype']}",
-                         f"{r['full_s_per_exam']:.3f} s/exam ({1 / r['full_s_per_exam']:.1f} "
-                         f"exams/s), trunk {r['trunk_s_per_exam']:.3f} s, overhead ratio "
-                         f"{r['overhead_ratio']:.2f} (target ≤ 1.3)"))
-        if fig["runs"]:
-            rows.append(("preprocessing (4 views, CPU)",
-                         f"{fig['runs'][0]['preprocess_s_per_exam']:.3f} s/exam"))
-    else:  # argparse restricts the choices
-        raise SystemExit(f"unknown benchmark {args.bench}")
-    print(format_rows(rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps(fig, indent=2))
-    return 0
+def rows(fig: dict) -> list[tuple[str, str]]:
+    """The figures of :func:`measure` as (label, value) rows (the machine row aside)."""
+    c = fig["cohort"]
+    return [
+        ("cohort", f"{c['patients']} women, {c['images']} images ({c['size']}), "
+                   f"{c['files']} files"),
+        ("header indexing", f"{fig['header_index_files_per_s']} files/s "
+                            f"(runs: {fig['header_index_runs_files_per_s']}; target ≥ 500)"),
+        ("previews, whole cohort", f"{fig['preview_images_per_s']} images/s"),
+        ("J2K preview, reduced decode", f"{fig['j2k_preview_reduced_s']} s/image"),
+        ("J2K preview, full decode+downsample",
+         f"{fig['j2k_preview_full_decode_downsample_s']} s/image"),
+        ("J2K reduced-decode speed-up", f"{fig['j2k_reduced_speedup']}× (target ≥ 5×)"),
+        ("6-exam J2K patient, all previews",
+         f"{fig['six_exam_j2k_patient_previews']} in "
+         f"{fig['six_exam_j2k_patient_previews_s']} s (target < 3 s)"),
+    ]
