@@ -15,7 +15,7 @@ Reproducible on a CPU in a few minutes. The script
    of years 1..5 (r_k = 1 − (1 − r5)^(k/5)) with a squared-error loss on the logit scale;
 5. fits the per-year Platt calibrator on the validation women and reports agreement with the
    ground truth on the held-out women (Spearman ρ and mean absolute error of the 5-year risk);
-6. writes weights.pt / config.json / calibrator.json with `snapshots.write_converted`.
+6. writes weights.pt / config.json / calibrator.json with `converted.write_converted`.
 
 The result is a demonstration of the plumbing, not a risk model: the synthetic images carry
 their risk as drawn-in specks whose number and contrast grow with log(risk)
@@ -41,7 +41,8 @@ import torch
 from scipy.stats import spearmanr
 import torch.nn.functional as F
 
-from mamview.core.models.base import YEARS, ModelIdentity
+from mamview.core.models.base import YEARS
+from mamview.core.models.identity import ModelIdentity
 from mamview.core.models.mirai import MiraiCalibrator, MiraiConfig, MiraiNet, demo_preprocessing_version, \
     state_dict_sha256
 from mamview.core.models.preprocess import preprocess_exam
@@ -358,7 +359,7 @@ def run(out: Path, patients: int = 160, seed: int = 0, epochs: int = 14, threads
         work_dir: Path | None = None, lr: float = 2e-3, exam_cache: Path | None = None,
         rank_weight: float = 0.0, log=print) -> dict:
     """Train, evaluate and write the demo model into `out`; returns the provenance."""
-    from mamview.core.models.snapshots import write_converted
+    from mamview.core.models.converted import write_converted
 
     t_start = time.perf_counter()
     if threads:

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from mamview.core.models.identity import ModelIdentity
+
 
 class Laterality(StrEnum):
     """Which breast an image shows."""
@@ -162,6 +164,7 @@ class Problem:
     detail: str = ""
 
 
+
 # ---------------------------------------------------------------- scores as read
 
 
@@ -184,26 +187,47 @@ class ScoreState(StrEnum):
 STALE_REASON = "recomputing: model or image changed"
 
 
-@dataclass(frozen=True)
-class ModelRef:
-    """The model whose scores are shown, with the identity its scores' keys are checked against.
+@dataclass(frozen=True, init=False)
+class ModelRef(ModelIdentity):
+    """The model whose scores are shown: its identity (what its scores' keys are checked
+    against, inherited from ModelIdentity, so written once) plus what the listing knows.
 
     `installed` is False for a model id named by the user (or found in stored scores) that
-    this installation cannot run: its stored scores are then checked against their own
-    recorded identity, so only a changed input file makes them stale.
+    this installation cannot run: its identity fields are then empty and its stored scores are
+    checked against their own recorded identity, so only a changed input file makes them stale.
+    The constructor keeps its historical order and defaults (model_id, name, label, version, …).
     """
 
-    model_id: str
-    name: str = ""
-    label: str = ""
-    version: str = ""
-    weights_sha256: str = ""
-    calibrator_id: str = ""
-    calibrator_sha256: str = ""
-    preprocessing_version: str = ""
-    clinically_validated: bool = False
     installed: bool = False
     reason: str = ""  # why it is not installed, when it is not
+
+    def __init__(self, model_id: str, name: str = "", label: str = "", version: str = "",
+                 weights_sha256: str = "", calibrator_id: str = "", calibrator_sha256: str = "",
+                 preprocessing_version: str = "", clinically_validated: bool = False,
+                 installed: bool = False, reason: str = "", extra: dict | None = None):
+        values = {"model_id": model_id, "name": name, "label": label, "version": version,
+                  "weights_sha256": weights_sha256, "calibrator_id": calibrator_id,
+                  "calibrator_sha256": calibrator_sha256,
+                  "preprocessing_version": preprocessing_version,
+                  "clinically_validated": clinically_validated, "installed": installed,
+                  "reason": reason, "extra": dict(extra or {})}
+        for key, value in values.items():
+            object.__setattr__(self, key, value)  # frozen: the dataclass way to set fields
+
+    @classmethod
+    def from_identity(cls, identity: ModelIdentity, *, model_id: str | None = None,
+                      name: str | None = None, label: str | None = None,
+                      clinically_validated: bool | None = None, installed: bool = True,
+                      reason: str = "") -> "ModelRef":
+        """The ref of a model whose identity is known; the listing fields default to the
+        identity's (the registry passes its own id and display-safe name and label)."""
+        return cls(identity.model_id if model_id is None else model_id,
+                   identity.name if name is None else name,
+                   identity.label if label is None else label, identity.version,
+                   identity.weights_sha256, identity.calibrator_id, identity.calibrator_sha256,
+                   identity.preprocessing_version,
+                   identity.clinically_validated if clinically_validated is None
+                   else clinically_validated, installed, reason, identity.extra)
 
     def identity(self) -> dict:
         """id, version and weights hash (what `--json` outputs report)."""

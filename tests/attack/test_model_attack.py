@@ -79,7 +79,7 @@ def _deep_list(depth: int) -> bytes:
 
 def _legacy_torch(obj_pickle: bytes, keys: list[str], storages: list[bytes]) -> bytes:
     """A pre-1.6 torch stream around a hand-made object pickle."""
-    from mamview.core.models.snapshots import _LEGACY_MAGIC, _LEGACY_PROTOCOL
+    from mamview.core.models.official.containers import _LEGACY_MAGIC, _LEGACY_PROTOCOL
     sys_info = {"protocol_version": _LEGACY_PROTOCOL, "little_endian": True,
                 "type_sizes": {"short": 2, "int": 4, "long": 8}}
     out = b"".join(pickle.dumps(x, protocol=2) for x in (_LEGACY_MAGIC, _LEGACY_PROTOCOL,
@@ -160,7 +160,8 @@ def _legit_release(folder: Path, fmt: str = "legacy", drop: str | None = None) -
 
 
 def _build_cases(base: Path) -> list[dict]:
-    from mamview.core.models.snapshots import CALIBRATOR_FILES, ENCODER_FILES, TRANSFORMER_FILES
+    from mamview.core.models.official.release import (CALIBRATOR_FILES, ENCODER_FILES,
+                                                      TRANSFORMER_FILES)
     legit = _legit_release(base / "legit")
     legit_zipfmt = _legit_release(base / "legit-zipfmt", fmt="zip")
     enc_name, tr_name = ENCODER_FILES[0], TRANSFORMER_FILES[0]
@@ -347,7 +348,7 @@ def _run_cases(spec: Path, out: Path) -> None:
 
     sys.path.insert(0, str(ROOT))
     from mamview.core.errors import MamviewError
-    from mamview.core.models.snapshots import convert_release
+    from mamview.core.models.official.release import convert_release
 
     results = {}
     for case in json.loads(spec.read_text()):
@@ -475,7 +476,9 @@ def test_every_case_is_accounted_for(attack):
 def test_build_cannot_change_allow_listed_markers():
     """BUILD on an allow-listed global (a storage marker) would change it for every later load."""
     import torch
-    from mamview.core.models.snapshots import SnapshotFormatError, safe_pickle_load, _SAFE_GLOBALS
+    from mamview.core.models.errors import SnapshotFormatError
+    from mamview.core.models.official.safe_globals import SAFE_GLOBALS as _SAFE_GLOBALS
+    from mamview.core.models.official.unpickler import safe_pickle_load
     data = P2 + _g("torch", "FloatStorage") + EMPTY_DICT + _u("dtype") + _i(1) + SETITEM + BUILD \
         + STOP
     with pytest.raises(SnapshotFormatError, match="BUILD"):
@@ -486,9 +489,8 @@ def test_build_cannot_change_allow_listed_markers():
 def test_refusals_are_mamview_errors():
     """The CLI prints any MamviewError as one line; the old names still catch what they did."""
     from mamview.core.errors import InputRefused
-    from mamview.core.models.base import ModelUnavailable
-    from mamview.core.models.snapshots import (ReleaseIncomplete, SnapshotFormatError,
-                                               UnsafeSnapshotError)
+    from mamview.core.models.errors import (ModelUnavailable, ReleaseIncomplete,
+                                            SnapshotFormatError, UnsafeSnapshotError)
     assert issubclass(UnsafeSnapshotError, InputRefused)
     assert issubclass(SnapshotFormatError, InputRefused) and issubclass(SnapshotFormatError,
                                                                         ValueError)
@@ -498,7 +500,8 @@ def test_refusals_are_mamview_errors():
 
 def test_build_cannot_reach_a_tensor():
     """Tensor.__setstate__ is set_(storage, offset, size, stride): BUILD on a tensor is refused."""
-    from mamview.core.models.snapshots import SnapshotFormatError, safe_torch_load
+    from mamview.core.models.errors import SnapshotFormatError
+    from mamview.core.models.official.containers import safe_torch_load
     pid = _t(_u("storage"), _g("torch", "FloatStorage"), _u("0"), _u("cpu"), _i(1)) + b"Q"
     tensor = (_g("torch._utils", "_rebuild_tensor_v2")
               + _t(pid, _i(0), _t(_i(1)), _t(_i(1)), b"\x89",
@@ -512,7 +515,7 @@ def test_build_cannot_reach_a_tensor():
 def test_numpy_dtype_is_always_a_copy():
     """np.dtype('f8', False, False) is the shared descriptor; BUILD on it must not reach it."""
     import numpy as np
-    from mamview.core.models.snapshots import safe_pickle_load
+    from mamview.core.models.official.unpickler import safe_pickle_load
     data = P2 + _g("numpy", "dtype") + _t(_u("f8"), b"\x89", b"\x89") + REDUCE + STOP
     got = safe_pickle_load(io.BytesIO(data))
     assert got == np.dtype("f8") and got is not np.dtype("f8")
@@ -540,7 +543,7 @@ def test_registry_survives_a_hostile_config(tmp_path, config):
 
 
 def test_limits_follow_the_environment(monkeypatch):
-    from mamview.core.models.snapshots import SnapshotLimits, current_limits
+    from mamview.core.models.official.limits import SnapshotLimits, current_limits
     monkeypatch.setenv("MAMVIEW_MODEL_MAX_PICKLE_OPS", "123")
     monkeypatch.setenv("MAMVIEW_MODEL_MAX_FILE_BYTES", "not a number")
     got = current_limits()

@@ -24,22 +24,19 @@ from mamview.core.domain import STALE_REASON, ModelRef, ScoredExam, ScoreState
 
 def model_ref(entry) -> ModelRef:
     """The ModelRef of a registry entry; its identity read from config.json (no torch)."""
+    from mamview.core.models.identity import identity_from_config
     from mamview.core.models.registry import read_identity
 
     if not entry.available:
         return ModelRef(entry.model_id, entry.name, entry.label, reason=entry.reason)
     try:
-        ident = read_identity(entry.folder / "config.json")
+        ident = identity_from_config(read_identity(entry.folder / "config.json"))
     except (OSError, ValueError) as exc:
         return ModelRef(entry.model_id, entry.name, entry.label, reason=str(exc)[:200])
-
-    def text(key: str) -> str:
-        value = ident.get(key)
-        return value if isinstance(value, str) else ""
-
-    return ModelRef(entry.model_id, entry.name, entry.label, text("version"),
-                    text("weights_sha256"), text("calibrator_id"), text("calibrator_sha256"),
-                    text("preprocessing_version"), entry.clinically_validated, True)
+    # the registry's id, and its name and label made printable, are what the listing shows
+    return ModelRef.from_identity(ident, model_id=entry.model_id, name=entry.name,
+                                  label=entry.label,
+                                  clinically_validated=entry.clinically_validated)
 
 
 def choose_model(lib, requested: str | None = None, db=None) -> ModelRef | None:

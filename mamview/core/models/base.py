@@ -5,59 +5,28 @@ breast-cancer risk for years 1..5. The inference service, the registry and the C
 `RiskModel`; Mirai with official weights and the bundled demo model are two implementations.
 
 Nothing here imports Qt or touches the cache: a model is a pure function of pixels and weights,
-identified by `ModelIdentity` so that every stored score can say exactly what produced it.
+identified by `ModelIdentity` (models.identity, torch-free; re-exported here) so that every stored
+score can say exactly what produced it.
 """
 
 from __future__ import annotations
 
 import abc
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-from mamview.core.models.errors import ModelUnavailable  # noqa: F401 - re-exported
+from mamview.core.models.identity import ModelIdentity
 
 #: Risk horizons every model reports: cumulative risk by the end of year 1..5.
 YEARS = 5
 
+
 class ModelInputError(ValueError):
     """The exam cannot be scored as given (wrong set of views, unknown laterality, bad array)."""
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """Everything a stored score needs to say which model produced it.
-
-    `weights_sha256` and `calibrator_sha256` are hashes of the *content* (tensors, coefficients),
-    so a score is recomputed whenever either changes, and never otherwise.
-    `clinically_validated` means: weights whose performance was published on real clinical
-    cohorts (official Mirai). It is *not* a regulatory clearance. The demo model is False and
-    carries a `label` the GUI must show next to every number it produces.
-    """
-
-    model_id: str  # "mirai", "demo"
-    name: str  # human name, e.g. "Mirai (official weights)"
-    version: str
-    weights_sha256: str
-    calibrator_id: str
-    calibrator_sha256: str
-    preprocessing_version: str
-    clinically_validated: bool
-    label: str = ""  # e.g. "demo model — synthetic training data — not for clinical use"
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable copy (for score provenance and config files)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelIdentity":
-        """Inverse of `as_dict`; unknown keys are ignored so old files stay readable."""
-        names = cls.__dataclass_fields__.keys()
-        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 class ViewImage(NamedTuple):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import ModelUnavailable
+from .errors import ModelUnavailable
 
 PREFERENCES = ("auto", "cpu", "cuda", "mps")
 

@@ -1,8 +1,9 @@
-"""Model errors, importable without torch (the registry listing and the GUI start use them)."""
+"""Model errors, importable without torch (the registry listing, the GUI start and the CLI's
+error handler use them)."""
 
 from __future__ import annotations
 
-from mamview.core.errors import MamviewError
+from mamview.core.errors import InputRefused, MamviewError
 
 
 class ModelUnavailable(MamviewError):
@@ -16,3 +17,15 @@ class ModelUnavailable(MamviewError):
         self.reason = reason
         self.hint = hint
         super().__init__(f"{reason} ({hint})" if hint else reason)
+
+
+class UnsafeSnapshotError(InputRefused):
+    """A snapshot file references something we will not load; nothing from it was executed."""
+
+
+class SnapshotFormatError(InputRefused):
+    """A snapshot file is readable but not shaped like an official Mirai file."""
+
+
+class ReleaseIncomplete(ModelUnavailable, InputRefused):
+    """The path given as a release lacks one of the three official files (or does not exist)."""

@@ -12,7 +12,7 @@ Input layout: views first, **x [B, N=4, C=3, H, W]** (the reference collates [B,
 transposes back to views-first before the encoder; we skip that round trip).
 
 Submodule and parameter names mirror the official snapshots so that conversion is a prefix
-rename (see `snapshots.OFFICIAL_KEY_MAPPING`):
+rename (see `official.readers.OFFICIAL_KEY_MAPPING`):
     encoder snapshot  `_model.<downsampler|layerL_j>.*`  →  `image_encoder.*`
     transformer snapshot  `<projection_layer|mask_embedding|transformer|pool|
                             prob_of_failure_layer>.*`  →  `aggregator.*`
@@ -29,7 +29,6 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
@@ -37,7 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import YEARS, ExamTensors, ModelIdentity, ModelInputError, ModelUnavailable, RiskModel
+from .base import YEARS, ExamTensors, ModelInputError, RiskModel
+from .errors import ModelUnavailable
+from .identity import ModelIdentity
 from .preprocess import PREPROCESSING_VERSION, preprocess_exam
 
 #: The 34 predicted risk factors in the reference order with their class counts (spec §4.4).
@@ -527,7 +528,11 @@ def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
 
 
 class MiraiRiskModel(RiskModel):
-    """A MiraiNet with its calibrator and identity, on one device."""
+    """A MiraiNet with its calibrator and identity, on one device.
+
+    A model folder on disk is loaded by `converted.load_model` (this module does not read files,
+    so the readers can import it without a cycle).
+    """
 
     def __init__(self, net: MiraiNet, calibrator: MiraiCalibrator, identity: ModelIdentity,
                  device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None):
@@ -542,15 +547,6 @@ class MiraiRiskModel(RiskModel):
         self.autocast_dtype = autocast_dtype
         if len(calibrator.years) != net.config.max_followup:
             raise ModelUnavailable("calibrator and network disagree on the number of years")
-
-    @classmethod
-    def from_converted(cls, directory: str | Path, device: torch.device | str = "cpu",
-                       **kwargs: Any) -> "MiraiRiskModel":
-        """Load a folder written by `snapshots.convert_release` (or the demo model's trainer)."""
-        from .snapshots import load_converted  # local import: snapshots imports this module
-
-        net, calibrator, identity = load_converted(directory)
-        return cls(net, calibrator, identity, device, **kwargs)
 
     @property
     def identity(self) -> ModelIdentity:

@@ -95,9 +95,9 @@ def resolve(lib: Library, model_id: str = "auto") -> ModelEntry:
 
 def load(entry: ModelEntry, device):
     """Build the RiskModel of a registry entry on `device`."""
-    from mamview.core.models.mirai import MiraiRiskModel
+    from mamview.core.models.converted import load_model
 
-    model = MiraiRiskModel.from_converted(entry.folder, device)
+    model = load_model(entry.folder, device)
     if entry.model_id == "demo":
         # the demo network is small: a reduced-resolution decode (2× its input) loses nothing
         model.decode_min_height = 2 * model.config.input_height

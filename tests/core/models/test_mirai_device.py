@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mamview.core.models import device as dev
-from mamview.core.models.base import ModelUnavailable
+from mamview.core.models.errors import ModelUnavailable
 
 
 def test_cpu_is_always_available():

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mamview.core.models.base import ExamTensors, ModelIdentity
+from mamview.core.models.base import ExamTensors
+from mamview.core.models.identity import ModelIdentity
 from mamview.core.models.mirai import (
     RISK_FACTORS, ConditionedTransformer, CumulativeProbabilityLayer, MiraiCalibrator,
     MiraiConfig, MiraiNet, MiraiRiskModel, MultiHeadAttention, RiskFactorPool)

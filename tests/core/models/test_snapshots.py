@@ -27,12 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mamview.core.models.base import ModelUnavailable
-from mamview.core.models.mirai import RISK_FACTORS, MiraiRiskModel
+from mamview.core.models.converted import load_converted, load_model
+from mamview.core.models.errors import ModelUnavailable, SnapshotFormatError, UnsafeSnapshotError
+from mamview.core.models.mirai import RISK_FACTORS
+from mamview.core.models.official.containers import safe_torch_load
+from mamview.core.models.official.inert import InertObject
+from mamview.core.models.official.release import (CALIBRATOR_FILES, ENCODER_FILES,
+                                                  TRANSFORMER_FILES, convert_release)
+from mamview.core.models.official.unpickler import safe_pickle_load
 from mamview.core.models.preprocess import PREPROCESSING_VERSION
-from mamview.core.models.snapshots import (
-    CALIBRATOR_FILES, ENCODER_FILES, TRANSFORMER_FILES, InertObject, SnapshotFormatError,
-    UnsafeSnapshotError, convert_release, load_converted, safe_pickle_load, safe_torch_load)
 
 WIDTHS = (4, 8, 8, 16)  # tiny ResNet-18 layout: 2 BasicBlocks per stage
 HIDDEN = 12  # transformer width ≠ image width, so the projection is exercised
@@ -511,7 +514,7 @@ def test_release_zip_and_risk_model(tmp_path):
             if p.is_file():
                 zf.write(p, p.relative_to(release).as_posix())
     out = convert_release(zpath, tmp_path / "models")
-    model = MiraiRiskModel.from_converted(out)
+    model = load_model(out)
     x, view, side, time = exam_inputs(batch=1)
     from mamview.core.models.base import ExamTensors
     risks = model.predict(ExamTensors(x, view, side, time))
@@ -633,13 +636,13 @@ def test_state_cannot_shadow_setstate():
     ("transformer", "pred_masked_img_fc.weight", None),
 ])
 def test_official_key_mapping(part, key, want):
-    from mamview.core.models.snapshots import map_encoder_key, map_transformer_key
+    from mamview.core.models.official.readers import map_encoder_key, map_transformer_key
     fn = map_encoder_key if part == "encoder" else map_transformer_key
     assert fn(key) == want
 
 
 def test_unknown_keys_are_not_silently_dropped():
-    from mamview.core.models.snapshots import map_encoder_key, map_transformer_key
+    from mamview.core.models.official.readers import map_encoder_key, map_transformer_key
     with pytest.raises(SnapshotFormatError):
         map_transformer_key("prob_of_failure_layer_l.hazard_fc.weight")  # pred_both_sides
     with pytest.raises(SnapshotFormatError):
@@ -647,7 +650,7 @@ def test_unknown_keys_are_not_silently_dropped():
 
 
 def test_gpu_saved_storage_types_load_on_cpu():
-    from mamview.core.models.snapshots import RestrictedUnpickler
+    from mamview.core.models.official.unpickler import RestrictedUnpickler
     u = RestrictedUnpickler(io.BytesIO(b""))
     assert u.find_class("torch.cuda", "FloatStorage").dtype == torch.float32
     assert u.find_class("torch", "HalfStorage").dtype == torch.float16
