@@ -1,49 +1,36 @@
-"""Read-only queries the reading window needs: a woman's exams with images and scores, and the
-latest score per woman for the worklist (on core.cache; no Qt).
+"""Read-only queries the reading window needs: a woman's exams with images and scores, the
+worklist's rows (latest score and flags per woman), and preview files (on core.cache; no Qt).
 
 They run on the GUI thread's own connection and only read small tables: a few ms per call.
+An exam's score is one `domain.ScoredExam` everywhere: a stale stored score (model or input
+changed) has state STALE with STALE_REASON and no number; it is never drawn as current.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 
 from mamview.core.cache import reads
-from mamview.core.domain import STALE_REASON, ModelRef, ScoredExam, ScoreState
+from mamview.core.domain import ModelRef, ScoredExam, ScoreState
 from mamview.core.ingest import stored_preview
 from mamview.core.paths import Library
 
 
 @dataclass
-class ExamScore:
-    """What the window shows of one exam's score for the active model.
-
-    A stale stored score (model or input changed) is shown as pending with STALE_REASON and
-    no number: it is never drawn as current.
-    """
-
-    state: str  # 'scored' | 'unscorable' | 'pending'
-    risk: tuple[float, ...] = ()  # cumulative fractions, years 1..5
-    reason: str = ""
-    model_id: str = ""
-    stale: bool = False  # pending because the stored score no longer matches
-
-    @property
-    def five_year_percent(self) -> float | None:
-        return 100.0 * self.risk[4] if self.state == "scored" and len(self.risk) >= 5 else None
-
-
-@dataclass
 class ExamInfo:
-    """One exam of the woman on screen, with its images and score."""
+    """One exam of the woman on screen, with its images and score (PENDING when not given)."""
 
     exam_key: str
     exam_date: date | None
     images: list[dict]
     complete: bool
     incomplete_reason: str
-    score: ExamScore = field(default_factory=lambda: ExamScore("pending"))
+    score: ScoredExam | None = None
+
+    def __post_init__(self) -> None:
+        if self.score is None:
+            self.score = ScoredExam(self.exam_key, ScoreState.PENDING)
 
     @property
     def date_text(self) -> str:
@@ -57,22 +44,33 @@ class ExamInfo:
         return max(cands, key=reads.acquisition_order) if cands else None
 
 
+@dataclass
+class PatientRow:
+    """One line of the worklist: a woman, her exam count, latest current 5-year score, flags."""
+
+    patient_key: str
+    patient_id: str
+    name: str
+    exams: int
+    latest_percent: float | None = None
+    flags: tuple[str, ...] = ()
+
+    @property
+    def display_name(self) -> str:
+        return self.name.replace("^", ", ", 1).replace("^", " ").strip(", ")
+
+
+def row_summary(report) -> tuple[float | None, tuple[str, ...]]:
+    """(latest 5-year percent, flags worth a ⚑) of a `trajectory.TrajectoryReport`."""
+    latest = report.latest.risk_percent if report.latest else None
+    return latest, tuple(report.flags) if (report.rising or report.crossed_any) else ()
+
+
 def _parse_date(text: str) -> date | None:
     try:
         return date.fromisoformat(text) if text else None
     except ValueError:
         return None
-
-
-def score_of(scored: ScoredExam | None) -> ExamScore:
-    """A ScoredExam (core.cache.reads) → what the window shows (None → pending)."""
-    if scored is None or scored.state == ScoreState.PENDING:
-        return ExamScore("pending", model_id=scored.model_id if scored else "")
-    if scored.state == ScoreState.CURRENT:
-        return ExamScore("scored", scored.risk, "", scored.model_id)
-    if scored.state == ScoreState.STALE:
-        return ExamScore("pending", (), STALE_REASON, scored.model_id, stale=True)
-    return ExamScore("unscorable", (), scored.reason, scored.model_id)
 
 
 def patient_exams(db, patient_key: str, model: ModelRef | str | None) -> list[ExamInfo]:
@@ -81,7 +79,7 @@ def patient_exams(db, patient_key: str, model: ModelRef | str | None) -> list[Ex
     rows = reads.list_exams(db, [patient_key])
     states = reads.current_scores(db, [r["exam_key"] for r in rows], model)
     return [ExamInfo(r["exam_key"], _parse_date(r["exam_date"]), r["images"], r["complete"],
-                     r["incomplete_reason"], score_of(states.get(r["exam_key"])))
+                     r["incomplete_reason"], states.get(r["exam_key"]))
             for r in rows]
 
 

@@ -3,6 +3,11 @@
 Workers (the import generator, full-resolution decodes, the inference service's thread) never
 touch a widget: they call `Bridge.post…`, which emits a Qt signal. The Bridge lives in the GUI
 thread, so Qt queues each emission and the connected slots run there.
+
+It is also the single place where stale score results are dropped: in the GUI thread, before
+`scoreEvent` is emitted, it asks the reading session (`core.session.ReadingSession.wants`)
+whether the event's request is still live. A result of a cancelled, superseded or finished
+request, or of a service since replaced, never reaches a widget.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, Qt, Signal
 
 
 class Bridge(QObject):
@@ -20,12 +25,18 @@ class Bridge(QObject):
 
     importEvent = Signal(object)  # core.ingest Progress / ProblemFound
     importFinished = Signal(object)  # ImportSummary, or an Exception when the import failed
-    scoreEvent = Signal(object)  # core.inference events
+    scoreEvent = Signal(object)  # core.inference events the session still wants
+    _scoreArrived = Signal(object)  # every score event, on its way to the GUI thread
     nodeEvent = Signal(object)  # core.net.scp node events (on the node's threads)
     taskDone = Signal(object, object, object)  # callback, result, error (run_task)
 
-    def __init__(self, parent: QObject | None = None):
+    def __init__(self, parent: QObject | None = None, session=None):
         super().__init__(parent)
+        self.session = session  # asked `wants(event)`; None: every score event passes
+        self.dropped_score_events = 0
+        # queued even when posted from the GUI thread itself (a service may emit inside
+        # `submit`): the session then knows the request's id before its events are judged
+        self._scoreArrived.connect(self._deliver_score, Qt.ConnectionType.QueuedConnection)
         # decodes and other short tasks; one import at a time runs on its own thread
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mamview-task")
         self._import_thread: threading.Thread | None = None
@@ -35,7 +46,15 @@ class Bridge(QObject):
     # -- inference service callback (called on the service's worker thread)
 
     def post_score_event(self, event) -> None:
-        """`on_event` for InferenceService: re-emit in the GUI thread."""
+        """`on_event` for the inference services (any thread): re-emitted as `scoreEvent` in
+        the GUI thread if the session still wants it."""
+        self._scoreArrived.emit(event)
+
+    def _deliver_score(self, event) -> None:
+        # judged here, on the GUI thread, where the session's live requests are kept
+        if self.session is not None and not self.session.wants(event):
+            self.dropped_score_events += 1
+            return
         self.scoreEvent.emit(event)
 
     def post_node_event(self, event) -> None:

@@ -23,7 +23,8 @@ from mamview.core import hanging, previews
 from mamview.core.hanging import LAYOUTS, VIEW_ORDER, Hanging
 from mamview.core.services.decode import render_full_elsewhere
 from mamview.qt.image_tile import ImageTile
-from mamview.core.worklist import ExamInfo, ExamScore, preview_path
+from mamview.core.domain import STALE_REASON, ScoredExam, ScoreState
+from mamview.core.worklist import ExamInfo, preview_path
 
 
 class PreviewCache:
@@ -73,14 +74,23 @@ class PreviewCache:
 _PREVIEW_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mamview-preview")
 
 
-def score_text(score: ExamScore, model_short: str) -> str:
-    """What a tile / thumbnail says about the exam's score."""
-    if score.state == "scored":
+def score_text(score: ScoredExam, model_short: str) -> str:
+    """What a tile says about the exam's score."""
+    if score.five_year_percent is not None:
         return f"5-yr risk {score.five_year_percent:.1f}% · {model_short}"
-    if score.state == "unscorable":
+    if score.state == ScoreState.UNSCORABLE:
         return f"not scored: {score.reason}"
     # a stale score is never shown with its old number
-    return score.reason if score.stale else "scoring…"
+    return (score.reason or STALE_REASON) if score.state == ScoreState.STALE else "scoring…"
+
+
+def thumb_score_text(score: ScoredExam) -> str:
+    """What a thumbnail says about the exam's score (short)."""
+    if score.five_year_percent is not None:
+        return f"{score.five_year_percent:.1f}%"
+    if score.state == ScoreState.UNSCORABLE:
+        return "n/a"
+    return "↻ recomputing" if score.state == ScoreState.STALE else "…"
 
 
 class ExamGrid(QWidget):
@@ -104,7 +114,10 @@ class ExamGrid(QWidget):
         self.sync = True
         self.magnifier = False
         self.preset_index: int | None = None
-        self._token = 0  # bumps on every patient change: stale decodes are dropped
+        # bumps on every patient change: a full-resolution decode (a preview-decode task of
+        # this widget, not a score) finishing for the previous woman is dropped. Scores are
+        # never filtered here: stale score results are dropped in qt.bridge only.
+        self._decode_token = 0
         self._preview_cache = PreviewCache()
         self._preview_paths: dict = {}  # looked up on the GUI thread (its db connection)
         self._syncing = False
@@ -148,7 +161,7 @@ class ExamGrid(QWidget):
     def set_patient(self, lib, db, exams: list[ExamInfo], model_short: str,
                     current_key: str | None = None) -> None:
         """Hang a woman's exams: the newest as current, the one before as prior."""
-        self._token += 1
+        self._decode_token += 1
         self.lib, self.db = lib, db
         self.exams = list(exams)
         self.model_short = model_short
@@ -163,7 +176,7 @@ class ExamGrid(QWidget):
 
     def clear(self, message: str = "") -> None:
         """No woman on screen."""
-        self._token += 1
+        self._decode_token += 1
         self.exams, self.current_key, self.prior_key = [], None, None
         self._rebuild_strip()
         self._clear_tiles()
@@ -185,7 +198,7 @@ class ExamGrid(QWidget):
         i = self._index(current)
         return self.exams[i - 1].exam_key if i > 0 else None
 
-    def update_score(self, exam_key: str, score: ExamScore) -> None:
+    def update_score(self, exam_key: str, score: ScoredExam) -> None:
         """A live result: refresh the thumbnail and the tiles of that exam."""
         ex = self.exam(exam_key)
         if ex is None:
@@ -274,9 +287,7 @@ class ExamGrid(QWidget):
             return
         role = "current" if ex.exam_key == self.current_key else (
             "prior" if ex.exam_key == self.prior_key else "")
-        s = ex.score
-        val = f"{s.five_year_percent:.1f}%" if s.state == "scored" else (
-            "n/a" if s.state == "unscorable" else "↻ recomputing" if s.stale else "…")
+        val = thumb_score_text(ex.score)
         b.setText(f"{ex.date_text}\n{val}" + (f" · {role}" if role else ""))
         color = {"current": "#2d6cdf", "prior": "#8a6d1f"}.get(role, "#333")
         b.setStyleSheet(f"QToolButton {{ color: #ddd; background: #1b1b1b; border: 1px solid {color};"
@@ -440,15 +451,15 @@ class ExamGrid(QWidget):
         if row is None:
             return
         tile.full_res_requested = True
-        token, uid, preset = self._token, row["sop_instance_uid"], self.preset_index
+        token, uid, preset = self._decode_token, row["sop_instance_uid"], self.preset_index
 
         def done(result, error):
             if error is not None or result is None:
                 # the preview stays; say why the full-resolution pixels did not come
-                if error is not None and token == self._token:
+                if error is not None and token == self._decode_token:
                     self.statusMessage.emit(f"Full resolution not shown: {error}")
                 return
-            if (token != self._token or tile not in self.tiles or tile.image_row is None
+            if (token != self._decode_token or tile not in self.tiles or tile.image_row is None
                     or tile.image_row["sop_instance_uid"] != uid or self.preset_index != preset):
                 return  # stale: another woman, layout or preset since
             tile.set_full_res(result, preset)

@@ -1,7 +1,10 @@
 """The reading workstation window: worklist │ hanging area │ risk trajectory + metrics.
 
-Everything slow (import, previews, inference, full-resolution decodes) runs on workers; their
-events reach this window only through `qt.bridge.Bridge` signals.
+Composition and wiring: the policy (the model shown, the woman on screen, what to score at
+which priority, which results are still wanted, worklist rows and metrics) is the reading
+session's (`core.session.ReadingSession`, no Qt). Everything slow (import, previews,
+inference, full-resolution decodes) runs on workers; their events reach this window only
+through `qt.bridge.Bridge` signals, and stale score results are dropped there.
 """
 
 from __future__ import annotations
@@ -15,18 +18,16 @@ from PySide6.QtWidgets import (QDockWidget, QFileDialog, QHBoxLayout, QLabel, QM
                                QToolButton, QVBoxLayout, QWidget)
 
 from mamview.core import settings as settings_mod
-from mamview.core.analytics import trajectory
-from mamview.core.cache import reads
-from mamview.core.cache.db import connect
 from mamview.core.domain import ScoreState
+from mamview.core.hanging import LAYOUT_NAMES
 from mamview.core.paths import Library
 from mamview.core.safety import printable
+from mamview.core.session import ExamChanged, PassDone, ReadingSession
+from mamview.core.worklist import ExamInfo, row_summary
 from mamview.qt.bridge import Bridge
-from mamview.core.hanging import LAYOUT_NAMES
 from mamview.qt.exam_grid import ExamGrid
-from mamview.core.worklist import ExamInfo, ExamScore, latest_scores, patient_exams
 from mamview.qt.metrics_panel import MetricsPanel
-from mamview.qt.patient_list import PatientList, PatientRow
+from mamview.qt.patient_list import PatientList
 from mamview.qt.problems_panel import ProblemsPanel
 from mamview.qt.trajectory_chart import ChartPoint, TrajectoryChart
 
@@ -54,7 +55,6 @@ SHORTCUTS = (
 )
 KEYS = {name: key for name, key, _ in SHORTCUTS}
 HELP = {name: text for name, _, text in SHORTCUTS}
-MAX_SERVICE_RESTARTS = 3  # a file that kills the worker every time must not loop forever
 PROGRESS_PHASES = {"generating": "Writing demo cohort", "finding": "Finding files",
                    "indexing": "Indexing headers", "previews": "Making previews"}
 
@@ -65,34 +65,27 @@ class MainWindow(QMainWindow):
     def __init__(self, lib: Library, *, start_inference: bool = True, device: str | None = None,
                  inference_in_process: bool = True):
         super().__init__()
-        self.inference_in_process = inference_in_process
         self.lib = lib.ensure()
-        self.db = connect(lib.database)
-        self.settings = settings_mod.load(lib.settings_file)
+        settings = settings_mod.load(lib.settings_file)
         if device:
-            self.settings.device = device
-        self.start_inference = start_inference
+            settings.device = device
         self.bridge = Bridge(self)
+        # `inference_in_process`: the service runs in its own (child) process
+        self.session = ReadingSession(self.lib, settings, scoring=start_inference,
+                                      child_process=inference_in_process,
+                                      on_event=self.bridge.post_score_event)
+        self.bridge.session = self.session
         self.bridge.importEvent.connect(self._on_import_event)
         self.bridge.importFinished.connect(self._on_import_finished)
         self.bridge.scoreEvent.connect(self._on_score_event)
         from mamview.qt.dicom_node import DicomNodeController
 
         self.node_ctl = DicomNodeController(self.lib, self.bridge, self)
-        self.service = None
-        self._service_restarts = 0
-        self.model_entry = None
-        self.model_problem = ""
-        self._resolve_model()
-        self.patient_key: str | None = None
-        self._screen_generation: int | None = None
-        self._background_generation: int | None = None
-        self._patient_of_exam: dict[str, str] = {}
         self._last_live_refresh = 0.0
         self._scoring_started_for_import = False
         self.problem_events = 0
         self._closed = False
-        self._pending_scores: dict[str, ExamScore] = {}
+        self._pending_scores: dict[str, ExamChanged] = {}
         self._dirty_patients: list[str] = []
         self._score_timer = QTimer(self)
         self._score_timer.setSingleShot(True)
@@ -106,13 +99,68 @@ class MainWindow(QMainWindow):
         self._build_status_bar()
         self._start_first_run_checks()
         self._wire_dicom_node()
-        self._warm_up_analytics()
+        self.session.warm_up()
         self.refresh_patients()
         self.refresh_problems()
         if not self.patient_rows:
             self.stack.setCurrentWidget(self.welcome)
-        elif self.start_inference:
+        else:
             self.score_library()
+
+    # ---------------------------------------------------------------- the session's state
+
+    @property
+    def db(self):
+        """The session's library connection (the grid and the export read through it)."""
+        return self.session.db
+
+    @property
+    def settings(self) -> settings_mod.Settings:
+        return self.session.settings
+
+    @property
+    def start_inference(self) -> bool:
+        """Whether the window scores (False: it only shows what is stored)."""
+        return self.session.scoring
+
+    @start_inference.setter
+    def start_inference(self, on: bool) -> None:
+        self.session.scoring = bool(on)
+
+    @property
+    def service(self):
+        """The running inference service, if any."""
+        return self.session.service
+
+    @property
+    def patient_key(self) -> str | None:
+        """The woman on screen."""
+        return self.session.patient_key
+
+    @property
+    def score_model(self):
+        return self.session.score_model
+
+    @property
+    def model_entry(self):
+        return self.session.model_entry
+
+    @property
+    def model_id(self) -> str | None:
+        return self.session.model_id
+
+    @property
+    def is_demo_model(self) -> bool:
+        return self.session.is_demo_model
+
+    @property
+    def model_label(self) -> str:
+        """The name shown next to every score."""
+        return self.session.model_label
+
+    @property
+    def model_short(self) -> str:
+        return self.session.model_short
 
     # ---------------------------------------------------------------- construction
 
@@ -265,7 +313,7 @@ class MainWindow(QMainWindow):
         self.progress.setMaximumHeight(14)
         self.progress.setTextVisible(False)
         self.progress.hide()
-        self.model_text = QLabel(self._model_status())
+        self.model_text = QLabel(self.session.model_status())
         self.problems_button = QToolButton()
         self.problems_button.setAutoRaise(True)
         self.problems_button.clicked.connect(lambda: self.problems_dock.setVisible(
@@ -321,8 +369,7 @@ class MainWindow(QMainWindow):
         self.refresh_patients()
         if self.patient_key:
             self.show_patient(self.patient_key)
-        if self.start_inference:
-            self.score_library()
+        self.score_library()
 
     def fetch_priors(self, pacs_text: str | None = None) -> None:
         """Ask a PACS for the woman on screen's earlier MG studies (C-FIND, C-MOVE to our node)."""
@@ -396,143 +443,37 @@ class MainWindow(QMainWindow):
 
         QMessageBox.information(self, "Setup checks", firstrun.format_results(self.check_results))
 
-    # ---------------------------------------------------------------- model and inference
-
-    def _resolve_model(self) -> None:
-        from mamview.core.models import registry
-        from mamview.core.models.errors import ModelUnavailable
-
-        try:
-            self.model_entry = registry.resolve(self.lib, self.settings.model)
-            self.model_problem = ""
-        except ModelUnavailable as exc:
-            self.model_entry = None
-            self.model_problem = str(exc)
-        # whose scores every view reads, and the identity they are checked against
-        self.score_model = reads.choose_model(self.lib, self.settings.model, self.db)
-
-    @property
-    def model_id(self) -> str | None:
-        return self.model_entry.model_id if self.model_entry else None
-
-    @property
-    def is_demo_model(self) -> bool:
-        return bool(self.model_entry and self.model_entry.model_id == "demo")
-
-    @property
-    def model_label(self) -> str:
-        """The name shown next to every score."""
-        from mamview.core.models.registry import DEMO_LABEL
-
-        if self.model_entry is None:
-            return "no model"
-        if self.is_demo_model:
-            return f"{self.model_entry.name} ({DEMO_LABEL})"
-        return self.model_entry.label or self.model_entry.name
-
-    @property
-    def model_short(self) -> str:
-        return "demo model" if self.is_demo_model else (self.model_entry.name if self.model_entry
-                                                        else "no model")
-
-    def _model_status(self) -> str:
-        if self.model_entry is None:
-            return f"Model: unavailable ({self.model_problem})"
-        # the model loads lazily: until it has, say what was asked for, not a device we guess
-        dev = self.service.device_label if self.service and self.service.device_label else (
-            f"{self.settings.device} (model not loaded yet)")
-        return f"Model: {self.model_short} · device: {dev}"
-
-    def _ensure_service(self):
-        """The inference service, started on first use: in a child process by default (the
-        decoders hold the GIL), or in a thread of this process. A service whose worker died
-        (a decoder crashed it) is replaced, at most `MAX_SERVICE_RESTARTS` times a session."""
-        if (self.service is not None and not self.service.alive()
-                and self._service_restarts < MAX_SERVICE_RESTARTS):
-            self._service_restarts += 1
-            self.service.shutdown(timeout=5)
-            self.service = None
-        if self.service is None and self.model_entry is not None and self.start_inference:
-            entry = self.model_entry
-            if self.inference_in_process:
-                from mamview.core.services.inference_process import InferenceProcess
-
-                self.service = InferenceProcess(
-                    self.lib.database, self.lib.home, entry.model_id,
-                    device=self.settings.device, on_event=self.bridge.post_score_event).start()
-            else:
-                from mamview.core.services.inference import InferenceService
-                from mamview.core.models import registry
-
-                self.service = InferenceService(
-                    self.lib.database, lambda dev: registry.load(entry, dev),
-                    device=self.settings.device, on_event=self.bridge.post_score_event)
-        return self.service
+    # ---------------------------------------------------------------- scoring
 
     def score_library(self) -> None:
         """Queue every exam without a current score (none stored, or a stale one whose model
         or input files changed), newest exams first, as background work."""
-        svc = self._ensure_service()
-        if svc is None:
-            return
-        exams = reads.exam_dates(self.db)
-        states = reads.current_scores(self.db, [ek for ek, _, _ in exams], self.score_model)
-        keys = [ek for ek, _, _ in reversed(exams)
-                if states[ek].state in (ScoreState.PENDING, ScoreState.STALE)]
-        if keys:
-            from mamview.core.services.inference import PRIORITY_BACKGROUND
-
-            self._background_generation = svc.submit(keys, PRIORITY_BACKGROUND)
-
-    def _score_on_screen(self, exams: list[ExamInfo]) -> None:
-        svc = self._ensure_service()
-        if svc is None:
-            return
-        if self._screen_generation is not None:
-            svc.cancel(self._screen_generation)  # the previous woman's work is dropped
-            self._screen_generation = None
-        pending = [e.exam_key for e in exams if e.score.state == "pending"]  # stale ones too
-        if pending:
-            from mamview.core.services.inference import PRIORITY_ON_SCREEN
-
-            self._screen_generation = svc.submit(pending, PRIORITY_ON_SCREEN)
+        self.session.score_library()
 
     def _on_score_event(self, ev) -> None:
+        """A score event the session still wants (the bridge dropped the others)."""
         from mamview.core.services import inference as inf
 
         if self._closed:
             return
+        if isinstance(ev, inf.ScoreProgress):
+            self.model_text.setText(self.session.model_status())
+            self._show_progress("Scoring", ev.done, ev.total)
+            return
+        change = self.session.apply(ev)
         if isinstance(ev, inf.ServiceError):
             self.status_text.setText(f"Scoring stopped: {ev.message}")
-            self.model_problem = ev.message
             self.progress.hide()
-            return
-        if isinstance(ev, inf.ScoreProgress):
-            self.model_text.setText(self._model_status())
-            if ev.generation in (self._background_generation, self._screen_generation):
-                self._show_progress("Scoring", ev.done, ev.total)
-            return
-        if isinstance(ev, inf.GenerationDone):
-            self.model_text.setText(self._model_status())
-            if ev.generation == self._background_generation:
+        elif isinstance(change, PassDone):
+            self.model_text.setText(self.session.model_status())
+            if change.background:
                 self.progress.hide()
                 self.status_text.setText("All exams scored.")
-            return
-        if isinstance(ev, inf.ExamScored):
-            score = ExamScore("scored", tuple(ev.risk), "", ev.model_id)
-        elif isinstance(ev, inf.ExamUnscorable):
-            score = ExamScore("unscorable", (), ev.reason, self.model_id or "")
-        elif isinstance(ev, inf.ScoreFailed):
-            score = ExamScore("unscorable", (), f"failed: {ev.message}", self.model_id or "")
-        else:
-            return
-        self._apply_score(ev.exam_key, score)
-
-    def _apply_score(self, exam_key: str, score: ExamScore) -> None:
-        """Queue a live result; results arriving together are drawn together."""
-        self._pending_scores[exam_key] = score
-        if not self._score_timer.isActive():
-            self._score_timer.start()
+        elif isinstance(change, ExamChanged):
+            # results arriving together are drawn together
+            self._pending_scores[change.exam_key] = change
+            if not self._score_timer.isActive():
+                self._score_timer.start()
 
     def _flush_scores(self) -> None:
         if self._closed:
@@ -540,14 +481,11 @@ class MainWindow(QMainWindow):
         pending, self._pending_scores = self._pending_scores, {}
         touched: set[str] = set()
         on_screen = []
-        for exam_key, score in pending.items():
-            pk = self._patient_of(exam_key)
-            if pk is None:
-                continue
-            touched.add(pk)
-            if pk == self.patient_key:
-                self.grid.update_score(exam_key, score)
-                ex = self.grid.exam(exam_key)
+        for change in pending.values():
+            touched.add(change.patient_key)
+            if change.patient_key == self.patient_key:  # she may have left since
+                self.grid.update_score(change.exam_key, change.score)
+                ex = self.grid.exam(change.exam_key)
                 if ex is not None and ex.exam_date is not None:
                     on_screen.append(self._chart_point(ex))
         if len(on_screen) == 1:
@@ -566,53 +504,18 @@ class MainWindow(QMainWindow):
         pk = self._dirty_patients.pop(0)
         if pk in self._dirty_patients:
             self._dirty_patients = [k for k in self._dirty_patients if k != pk]
-        rep = self._report(pk)
+        rep = self.session.report(pk)
         if pk == self.patient_key:
             self.metrics.set_report(rep)
         self._refresh_patient_row(pk, rep)
         if self._dirty_patients:
             QTimer.singleShot(0, self._refresh_one_dirty)
 
-    def _patient_of(self, exam_key: str) -> str | None:
-        if exam_key not in self._patient_of_exam:
-            from mamview.core.cache import reads
-
-            pk = reads.patient_of_exam(self.db, exam_key)
-            if pk is None:
-                return None
-            self._patient_of_exam[exam_key] = pk
-        return self._patient_of_exam[exam_key]
-
     # ---------------------------------------------------------------- patients
-
-    def _warm_up_analytics(self) -> None:
-        """Run the metrics once on made-up numbers so their lazy imports happen now, not
-        while the first live score arrives."""
-        from datetime import date
-
-        pts = [trajectory.ScorePoint(date(2020 + i, 1, 1), 2.0 + i, "warm-up") for i in range(4)]
-        trajectory.analyze(pts, self._rules())
-
-    def _rules(self):
-        return trajectory.FlagRules(thresholds_percent=tuple(self.settings.thresholds_percent))
-
-    def _report(self, patient_key: str):
-        points = trajectory.points_for_patient(self.db, patient_key, self.score_model)
-        return trajectory.analyze(points, self._rules())
-
-    def _patient_row(self, r: dict, latest: dict) -> PatientRow:
-        flags: tuple[str, ...] = ()
-        pct = latest.get(r["patient_key"], (None, None))[1]
-        if pct is not None:
-            rep = self._report(r["patient_key"])
-            flags = tuple(rep.flags) if (rep.rising or rep.crossed_any) else ()
-        return PatientRow(r["patient_key"], r["patient_id"], r["name"] or "", r["exams"], pct,
-                          flags)
 
     def refresh_patients(self) -> None:
         """Reload the worklist from the cache (after an import)."""
-        latest = latest_scores(self.db, self.score_model)
-        self.patient_rows = [self._patient_row(r, latest) for r in reads.list_patients(self.db)]
+        self.patient_rows = self.session.worklist()
         self.patient_list.set_rows(self.patient_rows)
         if self.patient_rows and self.stack.currentWidget() is self.welcome:
             self.stack.setCurrentWidget(self.grid)
@@ -624,17 +527,13 @@ class MainWindow(QMainWindow):
         row = self.patient_list.rows.get(pk)
         if row is None:
             return
-        rep = rep if rep is not None else self._report(pk)
-        row.latest_percent = rep.latest.risk_percent if rep.latest else None
-        row.flags = tuple(rep.flags) if (rep.rising or rep.crossed_any) else ()
+        rep = rep if rep is not None else self.session.report(pk)
+        row.latest_percent, row.flags = row_summary(rep)
         self.patient_list.update_row(row)
 
     def show_patient(self, patient_key: str) -> None:
         """Hang a woman's exams, draw her trajectory and queue her unscored exams first."""
-        self.patient_key = patient_key
-        exams = patient_exams(self.db, patient_key, self.score_model)
-        for e in exams:
-            self._patient_of_exam[e.exam_key] = patient_key
+        exams = self.session.show(patient_key)
         self.stack.setCurrentWidget(self.grid)
         if not exams:
             self.grid.clear("This patient has no exams.")
@@ -645,7 +544,7 @@ class MainWindow(QMainWindow):
         row = self.patient_list.rows.get(patient_key)
         if row:
             self.status_text.setText(f"{row.patient_id} · {row.display_name} · {len(exams)} exams")
-        self._score_on_screen(exams)
+        self.session.score_on_screen()
         QTimer.singleShot(0, self._prefetch_next)
 
     def _prefetch_next(self) -> None:
@@ -656,7 +555,7 @@ class MainWindow(QMainWindow):
         if self.patient_key in keys:
             i = keys.index(self.patient_key)
             if i + 1 < len(keys):
-                self.grid.prefetch(patient_exams(self.db, keys[i + 1], self.score_model))
+                self.grid.prefetch(self.session.exams_of(keys[i + 1]))
 
     def _set_chart(self) -> None:
         """Draw the woman's trajectory from the exams the grid holds (with live scores)."""
@@ -666,15 +565,16 @@ class MainWindow(QMainWindow):
         self.chart.set_current(self.grid.current_key, self.grid.prior_key)
 
     def _chart_point(self, ex: ExamInfo) -> ChartPoint:
-        s = ex.score
+        s = ex.score  # a stale score is pending with STALE_REASON, never drawn as current
         state = "scored" if s.five_year_percent is not None else (
-            "unscorable" if s.state == "unscorable" else "pending")
+            "unscorable" if s.state == ScoreState.UNSCORABLE else "pending")
         return ChartPoint(ex.exam_key, ex.exam_date, state, s.five_year_percent,
                           tuple(100.0 * x for x in s.risk), self.model_label,
                           s.reason or None)
 
     def _refresh_metrics(self) -> None:
-        self.metrics.set_report(self._report(self.patient_key) if self.patient_key else None)
+        self.metrics.set_report(self.session.report(self.patient_key) if self.patient_key
+                                else None)
 
     def _on_exam_selection(self, current, prior) -> None:
         self.chart.set_current(current, prior)
@@ -758,8 +658,7 @@ class MainWindow(QMainWindow):
             # headers are indexed: show the women and start scoring while previews are made
             self._scoring_started_for_import = True
             self.refresh_patients()
-            if self.start_inference:
-                self.score_library()
+            self.score_library()
         now = time.monotonic()
         if ev.phase == "previews" and now - self._last_live_refresh > 1.0:
             self._last_live_refresh = now
@@ -780,16 +679,28 @@ class MainWindow(QMainWindow):
         self.refresh_patients()
         self.refresh_problems()
         if self.patient_key:
-            exams = patient_exams(self.db, self.patient_key, self.score_model)
-            if [e.exam_key for e in exams] != [e.exam_key for e in self.grid.exams]:
-                self.grid.refresh_exams(exams)
-            else:
-                self.grid.refresh_previews()
-        if self.start_inference:
-            self.score_library()
+            self._refresh_screen()
+        self.score_library()
+
+    def _refresh_screen(self) -> None:
+        """The woman on screen after an import: new exams re-hang; changed scores (an input
+        file changed: stale) are redrawn; previews made since are drawn."""
+        exams, changed = self.session.refresh_screen()
+        if changed:
+            self.grid.refresh_exams(exams)
+            return
+        redraw = False
+        for e in exams:
+            shown = self.grid.exam(e.exam_key)
+            if shown is not None and shown.score != e.score:
+                self.grid.update_score(e.exam_key, e.score)
+                redraw = True
+        if redraw:
+            self._set_chart()
+        self.grid.refresh_previews()
 
     def refresh_problems(self) -> None:
-        rows = reads.list_problems(self.db)
+        rows = self.session.problems()
         self.problems.set_problems(rows)
         self.problems_button.setText(f"⚠ {len(rows)} problems" if rows else "No problems")
 
@@ -839,23 +750,17 @@ class MainWindow(QMainWindow):
 
     def apply_settings(self, new: settings_mod.Settings) -> None:
         """Use changed settings; a new model or device restarts the inference service."""
-        restart = (new.model != self.settings.model or new.device != self.settings.device)
         node_fields = ("node_enabled", "node_ae_title", "node_port", "node_allowed_aes",
                        "node_allowed_hosts", "node_allow_any", "pacs_nodes")
         node_changed = any(getattr(new, f) != getattr(self.settings, f) for f in node_fields)
-        self.settings = new
+        # every request made before a restart is superseded: the bridge drops its results
+        restarted = self.session.set_settings(new)
         if node_changed:
             self.set_node_running(False)
             self.set_node_running(new.node_enabled)
-        if restart:
-            if self.service is not None:
-                self.service.shutdown(timeout=30)
-                self.service = None
-            self._screen_generation = self._background_generation = None
-            self._resolve_model()
-            self.model_text.setText(self._model_status())
-            if self.start_inference:
-                self.score_library()
+        if restarted:
+            self.model_text.setText(self.session.model_status())
+            self.score_library()
         self.refresh_patients()
         if self.patient_key:
             self.show_patient(self.patient_key)
@@ -889,14 +794,9 @@ class MainWindow(QMainWindow):
         self._closed = True
         self._score_timer.stop()
         self.node_ctl.stop()
-        if self.service is not None:
-            self.service.shutdown(timeout=30)
-            self.service = None
+        self.session.stop_service()
         self.bridge.shutdown()
         from mamview.core.services import decode as decode_worker
 
         decode_worker.shutdown()
-        try:
-            self.db.close()
-        except Exception:  # noqa: BLE001 - closing twice is harmless
-            pass
+        self.session.close()

@@ -3,31 +3,17 @@ flag when the trajectory crossed a threshold or rises (core.analytics.trajectory
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QAbstractItemView, QHeaderView, QLineEdit, QTableWidget,
                                QTableWidgetItem, QVBoxLayout, QWidget)
 
+# the row is core vocabulary (the reading session builds the rows); re-exported for callers
+from mamview.core.worklist import PatientRow
+
 COLUMNS = ("", "Patient ID", "Name", "Exams", "5-yr")
 FLAG_COLOR = QColor("#e0a030")
-
-
-@dataclass
-class PatientRow:
-    """One line of the list."""
-
-    patient_key: str
-    patient_id: str
-    name: str
-    exams: int
-    latest_percent: float | None = None
-    flags: tuple[str, ...] = ()
-
-    @property
-    def display_name(self) -> str:
-        return self.name.replace("^", ", ", 1).replace("^", " ").strip(", ")
+__all__ = ["PatientList", "PatientRow"]
 
 
 class _Item(QTableWidgetItem):

@@ -79,7 +79,7 @@ def test_touched_input_is_stale_everywhere_until_rescored(two_exams, capsys):
     assert before["exams"]["model_id"] == "demo"
     assert before["exams"]["weights_sha256"] == demo_ref().weights_sha256
     assert before["model"]["weights_sha256"] == demo_ref().weights_sha256
-    assert before["shown"].state == "scored" and len(before["points"]) == 2
+    assert before["shown"].state == ScoreState.CURRENT and len(before["points"]) == 2
     five_year = before["exams"]["five_year_percent"]
     assert before["latest"][1] == pytest.approx(five_year)
 
@@ -94,7 +94,7 @@ def test_touched_input_is_stale_everywhere_until_rescored(two_exams, capsys):
     assert stale["exams"]["reason"] == STALE_REASON
     assert stale["exams"]["model_id"] == "demo"  # the stored (stale) score's identity
     assert stale["trajectory"]["state"] == "stale"
-    assert stale["shown"].state == "pending" and stale["shown"].stale
+    assert stale["shown"].state == ScoreState.STALE
     assert stale["shown"].reason == STALE_REASON and stale["shown"].five_year_percent is None
     assert stale["latest"][0] == "2020-03-02"  # the older, still current exam
     assert [p.exam_key for p in stale["points"]] == [keys[0]]
@@ -106,7 +106,7 @@ def test_touched_input_is_stale_everywhere_until_rescored(two_exams, capsys):
     assert "1 computed" in out and "Recomputed 1 exam(s) whose stored score was stale" in out
     after = _every_read_path(lib, pk, capsys)
     assert after["exams"]["state"] == "current" and after["trajectory"]["state"] == "current"
-    assert after["shown"].state == "scored" and len(after["points"]) == 2
+    assert after["shown"].state == ScoreState.CURRENT and len(after["points"]) == 2
     assert after["export"].state == report.SCORED
     assert after["exams"]["five_year_percent"] == pytest.approx(five_year, abs=1e-6)
 
@@ -125,7 +125,7 @@ def test_new_weights_under_the_same_id_make_every_score_stale(two_exams):
         assert {s.state for s in states.values()} == {ScoreState.STALE}
         assert states[keys[0]].model_version == installed.version  # what is stored, and old
         assert trajectory.points_for_patient(db, pk, new) == []
-        assert [e.score.stale for e in worklist.patient_exams(db, pk, new)] == [True, True]
+        assert [e.score.state for e in worklist.patient_exams(db, pk, new)] == [ScoreState.STALE] * 2
         assert worklist.latest_scores(db, new) == {}
         # by bare id (a model this build cannot run): checked against its recorded identity
         assert {s.state for s in reads.current_scores(db, keys, "demo").values()} == {

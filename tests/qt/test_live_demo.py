@@ -38,7 +38,7 @@ def test_demo_cohort_imported_and_scored_live(home, open_window, qtbot):
     assert win.metrics.rows
     # switching women cancels the previous woman's queued work
     first = win.patient_key
-    old_generation = win._screen_generation
+    old_generation = win.session.screen_generation
     other = next(k for k in win.patient_list.rows if k != first)
     win.patient_list.select(other)
     assert win.patient_key == other

@@ -337,10 +337,10 @@ def test_a_dead_inference_process_is_replaced(reader_copy, open_window):
     import signal
 
     win = open_window(reader_copy, start_inference=True)
-    svc = win._ensure_service()
+    svc = win.session.ensure_service()
     svc.start()
     os.kill(svc._proc.pid, signal.SIGKILL)
     svc._proc.join(10)
     assert not svc.alive()
-    fresh = win._ensure_service()
+    fresh = win.session.ensure_service()
     assert fresh is not svc and fresh.alive()
