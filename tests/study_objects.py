@@ -22,7 +22,17 @@ KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
 
 
 def _headers(paths: Sequence[Path]) -> list[Dataset]:
-    return [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+    """The images' headers, with the Type 2 patient/study attributes highdicom copies (a test
+    image may lack some; an empty value is what the standard allows)."""
+    out = []
+    for p in paths:
+        ds = pydicom.dcmread(p, stop_before_pixels=True)
+        for kw in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+                   "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber"):
+            if kw not in ds:
+                setattr(ds, kw, "")
+        out.append(ds)
+    return out
 
 
 def write_presentation_state(images: Sequence[Path], out: Path) -> Path:

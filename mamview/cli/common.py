@@ -136,6 +136,9 @@ def print_summary(summary) -> None:
         f"Library: {t.get('patients', 0)} patients, {t.get('exams', 0)} exams, "
         f"{t.get('images', 0)} images."
     )
+    if summary.objects:
+        print(f"Filed {summary.objects} other study objects (CAD SR, presentation states, key "
+              "objects, …) with their exams.")
     if summary.previews or summary.preview_failures:
         print(f"Previews made: {summary.previews}")
     skipped = {k: v for k, v in summary.skipped.items() if v}

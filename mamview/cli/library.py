@@ -132,6 +132,7 @@ def cmd_exams(args, lib: Library) -> int:
     exams = reads.list_exams(db, patient_keys(db, args.patient))
     model = reads.choose_model(lib, args.model, db)
     states = reads.current_scores(db, [e["exam_key"] for e in exams], model) if model else {}
+    members = reads.study_objects(db, [e["exam_key"] for e in exams])
     if args.json:
         for e in exams:
             e["images"] = [
@@ -144,6 +145,9 @@ def cmd_exams(args, lib: Library) -> int:
             s = states.get(e["exam_key"])
             e["score"] = s.as_dict() if s else {"state": "pending"}
             e["model"] = model.identity() if model else None
+            e["objects"] = [{k: o[k] for k in ("kind", "sop_class_uid", "modality",
+                                               "sop_instance_uid", "path")}
+                            for o in members.get(e["exam_key"], [])]
         print_json(exams)
         return 0
     for e in exams:
@@ -152,8 +156,11 @@ def cmd_exams(args, lib: Library) -> int:
         state = "complete" if e["complete"] else e["incomplete_reason"]
         s = states.get(e["exam_key"])
         score = "" if s is None else f"  {_score_word(s)}"
+        counts = reads.object_counts(members.get(e["exam_key"], []))
+        others = ("  + " + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+                  if counts else "")
         print(term(f"{e['patient_id']:<16} {e['exam_date'] or '(no date)':<10}  "
-                   f"{len(e['images']):2d} images  {labels:<32} {state}{score}"))
+                   f"{len(e['images']):2d} images  {labels:<32} {state}{score}{others}"))
     return 0
 
 

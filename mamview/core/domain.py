@@ -164,6 +164,26 @@ class Problem:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class StudyObject:
+    """A non-image object filed with a breast imaging study (CAD SR, presentation state, key
+    objects, …): stored and listed with its exam, never previewed or scored."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    kind: str  # 'CAD SR', 'SR', 'presentation state', 'key objects', 'tomosynthesis', …
+    modality: str = ""
+    patient_id: str = ""
+    issuer_of_patient_id: str = ""
+    study_date: str = ""  # YYYYMMDD or ""
+    content_date: str = ""
+    manufacturer: str = ""
+
 
 # ---------------------------------------------------------------- scores as read
 

@@ -24,7 +24,7 @@ from mamview.core import safety
 from mamview.core.cache import reads, writes
 from mamview.core.cache.db import Database, connect
 from mamview.core.dicom import headers
-from mamview.core.domain import ImageHeader, Problem
+from mamview.core.domain import ImageHeader, Problem, StudyObject
 from mamview.core.errors import MamviewError
 from mamview.core.paths import Library
 
@@ -70,6 +70,7 @@ class ImportSummary:
     files_seen: int = 0
     added: int = 0
     updated: int = 0
+    objects: int = 0  # study members filed (CAD SR, presentation states, key objects, …)
     unchanged: int = 0
     skipped: Counter = field(default_factory=Counter)  # reason → count, this run
     missing: int = 0  # indexed files that have disappeared
@@ -262,7 +263,7 @@ def _index(
 ) -> Generator[Event, None, None]:
     known = reads.known_files(db)
     back_again: list[str] = []
-    batch_headers: list[ImageHeader] = []
+    batch_headers: list[ImageHeader | StudyObject] = []
     batch_problems: list[Problem] = []
     problem_stats: dict[str, tuple[int, int]] = {}
     duplicates: list[Problem] = []
@@ -271,6 +272,7 @@ def _index(
         result = writes.write_batch(db, batch_headers, batch_problems, problem_stats)
         summary.added += result.added
         summary.updated += result.updated
+        summary.objects += result.objects
         if result.duplicates:
             summary.skipped["duplicate"] += len(result.duplicates)
         duplicates.extend(result.duplicates)

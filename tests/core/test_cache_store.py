@@ -114,7 +114,7 @@ def test_file_that_became_unreadable_leaves_the_cache(db, tmp_path):
     writes.write_batch(db, [header(p, "1.1")], [])
     writes.write_batch(db, [], [Problem(str(p), "truncated", "short")], {str(p): (5, 2)})
     assert reads.counts(db) == {"patients": 0, "exams": 0, "images": 0, "missing": 0,
-                                "problems": 1}
+                                "problems": 1, "study_objects": 0}
     assert reads.known_files(db)[str(p)] == (5, 2)
 
 

@@ -10,7 +10,7 @@ from pydicom.uid import DigitalXRayImageStorageForPresentation, SecondaryCapture
 
 from mamview.core.dicom import classify, headers
 from mamview.core.dicom.headers import FastFields, dicomdir_files, read_header
-from mamview.core.domain import ImageHeader, PresentationIntent, Problem, Source, WindowPreset
+from mamview.core.domain import ImageHeader, PresentationIntent, Problem, Source, StudyObject, WindowPreset
 from tests.factories import (
     JPEG2000Lossless,
     RLELossless,
@@ -157,10 +157,11 @@ def test_ct_detail_names_modality_and_sop_class(tmp_path):
     assert _problem(write_other_modality(tmp_path / "ct.dcm")).detail == "Modality CT, CT Image Storage"
 
 
-def test_secondary_capture_with_modality_mg_is_rejected(tmp_path):
+def test_secondary_capture_with_modality_mg_is_a_study_member_not_an_image(tmp_path):
     p = write_mammogram(tmp_path / "sc.dcm", extra={"SOPClassUID": SecondaryCaptureImageStorage})
-    problem = _problem(p)
-    assert problem.reason == headers.NOT_A_MAMMOGRAM and "Secondary Capture" in problem.detail
+    member = headers.read_header(p)
+    assert isinstance(member, StudyObject) and member.kind == "secondary capture"
+    assert member.patient_id == "P1" and member.study_date == "20200101"
 
 
 def test_dx_storage_with_modality_mg_is_accepted(tmp_path):
@@ -172,10 +173,10 @@ def test_dx_storage_with_modality_mg_is_accepted(tmp_path):
     assert _problem(p2).reason == headers.NOT_A_MAMMOGRAM
 
 
-def test_tomosynthesis_is_recognised_and_skipped(tmp_path):
-    problem = _problem(write_tomosynthesis(tmp_path / "dbt.dcm"))
-    assert problem.reason == headers.TOMOSYNTHESIS
-    assert "Breast Tomosynthesis" in problem.detail
+def test_tomosynthesis_is_filed_as_a_study_member(tmp_path):
+    member = headers.read_header(write_tomosynthesis(tmp_path / "dbt.dcm"))
+    assert isinstance(member, StudyObject) and member.kind == headers.TOMOSYNTHESIS
+    assert member.sop_class_uid == "1.2.840.10008.5.1.4.1.1.13.1.3"
 
 
 def test_multiframe_mg_counts_as_tomosynthesis(tmp_path):
@@ -186,12 +187,25 @@ def test_multiframe_mg_counts_as_tomosynthesis(tmp_path):
     ds = dcmread(p)
     ds.PixelData = frames.tobytes()
     ds.save_as(p)
-    assert _problem(p).reason == headers.TOMOSYNTHESIS
+    member = headers.read_header(p)
+    assert isinstance(member, StudyObject) and member.kind == headers.TOMOSYNTHESIS
+    # a member that declares more pixels than it holds is still a problem
+    ds.NumberOfFrames = 5
+    ds.save_as(p)
+    assert _problem(p).reason == headers.TRUNCATED
 
 
-def test_structured_report_is_not_an_image(tmp_path):
-    problem = _problem(write_sr(tmp_path / "sr.dcm"))
-    assert (problem.reason, problem.detail) == (headers.NOT_AN_IMAGE, "Modality SR, Basic Text SR Storage")
+def test_structured_report_is_a_study_member(tmp_path):
+    member = headers.read_header(write_sr(tmp_path / "sr.dcm"))
+    assert isinstance(member, StudyObject) and (member.kind, member.modality) == ("SR", "SR")
+
+
+def test_objects_of_other_studies_stay_problems(tmp_path):
+    """A CT image is no member of a breast study: still "not a mammogram"."""
+    from tests.factories import write_other_modality
+
+    assert _problem(write_other_modality(tmp_path / "ct.dcm", modality="CT")).reason == \
+        headers.NOT_A_MAMMOGRAM
 
 
 def test_dicomdir_is_reported_for_the_caller(tmp_path):

@@ -9,7 +9,7 @@ from pydicom import dcmread
 
 from mamview.core.cache import reads
 from mamview.core.cache.db import connect
-from mamview.core.ingest import run_import
+from mamview.core.ingest import ProblemFound, run_import
 from mamview.core.paths import Library
 from tests.factories import (
     write_corrupt_pixels_copy,
@@ -83,8 +83,12 @@ def test_mixed_folder_imports_every_mammogram_and_explains_the_rest(tmp_path, li
     assert problems == {
         "ct.dcm": "not a mammogram", "mr.dcm": "not a mammogram", "us.dcm": "not a mammogram",
         "report.pdf": "not DICOM", "empty.dcm": "empty file", "truncated.dcm": "truncated",
-        "corrupt.dcm": "corrupt pixel data", "dbt.dcm": "tomosynthesis",
+        "corrupt.dcm": "corrupt pixel data",
     }
+    # the tomosynthesis object is a member of its study, listed with it, not a problem
+    assert summary.objects == 1
+    assert [(os.path.basename(r[0]), r[1]) for r in db.execute(
+        "SELECT path, kind FROM study_objects")] == [("dbt.dcm", "tomosynthesis")]
     assert all(p["detail"] or p["reason"] == "empty file" for p in reads.list_problems(db))
     # the user's files are untouched
     assert before == {p: p.stat().st_mtime_ns for p in src.rglob("*") if p.is_file()}
@@ -293,3 +297,35 @@ def test_an_implausible_window_is_listed_as_a_problem_and_the_preview_still_made
     assert problems[str(bad)]["reason"] == "shown differently"
     assert "own range is shown" in problems[str(bad)]["detail"]
     assert any(getattr(e, "problem", None) and e.problem.reason == "shown differently" for e in events)
+
+
+def test_study_members_from_disk_are_filed_with_their_exam(tmp_path, lib, capsys):
+    """A folder as a PACS exports it: the four images with a presentation state, key objects
+    and a CAD SR of the same study. The images make the exam; the others are listed with it."""
+    from mamview.cli import main
+    from tests.study_objects import write_study_objects
+
+    images = write_exam(tmp_path / "in" / "exam")
+    members = write_study_objects(images, tmp_path / "in" / "objects")
+    summary, events = consume(run_import(lib, [tmp_path / "in"]))
+    assert (summary.added, summary.objects) == (4, 3)
+    assert not [e for e in events if isinstance(e, ProblemFound)]
+    db = connect(lib.database)
+    exams = reads.list_exams(db)
+    assert len(exams) == 1 and exams[0]["complete"]
+    got = reads.study_objects(db, [exams[0]["exam_key"]])[exams[0]["exam_key"]]
+    assert {os.path.basename(o["path"]): o["kind"] for o in got} == {
+        "PR.dcm": "presentation state", "KO.dcm": "key objects", "CADSR.dcm": "CAD SR"}
+    db.close()
+    # a second import reads nothing again
+    again, _ = consume(run_import(lib, [tmp_path / "in"]))
+    assert (again.added, again.objects, again.unchanged) == (0, 0, 4 + len(members))
+    assert main(["--home", str(lib.home), "exams"]) == 0
+    assert "+ 1 CAD SR, 1 key objects, 1 presentation state" in capsys.readouterr().out
+    # a member whose file is gone is no longer listed
+    members[0].unlink()
+    consume(run_import(lib, [tmp_path / "in"]))
+    db = connect(lib.database)
+    left = reads.study_objects(db, [exams[0]["exam_key"]])[exams[0]["exam_key"]]
+    assert {o["kind"] for o in left} == {"key objects", "CAD SR"}
+    db.close()

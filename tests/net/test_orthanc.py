@@ -101,3 +101,40 @@ def test_sr_send_files_the_report_in_the_image_study_and_a_resend_adds_nothing(
         assert got["text"]["Model weights SHA-256"] == score["weights_sha256"]
     finally:
         pacs.stop()
+
+
+def test_fetch_priors_from_orthanc_of_studies_that_hold_non_image_objects(home, tmp_path, procs,
+                                                                         priors):
+    """Real studies hold a presentation state, key objects and a CAD SR beside the images:
+    every earlier exam arrives, every object is stored, the images are indexed."""
+    from tests.study_objects import write_study_objects
+
+    node_port = free_port()
+    pacs = Orthanc(tmp_path / "orthanc", {"MAMVIEW": (LOOPBACK, node_port)}, procs=procs)
+    try:
+        images = sorted(priors.rglob("*.dcm"))
+        extra = []
+        for study in sorted({p.parent for p in images}):
+            extra += write_study_objects(sorted(study.glob("*.dcm")), tmp_path / "objs" / study.name)
+        pacs.upload(images + extra)
+        args = ["--home", str(home), "fetch-priors", "BENCH0001", "--pacs", pacs.address,
+                "--our-ae", "MAMVIEW", "--port", str(node_port), "--host", LOOPBACK]
+        rc = main(args)
+        assert rc == 0
+        db = connect_read_only(home / "cache.sqlite")
+        try:
+            exams = [ex["exam_key"] for ex in reads.list_exams(db)]
+            got = {im["sop_instance_uid"] for ek in exams for im in reads.exam_images(db, ek)}
+            members = reads.study_objects(db, exams)
+        finally:
+            db.close()
+        assert got == {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
+                       for f in images}
+        # each exam lists its members by kind; none of them became an image or a problem
+        assert len(exams) == 3
+        assert all(reads.object_counts(members[ek]) == {
+            "CAD SR": 1, "key objects": 1, "presentation state": 1} for ek in exams), members
+        stored = sorted((home / "inbox").rglob("*.dcm"))
+        assert len(stored) == len(images) + len(extra)
+    finally:
+        pacs.stop()

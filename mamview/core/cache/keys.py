@@ -52,8 +52,14 @@ def iso_date(dicom_date: str) -> str:
 
 def exam_key(header: ImageHeader) -> str:
     """A screening exam is one woman's images of one day: studies split per image merge."""
-    date = iso_date(header.study_date) or iso_date(header.content_date)
-    return f"{patient_key(header)}|{date or 'study:' + escape_key_part(header.study_instance_uid)}"
+    return exam_key_of(patient_key(header), header.study_date, header.content_date,
+                       header.study_instance_uid)
+
+
+def exam_key_of(patient: str, study_date: str, content_date: str, study_uid: str) -> str:
+    """The exam key for these values (see `exam_key`; study members use it too)."""
+    date = iso_date(study_date) or iso_date(content_date)
+    return f"{patient}|{date or 'study:' + escape_key_part(study_uid)}"
 
 
 def cache_key(identity, inputs: Sequence[tuple[str, int, int]]) -> str:

@@ -211,6 +211,35 @@ def m005_acquisition_order(db: sqlite_utils.Database) -> None:
     )
 
 
+
+@migrations()
+def m006_study_objects(db: sqlite_utils.Database) -> None:
+    """The non-image members of a study (CAD SR, presentation states, key objects, …), kept
+    apart from the images; files once refused as "not an image" or "tomosynthesis" are read
+    again at the next import so they are filed as members."""
+    _run(db, """
+        CREATE TABLE study_objects (
+            sop_instance_uid TEXT PRIMARY KEY,
+            exam_key TEXT NOT NULL,
+            patient_key TEXT NOT NULL,
+            study_uid TEXT NOT NULL,
+            series_uid TEXT NOT NULL DEFAULT '',
+            sop_class_uid TEXT NOT NULL DEFAULT '',
+            kind TEXT NOT NULL,
+            modality TEXT NOT NULL DEFAULT '',
+            manufacturer TEXT NOT NULL DEFAULT '',
+            path TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            missing INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX study_objects_exam ON study_objects (exam_key);
+        CREATE INDEX study_objects_path ON study_objects (path);
+        DELETE FROM files WHERE outcome = 'problem' AND path IN
+            (SELECT path FROM problems WHERE reason IN ('not an image', 'tomosynthesis'));
+        DELETE FROM problems WHERE reason IN ('not an image', 'tomosynthesis')
+    """)
+
 def _run(db: sqlite_utils.Database, script: str) -> None:
     # executescript() would COMMIT first and break the migration's transaction
     for statement in script.split(";"):

@@ -207,6 +207,7 @@ def counts(db: sqlite_utils.Database) -> dict[str, int]:
         "images": one("SELECT count(*) FROM images"),
         "missing": one("SELECT count(*) FROM images WHERE missing"),
         "problems": one("SELECT count(*) FROM problems"),
+        "study_objects": one("SELECT count(*) FROM study_objects WHERE NOT missing"),
     }
 
 
@@ -471,6 +472,26 @@ def ok_score_count(db: sqlite_utils.Database) -> int:
     return db.execute("SELECT count(*) FROM scores WHERE status = 'ok'").fetchone()[0]
 
 
+def study_objects(db: sqlite_utils.Database, exam_keys: Sequence[str]) -> dict[str, list[dict]]:
+    """The non-image members (CAD SR, presentation states, …) present on disk of each exam,
+    by kind then SOP Instance UID."""
+    out: dict[str, list[dict]] = {}
+    for chunk in _chunks(list(exam_keys)):
+        for row in db.query(
+                f"SELECT * FROM study_objects WHERE exam_key IN ({','.join('?' * len(chunk))}) "
+                "AND NOT missing ORDER BY kind, sop_instance_uid", chunk):
+            out.setdefault(row["exam_key"], []).append(row)
+    return out
+
+
+def object_counts(objects: Sequence[dict]) -> dict[str, int]:
+    """{kind: how many} of an exam's study members."""
+    counts: dict[str, int] = {}
+    for o in objects:
+        counts[o["kind"]] = counts.get(o["kind"], 0) + 1
+    return counts
+
+
 # ---------------------------------------------------------------- reading session
 # (queries the reading session needs; keep this heading: helpers add below it)
 
@@ -480,9 +501,11 @@ def ok_score_count(db: sqlite_utils.Database) -> int:
 
 
 def has_present_image(db: sqlite_utils.Database, sop_uid: str) -> bool:
-    """True when the library holds the instance `sop_uid` and its file is on disk."""
-    return db.execute("SELECT 1 FROM images WHERE sop_instance_uid = ? AND NOT missing",
-                      [sop_uid]).fetchone() is not None
+    """True when the library holds the instance `sop_uid` (an image or a study member) and its
+    file is on disk."""
+    return db.execute("SELECT 1 FROM images WHERE sop_instance_uid = ? AND NOT missing UNION ALL "
+                      "SELECT 1 FROM study_objects WHERE sop_instance_uid = ? AND NOT missing",
+                      [sop_uid, sop_uid]).fetchone() is not None
 
 
 def present_study_uids(db: sqlite_utils.Database) -> set[str]:

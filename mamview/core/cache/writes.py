@@ -14,8 +14,8 @@ from typing import Iterable
 import sqlite_utils
 
 from mamview.core.cache.db import write_transaction
-from mamview.core.cache.keys import exam_key, iso_date, patient_key
-from mamview.core.domain import ImageHeader, Problem
+from mamview.core.cache.keys import exam_key, exam_key_of, iso_date, patient_key, patient_key_of
+from mamview.core.domain import ImageHeader, Problem, StudyObject
 
 
 def _image_row(h: ImageHeader) -> dict:
@@ -71,12 +71,13 @@ class BatchResult:
     added: int = 0
     updated: int = 0
     problems: int = 0
+    objects: int = 0  # study members (CAD SR, presentation states, …) filed
     duplicates: list[Problem] = dataclasses.field(default_factory=list)
 
 
 def write_batch(
     db: sqlite_utils.Database,
-    headers: Iterable[ImageHeader],
+    headers: Iterable[ImageHeader | StudyObject],
     problems: Iterable[Problem],
     problem_stats: dict[str, tuple[int, int]] | None = None,
 ) -> BatchResult:
@@ -90,6 +91,10 @@ def write_batch(
     problem_stats = problem_stats or {}
     with write_transaction(db):
         for h in headers:
+            if isinstance(h, StudyObject):
+                _write_object(db, h)
+                result.objects += 1
+                continue
             outcome = _write_image(db, h)
             if isinstance(outcome, Problem):
                 _write_problem(db, outcome, h.size, h.mtime_ns)
@@ -169,6 +174,30 @@ def _write_image(db: sqlite_utils.Database, h: ImageHeader) -> str | Problem:
     return verb
 
 
+def _write_object(db: sqlite_utils.Database, o: StudyObject) -> None:
+    """File a study member under its exam (the key its images have or will have)."""
+    old_image = db.execute("SELECT sop_instance_uid FROM images WHERE path = ?", [o.path]).fetchone()
+    if old_image:
+        _delete_images(db, [old_image[0]])  # the file changed from an image into an object
+    db.execute("DELETE FROM study_objects WHERE path = ? AND sop_instance_uid != ?",
+               [o.path, o.sop_instance_uid])
+    pkey = patient_key_of(o.issuer_of_patient_id, o.patient_id, o.study_instance_uid)
+    db["study_objects"].upsert({
+        "sop_instance_uid": o.sop_instance_uid,
+        "exam_key": exam_key_of(pkey, o.study_date, o.content_date, o.study_instance_uid),
+        "patient_key": pkey, "study_uid": o.study_instance_uid,
+        "series_uid": o.series_instance_uid, "sop_class_uid": o.sop_class_uid, "kind": o.kind,
+        "modality": o.modality, "manufacturer": o.manufacturer, "path": o.path,
+        "size": o.size, "mtime_ns": o.mtime_ns, "missing": 0,
+    }, pk="sop_instance_uid")
+    db.execute(
+        "INSERT OR REPLACE INTO files (path, size, mtime_ns, outcome, sop_instance_uid) "
+        "VALUES (?, ?, ?, 'object', ?)",
+        [o.path, o.size, o.mtime_ns, o.sop_instance_uid],
+    )
+    db.execute("DELETE FROM problems WHERE path = ?", [o.path])
+
+
 def _write_problem(db: sqlite_utils.Database, p: Problem, size: int, mtime_ns: int) -> None:
     old = db.execute("SELECT sop_instance_uid FROM images WHERE path = ?", [p.path]).fetchone()
     if old and p.reason != "duplicate":
@@ -217,6 +246,7 @@ def set_missing(db: sqlite_utils.Database, paths: Iterable[str], missing: bool =
                 [int(missing), p, int(missing)],
             )
             n += cur.rowcount
+            db.execute("UPDATE study_objects SET missing = ? WHERE path = ?", [int(missing), p])
             if missing:
                 # a vanished problem file is no longer a problem
                 db.execute("DELETE FROM problems WHERE path = ?", [p])

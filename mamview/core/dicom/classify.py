@@ -354,3 +354,47 @@ def mammogram_kind(ds: DatasetLike) -> tuple[bool, str]:
     if as_int(ds.get("NumberOfFrames"), 1) > 1:
         return False, TOMOSYNTHESIS
     return True, ""
+
+
+# --- the other objects of a breast imaging study ------------------------------------------------
+
+MAMMOGRAPHY_CAD_SR = "1.2.840.10008.5.1.4.1.1.88.50"
+KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
+# the kinds a study member can be (stable strings: stored in the cache and shown)
+CAD_SR, SR, PRESENTATION_STATE, KEY_OBJECTS = "CAD SR", "SR", "presentation state", "key objects"
+SECONDARY_CAPTURE, DOCUMENT, OTHER_OBJECT = "secondary capture", "document", "other object"
+# modalities a breast study's non-image objects carry (OT: secondary captures, DOC: PDFs)
+_STUDY_MODALITIES = {"MG", "SR", "PR", "KO", "OT", "DOC", ""}
+
+
+def study_object_kind(ds: DatasetLike) -> str | None:
+    """The kind of a non-mammogram object that belongs with a breast imaging study, or None
+    when it does not (a CT, an ultrasound clip: those stay "not a mammogram" problems).
+
+    Members: SRs (CAD SR apart), presentation states, key object selections, secondary
+    captures, encapsulated documents, and tomosynthesis / multi-frame MG; an object of any
+    other class counts when its Modality is MG or its BodyPartExamined is BREAST.
+    """
+    uid = sop_class_uid(ds)
+    name = sop_class_name(uid)
+    modality = _text(ds.get("Modality"))
+    breast = modality == "MG" or _text(ds.get("BodyPartExamined")) == "BREAST"
+    if uid == MEDIA_STORAGE_DIRECTORY or not uid:
+        return None
+    if uid == BREAST_TOMOSYNTHESIS or uid in BREAST_PROJECTION or (
+            modality == "MG" and as_int(ds.get("NumberOfFrames"), 1) > 1):
+        return TOMOSYNTHESIS
+    if uid == MAMMOGRAPHY_CAD_SR:
+        return CAD_SR
+    if uid == KEY_OBJECT_SELECTION:
+        return KEY_OBJECTS
+    if "Presentation State" in name:
+        return PRESENTATION_STATE if modality in _STUDY_MODALITIES or breast else None
+    if name.endswith(" SR") or " SR " in name or "Structured Report" in name:
+        return SR if modality in _STUDY_MODALITIES or breast else None
+    if "Secondary Capture" in name:
+        return SECONDARY_CAPTURE if modality in _STUDY_MODALITIES or breast else None
+    if "Encapsulated" in name:
+        return DOCUMENT if modality in _STUDY_MODALITIES or breast else None
+    return OTHER_OBJECT if breast else None
+

@@ -26,7 +26,7 @@ from pydicom.values import convert_value
 from mamview.core import safety
 from mamview.core.dicom import classify, limits
 from mamview.core.dicom.display import window_presets
-from mamview.core.domain import ImageHeader, PresentationIntent, Problem
+from mamview.core.domain import ImageHeader, PresentationIntent, Problem, StudyObject
 from mamview.core.errors import InputRefused, LimitExceeded
 
 # Problem.reason categories (stable; specifics go into Problem.detail)
@@ -102,13 +102,15 @@ class FastFields:
         return keyword in self._ds
 
 
-def read_header(path: str | os.PathLike) -> ImageHeader | Problem:
+def read_header(path: str | os.PathLike) -> ImageHeader | StudyObject | Problem:
     """Scan one file's header. Never raises for bad input: every failure is a Problem.
 
     Reasons: 'empty file', 'unreadable file', 'not a regular file', 'not DICOM', 'unreadable
     header', 'DICOMDIR', 'not an image', 'not a mammogram', 'tomosynthesis', 'invalid UID', 'no
     pixel data', 'truncated', 'corrupt pixel data', 'too large'. FOR PROCESSING mammograms are
-    returned as headers (the caller decides). Only regular files are opened (a FIFO would hang).
+    returned as headers (the caller decides). A non-image member of a breast imaging study (CAD
+    SR, presentation state, key objects, tomosynthesis, …) is a StudyObject. Only regular files
+    are opened (a FIFO would hang).
     """
     name = str(path)
     try:
@@ -162,7 +164,7 @@ def _file_kind(mode: int) -> str:
     return "a special file"
 
 
-def _scan(f: BinaryIO, name: str, info: os.stat_result) -> ImageHeader | Problem:
+def _scan(f: BinaryIO, name: str, info: os.stat_result) -> ImageHeader | StudyObject | Problem:
     head = f.read(132)
     force = False
     if head[128:132] != b"DICM":
@@ -200,10 +202,43 @@ def _scan(f: BinaryIO, name: str, info: os.stat_result) -> ImageHeader | Problem
         problem = _cut_or_corrupt_header(ds, pixel_start, info.st_size, name)
         if problem is not None:
             return problem
-    problem = _kind_problem(ds, fields, name) or _pixel_problem(f, ds, fields, pixel_start, info.st_size, name)
+    problem = _kind_problem(ds, fields, name)
+    if problem is not None and problem.reason in _MEMBER_REASONS:
+        member = _study_object(fields, name, info)
+        if isinstance(member, StudyObject) and "Rows" in ds:
+            # never decoded, but a member holding pixels must hold what it declares
+            member = _pixel_problem(f, ds, fields, pixel_start, info.st_size, name) or member
+        if member is not None:
+            return member
+    problem = problem or _pixel_problem(f, ds, fields, pixel_start, info.st_size, name)
     if problem is not None:
         return problem
     return _header(fields, name, info)
+
+
+# refusals of an image scan that may still be a member of a breast imaging study
+_MEMBER_REASONS = (classify.NOT_AN_IMAGE, classify.NOT_A_MAMMOGRAM, classify.TOMOSYNTHESIS)
+
+
+def _study_object(ds: FastFields, name: str, info: os.stat_result) -> StudyObject | Problem | None:
+    """The study member this object is (CAD SR, presentation state, …), a Problem when its UIDs
+    are not valid, or None when it is no member of a breast study (a CT stays a problem)."""
+    kind = classify.study_object_kind(ds)
+    if kind is None:
+        return None
+    problem = _uid_problem(ds, name)
+    if problem is None and not _uid(ds.get("StudyInstanceUID")):
+        problem = Problem(name, INVALID_UID, "StudyInstanceUID is missing")
+    if problem is not None:
+        return problem
+    return StudyObject(
+        path=name, size=info.st_size, mtime_ns=info.st_mtime_ns,
+        sop_instance_uid=_sop_instance_uid(ds), sop_class_uid=classify.sop_class_uid(ds),
+        study_instance_uid=_uid(ds.get("StudyInstanceUID")),
+        series_instance_uid=_uid(ds.get("SeriesInstanceUID")), kind=kind,
+        modality=_str(ds, "Modality"), patient_id=_str(ds, "PatientID"),
+        issuer_of_patient_id=_str(ds, "IssuerOfPatientID"), study_date=_str(ds, "StudyDate"),
+        content_date=_str(ds, "ContentDate"), manufacturer=_str(ds, "Manufacturer"))
 
 
 def _plain_meta_end(f: BinaryIO, head: bytes) -> int | None:

@@ -50,7 +50,15 @@ INCOMING = ".incoming"  # hidden: the import's folder walk never sees half-recei
 
 MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
 MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
-STORAGE_SOP_CLASSES = (MG_FOR_PRESENTATION, MG_FOR_PROCESSING)
+
+
+def standard_storage_classes() -> tuple[str, ...]:
+    """Every standard storage SOP class (pynetdicom's list): a screening study also holds CAD
+    SR, presentation states, key objects, secondary captures and tomosynthesis, and a PACS
+    fails a whole C-MOVE when one of its objects has nowhere to go."""
+    from pynetdicom import AllStoragePresentationContexts
+
+    return tuple(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
 
 # Stored as received. Where a peer offers several for one context, pynetdicom accepts the first
 # of ours that it offers: lossless compressed first (no transcoding, smaller files), then
@@ -68,7 +76,10 @@ TRANSFER_SYNTAXES = (
     "1.2.840.10008.1.2.4.91",  # JPEG 2000 (lossy when the file is)
     "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-lossless
     "1.2.840.10008.1.2.4.50",  # JPEG Baseline
-    "1.2.840.10008.1.2.4.51",  # JPEG Extended
+    # not JPEG Extended (.51): its 12-bit lossy images have no permissively licensed decoder
+    # here (Pillow and the GDCM wheel refuse 12-bit precision), so the context is rejected at
+    # association time and the peer transcodes or says why, instead of a Success followed by
+    # "cannot decode"
 )
 
 
@@ -230,7 +241,8 @@ class StorageNode:
                  allowed_hosts: Iterable[str] | None = None, score: bool = True,
                  model: str = "auto", device: str = "auto",
                  on_event: Callable[[object], None] | None = None, make_previews: bool = True,
-                 allow_any: bool = False, limits: NodeLimits | None = None):
+                 allow_any: bool = False, limits: NodeLimits | None = None,
+                 sop_classes: Iterable[str] | None = None):
         self.lib = lib
         self.ae_title = check_ae_title(ae_title)
         self.port = int(port)
@@ -243,6 +255,8 @@ class StorageNode:
                 "peer addresses allowed to send (an allow-list), or choose explicitly to "
                 "accept any peer")
         self.limits = limits or NodeLimits()
+        # what the node stores: every standard storage class unless the site narrows it
+        self.sop_classes = tuple(sop_classes) if sop_classes else standard_storage_classes()
         self.score = score
         self.model = model
         self.device = device
@@ -330,7 +344,7 @@ class StorageNode:
         if self.allowed_aes:
             ae.require_calling_aet = self.allowed_aes
         ae.add_supported_context(Verification)
-        for uid in STORAGE_SOP_CLASSES:
+        for uid in self.sop_classes:
             ae.add_supported_context(uid, list(TRANSFER_SYNTAXES))
         handlers = [
             (evt.EVT_C_STORE, self._handle_store),
