@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from mamview.cli.common import CliError, open_db, patient_keys, print_json, term
-from mamview.core.domain import STALE_REASON
+from mamview.core.domain import STALE_REASON, ScoreState
 from mamview.core.paths import Library
 
 
@@ -74,7 +74,6 @@ def cmd_score(args, lib: Library) -> int:
     from mamview.core.models import registry
     from mamview.core.models.errors import ModelUnavailable
 
-    from mamview.core.domain import ScoreState
 
     try:
         entry = registry.resolve(lib, args.model)
@@ -207,7 +206,7 @@ def cmd_trajectory(args, lib: Library) -> int:
                 print(term(f"  Model {mid}: {labels[mid]}"))
         for label, value in rep.display_rows():
             print(term(f"  {label + ':':<36} {value}"))
-        stale = sum(s.state == "stale" for _, s in states[pid])
+        stale = sum(s.state == ScoreState.STALE for _, s in states[pid])
         if stale:
             print(f"  {stale} exam(s) {STALE_REASON} (run `mamview score`)")
         if not rep.points:

@@ -11,6 +11,7 @@ from pathlib import Path
 from mamview.cli.common import (EXIT_INTERRUPTED, EXIT_PARTIAL, CliError, drive,
                                 ensure_library, open_db, patient_keys, print_json, print_summary,
                                 term)
+from mamview.core.domain import ScoreState
 from mamview.core.paths import Library
 
 
@@ -143,7 +144,7 @@ def cmd_exams(args, lib: Library) -> int:
                 for im in e["images"]
             ]
             s = states.get(e["exam_key"])
-            e["score"] = s.as_dict() if s else {"state": "pending"}
+            e["score"] = s.as_dict() if s else {"state": ScoreState.PENDING.value}
             e["model"] = model.identity() if model else None
             e["objects"] = [{k: o[k] for k in ("kind", "sop_class_uid", "modality",
                                                "sop_instance_uid", "path")}
@@ -168,9 +169,9 @@ def _score_word(s) -> str:
     """One exam's score in a few words: '5-yr 2.1%', 'stale (recomputing: …)', 'pending'."""
     if s.five_year_percent is not None:
         return f"5-yr {s.five_year_percent:.1f}%"
-    if s.state == "stale":
+    if s.state == ScoreState.STALE:
         return f"stale ({s.reason})"
-    return s.state.value if s.state != "unscorable" else "not scorable"
+    return s.state.value if s.state != ScoreState.UNSCORABLE else "not scorable"
 
 
 def cmd_problems(args, lib: Library) -> int:

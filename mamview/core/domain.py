@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Sequence
 
 from mamview.core.models.identity import ModelIdentity
 
@@ -203,6 +204,12 @@ class ScoreState(StrEnum):
     UNSCORABLE = "unscorable"
 
 
+def risk_percent(risk: Sequence[float]) -> tuple[float, ...]:
+    """Cumulative risk fractions → percent, rounded to 4 decimals: the one conversion every
+    output (window, chart, export, SR, CSV, trajectory) uses, so they never disagree."""
+    return tuple(round(100.0 * float(x), 4) for x in risk)
+
+
 # What every view says about a stale score while it waits to be computed again.
 STALE_REASON = "recomputing: model or image changed"
 
@@ -276,7 +283,7 @@ class ScoredExam:
     def five_year_percent(self) -> float | None:
         """The 5-year risk in percent of a current score, else None."""
         ok = self.state == ScoreState.CURRENT and len(self.risk) >= 5
-        return 100.0 * self.risk[4] if ok else None
+        return risk_percent(self.risk[4:5])[0] if ok else None
 
     def identity(self) -> dict:
         """The stored score's model id, version and weights hash (empty when none is stored)."""

@@ -18,11 +18,11 @@ from PySide6.QtWidgets import (QDockWidget, QFileDialog, QHBoxLayout, QLabel, QM
                                QToolButton, QVBoxLayout, QWidget)
 
 from mamview.core import settings as settings_mod
-from mamview.core.domain import ScoreState
 from mamview.core.hanging import LAYOUT_NAMES
 from mamview.core.paths import Library
 from mamview.core.safety import printable
 from mamview.core.session import ExamChanged, PassDone, ReadingSession
+from mamview.core.domain import risk_percent
 from mamview.core.worklist import ExamInfo, row_summary
 from mamview.qt.bridge import Bridge
 from mamview.qt.exam_grid import ExamGrid
@@ -565,11 +565,9 @@ class MainWindow(QMainWindow):
         self.chart.set_current(self.grid.current_key, self.grid.prior_key)
 
     def _chart_point(self, ex: ExamInfo) -> ChartPoint:
-        s = ex.score  # a stale score is pending with STALE_REASON, never drawn as current
-        state = "scored" if s.five_year_percent is not None else (
-            "unscorable" if s.state == ScoreState.UNSCORABLE else "pending")
-        return ChartPoint(ex.exam_key, ex.exam_date, state, s.five_year_percent,
-                          tuple(100.0 * x for x in s.risk), self.model_label,
+        s = ex.score  # a stale score waits with STALE_REASON, never drawn as current
+        return ChartPoint(ex.exam_key, ex.exam_date, s.state, s.five_year_percent,
+                          risk_percent(s.risk), self.model_label,
                           s.reason or None)
 
     def _refresh_metrics(self) -> None:

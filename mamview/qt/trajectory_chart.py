@@ -24,9 +24,11 @@ from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from mamview.core import reference
 from mamview.core.models.registry import DEMO_LABEL
+from mamview.core.domain import ScoreState
 from mamview.core.reports.figure import format_relative_years, years_between
 
-SCORED, PENDING, UNSCORABLE = "scored", "pending", "unscorable"
+# what the chart draws per score state: a stale score waits like a pending one (hollow)
+SCORED, PENDING, UNSCORABLE = ScoreState.CURRENT, ScoreState.PENDING, ScoreState.UNSCORABLE
 
 # Reading-room palette: near-black background, low-glare greys, one warm and one cool accent.
 BACKGROUND = "#101214"
@@ -63,11 +65,11 @@ _SECONDS_PER_YEAR = 365.25 * 86400
 
 @dataclass(frozen=True)
 class ChartPoint:
-    """One exam on the chart; `risk_percent` is the 5-year risk when `state` is 'scored'."""
+    """One exam on the chart; `risk_percent` is the 5-year risk when `state` is CURRENT."""
 
     exam_key: str
     exam_date: datetime.date
-    state: str  # 'scored' | 'pending' | 'unscorable'
+    state: ScoreState  # STALE is drawn as PENDING, with its reason
     risk_percent: float | None = None
     yearly_percent: tuple[float, ...] = ()  # cumulative risk, years 1..5, percent
     model_label: str = ""
@@ -89,7 +91,7 @@ def tooltip_text(p: ChartPoint, relative_to: datetime.date | None = None) -> str
         if p.yearly_percent:
             lines.append("Yearly (cumulative): " + " · ".join(
                 f"{i + 1}y {v:.2f}%" for i, v in enumerate(p.yearly_percent)))
-    elif p.state == PENDING:
+    elif p.state in (PENDING, ScoreState.STALE):
         # a stale score carries STALE_REASON: say why it is being computed again
         lines.append(p.reason[:1].upper() + p.reason[1:] if p.reason
                      else "Not scored yet (waiting for the model)")
@@ -299,10 +301,11 @@ class TrajectoryChart(QWidget):
         """The points shown, oldest first."""
         return sorted(self._points.values(), key=lambda p: (p.exam_date, p.exam_key))
 
-    def scatter_for(self, state: str) -> pg.ScatterPlotItem:
-        """The scatter item that draws exams in `state`."""
+    def scatter_for(self, state: ScoreState) -> pg.ScatterPlotItem:
+        """The scatter item that draws exams in `state` (STALE: the pending one)."""
         return {SCORED: self.scored_scatter, PENDING: self.pending_scatter,
-                UNSCORABLE: self.unscorable_scatter}[state]
+                ScoreState.STALE: self.pending_scatter,
+                UNSCORABLE: self.unscorable_scatter}[ScoreState(state)]
 
     def tooltip_for(self, exam_key: str) -> str:
         """The tooltip text of one exam's point."""
@@ -328,8 +331,8 @@ class TrajectoryChart(QWidget):
         self._anchor = pts[-1].exam_date if pts else None
         scored = [p for p in pts if p.state == SCORED and p.risk_percent is not None
                   and p.risk_percent > 0]
-        pending = [p for p in pts if p.state == PENDING]
-        unscorable = [p for p in pts if p.state not in (SCORED, PENDING)
+        pending = [p for p in pts if p.state in (PENDING, ScoreState.STALE)]
+        unscorable = [p for p in pts if p.state not in (SCORED, PENDING, ScoreState.STALE)
                       or (p.state == SCORED and not (p.risk_percent and p.risk_percent > 0))]
 
         def spots(ps, lane: bool):

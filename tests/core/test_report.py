@@ -7,6 +7,7 @@ import datetime
 
 import pytest
 
+from mamview.core.domain import ScoreState
 from mamview.core.reports import figure as report
 from mamview.core.cache.db import connect
 from mamview.core.ingest import run_import
@@ -65,7 +66,7 @@ def test_identified_content_names_the_woman_dates_and_model(cohort):
         assert s in text
     assert c.model_line == "Model: Mirai-architecture demo model — " + DEMO_LABEL and c.is_demo
     assert c.disclaimer.startswith("This score is not a diagnosis")
-    assert [p.state for p in c.chart_points] == ["scored", "scored", "scored", "pending"]
+    assert [p.state for p in c.chart_points] == [ScoreState.CURRENT] * 3 + [ScoreState.PENDING]
     assert [p.risk_percent for p in c.chart_points[:3]] == [1.9, 2.1, 3.4]
     assert c.chart_points[0].yearly_percent[0] == pytest.approx(0.38)
     assert c.current_index == 3 and c.prior_index == 2 and c.grid == (2, 4)

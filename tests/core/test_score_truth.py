@@ -98,7 +98,7 @@ def test_touched_input_is_stale_everywhere_until_rescored(two_exams, capsys):
     assert stale["shown"].reason == STALE_REASON and stale["shown"].five_year_percent is None
     assert stale["latest"][0] == "2020-03-02"  # the older, still current exam
     assert [p.exam_key for p in stale["points"]] == [keys[0]]
-    assert stale["export"].state == report.PENDING and stale["export"].reason == STALE_REASON
+    assert stale["export"].state == ScoreState.STALE and stale["export"].reason == STALE_REASON
     assert stale["export"].risk_percent is None
 
     assert cli.main(["--home", str(lib.home), "score", "--model", "demo", "--device", "cpu"]) == 0

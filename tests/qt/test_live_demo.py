@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from mamview.core.domain import ScoreState
 from mamview.core.models.registry import DEMO_LABEL
 
 
@@ -25,7 +26,7 @@ def test_demo_cohort_imported_and_scored_live(home, open_window, qtbot):
         return pts and all(p.state != "pending" for p in pts)
 
     qtbot.waitUntil(all_scored, timeout=120000)
-    scored = [p for p in win.chart.points() if p.state == "scored"]
+    scored = [p for p in win.chart.points() if p.state == ScoreState.CURRENT]
     assert scored and all(0 < p.risk_percent < 100 and len(p.yearly_percent) == 5 for p in scored)
     assert DEMO_LABEL in win.model_label and win.chart.is_demo
     # the hanging shows each exam's score, naming the model

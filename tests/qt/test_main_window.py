@@ -10,6 +10,7 @@ import pytest
 from PySide6.QtCore import QPointF, Qt
 from PySide6.QtGui import QImage
 
+from mamview.core.domain import ScoreState
 from mamview.core import settings as settings_mod
 
 
@@ -142,10 +143,10 @@ def test_thumbnail_and_chart_choose_current_and_prior(reader_library, open_windo
     # the chart point of the newest exam: a real click on its marker
     chart = win.chart
     qtbot.wait(50)
-    spots = [s for state in ("scored", "pending", "unscorable")
+    spots = [s for state in (ScoreState.CURRENT, ScoreState.PENDING, ScoreState.UNSCORABLE)
              for s in chart.scatter_for(state).points()]
     spot = next(s for s in spots if s.data() == newest)
-    vb = chart.scatter_for("pending").getViewBox()
+    vb = chart.scatter_for(ScoreState.PENDING).getViewBox()
     scene_pt = vb.mapViewToScene(spot.pos())
     view = vb.scene().views()[0]
     widget_pt = view.mapFromScene(scene_pt)

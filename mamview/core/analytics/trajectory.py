@@ -357,14 +357,14 @@ def points_for_patient(db, patient_key: str, model=None) -> list[ScorePoint]:
     one trajectory never shows a score as current that would be computed differently today.
     """
     from mamview.core.cache import reads
-    from mamview.core.domain import ScoreState
+    from mamview.core.domain import ScoreState, risk_percent
 
     scored = [(d, s) for d, s in exam_states(db, patient_key, model)
               if d is not None and s.state == ScoreState.CURRENT and len(s.risk) >= 5]
     vendors = reads.exam_vendors(db, [s.exam_key for _, s in scored])
     out = []
     for when, s in scored:
-        yearly = tuple(round(float(x) * 100, 4) for x in s.risk)
+        yearly = risk_percent(s.risk)
         out.append(ScorePoint(when, yearly[4], s.model_id, s.exam_key, vendors.get(s.exam_key),
                               yearly, s.model_version, s.weights_sha256))
     return out

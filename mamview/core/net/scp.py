@@ -38,6 +38,7 @@ from mamview.core.cache import db as cache_db
 from mamview.core.cache import reads
 from mamview.core.errors import InputRefused, LibraryError, MamviewError
 # the node forwards its inference service's ExamScored as is (one event type for a score)
+from mamview.core.domain import risk_percent
 from mamview.core.services.inference import ExamScored
 from mamview.core.net import guard
 from mamview.core.net.guard import NodeLimits
@@ -845,7 +846,7 @@ class StorageNode:
         if isinstance(ev, inf.ExamScored):
             with self._lock:
                 self.stats.exams_scored += 1
-            risk5 = ev.risk[-1] * 100 if ev.risk else float("nan")
+            risk5 = risk_percent(ev.risk[-1:])[0] if ev.risk else float("nan")
             self._emit(ev,
                        f"exam scored: {ev.exam_key}: 5-year risk {risk5:.2f}% "
                        f"(model {ev.model_id}" + (f", {ev.model_label}" if ev.model_label else "")

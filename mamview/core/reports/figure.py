@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 
 from mamview import __version__
 from mamview.core import hanging, reference
-from mamview.core.domain import STANDARD_VIEWS, view_label
+from mamview.core.domain import STANDARD_VIEWS, ScoreState, risk_percent, view_label
 from mamview.core.hanging import Cell, Hanging
 
-SCORED, PENDING, UNSCORABLE = "scored", "pending", "unscorable"
+SCORED, PENDING, UNSCORABLE = ScoreState.CURRENT, ScoreState.PENDING, ScoreState.UNSCORABLE
 DISCLAIMER = ("This score is not a diagnosis. It estimates 5-year breast-cancer risk from the "
               "images alone and must be read with the radiologist's interpretation.")
 METRICS_HEADING = "Change metrics — research use, not validated"
@@ -54,7 +54,7 @@ class ExportPoint:
     label: str  # safe to draw: 'exam 3 of 6'
     exam_date: datetime.date | None
     years_from_latest: float  # ≤ 0
-    state: str  # scored | pending | unscorable
+    state: ScoreState  # CURRENT (drawn) | PENDING | STALE (waits, recomputing) | UNSCORABLE
     risk_percent: float | None = None
     yearly_percent: tuple[float, ...] = ()
     reason: str | None = None
@@ -374,7 +374,7 @@ def build_export_content(db, patient_key: str, current_key: str | None, prior_ke
     """
     from mamview.core.analytics import trajectory
     from mamview.core.cache import reads
-    from mamview.core.domain import STALE_REASON, ScoreState
+    from mamview.core.domain import STALE_REASON
 
     patient = reads.patient_row(db, patient_key)
     if patient is None:
@@ -409,15 +409,16 @@ def build_export_content(db, patient_key: str, current_key: str | None, prior_ke
         label = f"exam {i + 1} of {len(placed)} ({when})"
         shown_date = None if deidentify else d
         if s is not None and s.state == ScoreState.CURRENT and len(s.risk) >= 5:
-            yearly = tuple(round(float(x) * 100, 2) for x in s.risk)
+            yearly = risk_percent(s.risk)
             pt = ExportPoint(label, shown_date, rel, SCORED, yearly[4], yearly)
         elif s is not None and s.state == ScoreState.UNSCORABLE:
             pt = ExportPoint(label, shown_date, rel, UNSCORABLE, reason=s.reason or "not scorable")
         elif s is None and not e["complete"]:
             pt = ExportPoint(label, shown_date, rel, UNSCORABLE, reason=e["incomplete_reason"])
         else:  # stale scores are drawn as pending, never with their old number
-            pt = ExportPoint(label, shown_date, rel, PENDING,
-                             reason=STALE_REASON if s is not None and s.state == ScoreState.STALE
+            stale = s is not None and s.state == ScoreState.STALE
+            pt = ExportPoint(label, shown_date, rel, ScoreState.STALE if stale else PENDING,
+                             reason=STALE_REASON if stale
                              else "not scored yet")
         index_of[e["exam_key"]] = i
         chart.append(pt)
@@ -430,7 +431,7 @@ def build_export_content(db, patient_key: str, current_key: str | None, prior_ke
 
     def risk_text(exam_key: str) -> str:
         p = chart[index_of[exam_key]] if exam_key in index_of else None
-        if p is not None and p.state == PENDING and p.reason == STALE_REASON:
+        if p is not None and p.state == ScoreState.STALE:
             return "recomputing"
         if p is None or p.state != SCORED:
             return "not scored" if p is None or p.state == PENDING else "not scorable"

@@ -53,8 +53,10 @@ def risk_code(year: int) -> Code:
 
 def risk_percent_values(risk_fractions: Sequence[float]) -> list[float]:
     """Fractions → percent rounded to 4 decimals (what the SR stores, and what a reader
-    reading it back must find)."""
-    return [round(float(x) * 100.0, 4) for x in risk_fractions]
+    reading it back must find): `domain.risk_percent`."""
+    from mamview.core.domain import risk_percent
+
+    return list(risk_percent(risk_fractions))
 
 
 def sr_text(text: str) -> str:
