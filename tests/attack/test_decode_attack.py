@@ -217,8 +217,9 @@ def test_full_resolution_child_is_memory_capped_and_its_death_is_a_decode_error(
             decode_worker.render_full_elsewhere(panic, 0)
         os.kill(pid, signal.SIGKILL)  # our own child dies between two decodes
         assert decode_worker.render_full_elsewhere(good, 0).shape == (256, 208)  # a new child
+        os.kill(decode_worker.child_pid(), signal.SIGSTOP)  # a child that hangs in a decode
         with pytest.raises(PixelDecodeError, match="took longer than"):
-            decode_worker.render_full_elsewhere(good, 0, timeout=0.001)  # killed, not waited on
+            decode_worker.render_full_elsewhere(good, 0, timeout=0.5)  # killed, not waited on
         assert decode_worker.render_full_elsewhere(good, 0).shape == (256, 208)
         assert decode_worker.child_pid() != pid
     finally:

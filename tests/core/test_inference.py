@@ -2,6 +2,7 @@
 
 import queue
 import re
+import threading
 import warnings
 
 import numpy as np
@@ -15,6 +16,7 @@ from mamview.core.services.inference import (
     ExamUnscorable,
     GenerationDone,
     InferenceService,
+    ScoreFailed,
     ServiceError,
 )
 from mamview.core.ingest import run_import
@@ -111,19 +113,62 @@ def test_changed_model_recomputes(library):
 
 def test_cancelled_generation_is_dropped(library):
     keys = exam_keys(library)
-    svc = InferenceService(library.database, tiny_model, device="cpu", batch_size=1)
+    events: list = []
+    svc = InferenceService(library.database, tiny_model, device="cpu", batch_size=1,
+                           on_event=events.append)
     first = svc.submit(keys * 5)  # 15 exams
     svc.cancel(first)
+    mark = len(events)
+    assert svc.idle()
     second = svc.submit(keys[:1])
     try:
-        events = drain(svc, second)
+        while not any(isinstance(e, GenerationDone) and e.generation == second for e in events):
+            assert svc.alive() and not any(isinstance(e, ServiceError) for e in events)
+            threading.Event().wait(0.05)
         from_first = [e for e in events if isinstance(e, (ExamScored, ExamUnscorable))
                       and e.generation == first]
         # at most the one exam the worker had already taken when the user moved on
         assert len(from_first) <= 1
+        # and nothing at all once cancel() has returned: a batch in progress is saved, unsaid
+        assert not [e for e in events[mark:] if getattr(e, "generation", None) == first]
         assert any(isinstance(e, ExamScored) and e.generation == second for e in events)
+        assert svc.idle()
     finally:
         svc.shutdown()
+
+
+def test_generation_ids_never_repeat_across_services(library):
+    """A new service (after a model or device change) never hands out an id an old one used:
+    its late results could otherwise pass for the new request's."""
+    keys = exam_keys(library)
+    seen: dict[int, list] = {}
+    for version in ("v1", "v2"):
+        svc = InferenceService(library.database, lambda d, v=version: tiny_model(d, v),
+                               device="cpu")
+        try:
+            gens = [svc.submit([]), svc.submit(keys[:1]), svc.submit(keys[1:2])]
+            assert not set(gens) & set(seen)
+            events = drain(svc, gens[-1])  # the last of the three, done in order
+            for gen in gens:
+                seen[gen] = [e for e in events if getattr(e, "generation", None) == gen]
+            for gen, asked in zip(gens, ([], keys[:1], keys[1:2])):
+                assert [e.exam_key for e in seen[gen] if isinstance(e, ExamScored)] == asked
+        finally:
+            svc.shutdown()
+    assert len(seen) == 6
+    for gen, events in seen.items():  # each request got its own events, to its GenerationDone
+        assert events and events[-1] == GenerationDone(gen)
+
+
+def test_empty_requests_and_requests_after_shutdown(library):
+    svc = InferenceService(library.database, tiny_model, device="cpu")
+    gen = svc.submit([])
+    assert svc.events.get(timeout=5) == GenerationDone(gen)
+    svc.shutdown()
+    assert svc.submit(exam_keys(library)) != gen
+    assert svc.idle()  # nothing was queued on a stopped service: no one waits for it
+    with pytest.raises(queue.Empty):
+        svc.events.get(timeout=0.2)
 
 
 def test_model_that_fails_to_load_is_reported(library):
@@ -137,6 +182,22 @@ def test_model_that_fails_to_load_is_reported(library):
     svc.shutdown()
     with pytest.raises(queue.Empty):
         svc.events.get(timeout=0.2)
+
+
+def test_later_requests_to_a_service_that_cannot_score_are_told_so(library):
+    def broken(device):
+        raise RuntimeError("weights missing")
+
+    svc = InferenceService(library.database, broken, device="cpu")
+    try:
+        svc.submit(exam_keys(library))
+        assert "weights missing" in svc.events.get(timeout=30).message
+        svc.submit(exam_keys(library))  # e.g. the user asks again: told at once, not left waiting
+        again = svc.events.get(timeout=5)
+        assert isinstance(again, ServiceError) and "weights missing" in again.message
+        assert svc.idle() and not svc.alive()
+    finally:
+        svc.shutdown()
 
 
 # --- untrusted images -----------------------------------------------------------------------------
@@ -227,6 +288,36 @@ def test_a_worker_that_dies_is_reported_and_replaced(library):
         gen = svc.submit(keys)  # a new worker, the same loaded model
         scored = [e for e in drain(svc, gen) if isinstance(e, ExamScored)]
         assert len(scored) == 2
+    finally:
+        svc.shutdown()
+
+
+class _AlwaysDies(_DiesOnce):
+    def preprocess(self, views):
+        raise SystemExit("boom")
+
+
+def test_a_worker_that_keeps_dying_is_given_up_and_later_requests_are_told(library):
+    from mamview.core.services.inference import MAX_RESTARTS
+
+    keys = exam_keys(library)
+    svc = InferenceService(library.database, lambda d: _AlwaysDies(tiny_model(d)), device="cpu")
+    try:
+        for _ in range(1 + MAX_RESTARTS):  # the first worker and each replacement die
+            gen = svc.submit(keys)
+            events = [svc.next_event(timeout=60)]
+            while not isinstance(events[-1], ServiceError):
+                events.append(svc.next_event(timeout=60))
+            assert "SystemExit" in events[-1].message and not svc.alive()
+            # the exams it was scoring are answered before it goes, and the request ends
+            failed = [e for e in events if isinstance(e, ScoreFailed) and e.generation == gen]
+            assert len(failed) == 3 and all("SystemExit: boom" in e.message for e in failed)
+            assert GenerationDone(gen) in events
+        gen = svc.submit(keys)  # no more replacements: this one is told, not left queued
+        ev = svc.next_event(timeout=5)
+        assert isinstance(ev, ServiceError) and "SystemExit" in ev.message
+        assert svc.idle() and not svc.alive()
+        assert gen not in {getattr(e, "generation", None) for e in list(svc.events.queue)}
     finally:
         svc.shutdown()
 

@@ -1,1 +1,3 @@
-"""Background workers with no Qt: the inference service, its child process, the full-resolution decode child."""
+"""Background workers with no Qt: the inference service (inference), its child process
+(inference_process), the full-resolution decode child (decode), and the process-wide generation
+ids they hand out (generations)."""

@@ -1,15 +1,18 @@
 """The inference service: one worker thread that scores exams and caches the results.
 
-Requests carry a generation id; cancelled generations are dropped before their exams are
-touched. The patient on screen goes first (a priority queue). Results, progress and errors
-come out as events, through a callback or a queue; the worker never touches a widget and
-never lets an exception die silently in the thread.
+Requests carry a generation id, unique for the life of the process (`generations`), so a new
+service after a model or device change never reuses an old one's. A cancelled generation's
+queued exams are dropped and, once `cancel` returns, no event carries its id. The patient on
+screen goes first (a priority queue). Results, progress and errors come out as events, through
+a callback or a queue; the worker never touches a widget and never lets an exception die
+silently in the thread.
 
 Images are decoded through the guarded boundary (`dicom.pixels`): a decoder failure, a native
 panic included, makes that exam unscorable with the reason. So does an image that is not
 plausibly a mammogram (`check_plausible`). If the worker thread ends anyway, a ServiceError
-event says so, `next_event` never waits on a dead worker, and the next `submit` starts a new
-worker (a few times at most).
+event says so (after a ScoreFailed for each exam it was scoring), `next_event` never waits on
+a dead worker, and the next `submit` starts a new worker (a few times at most; then every
+later request is told with a ServiceError, as after a model that cannot be loaded).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from mamview.core.cache import keys, reads, writes
 from mamview.core.cache.db import connect
 from mamview.core.dicom.pixels import PixelDecodeError, describe as _describe
 from mamview.core.domain import STANDARD_VIEWS, view_label
+from mamview.core.services.generations import next_generation
 
 PRIORITY_ON_SCREEN = 0
 PRIORITY_BACKGROUND = 10
@@ -197,6 +201,10 @@ class InferenceService:
     `model_loader(device)` builds the RiskModel on the worker thread (so a slow load never
     blocks the caller). Events go to `on_event` (called on the worker thread: a GUI must hop
     to its own thread) or, without a callback, to the `events` queue.
+
+    Generation ids come from the process-wide counter. After `cancel(gen)` returns no event
+    with that id is delivered (a batch already running is still saved to the cache); its
+    GenerationDone never comes. An empty request gets its GenerationDone at once.
     """
 
     def __init__(
@@ -220,7 +228,9 @@ class InferenceService:
         self._heap: list[tuple[int, int, int, str]] = []
         self._cv = threading.Condition()
         self._seq = itertools.count()
-        self._generations = itertools.count(1)
+        # held while an event is delivered and by cancel(): an event of a generation is either
+        # delivered before cancel returns or not at all. Never taken while holding _cv.
+        self._emit_lock = threading.RLock()
         self._cancelled: set[int] = set()
         self._pending: dict[int, list[int]] = {}  # generation → [done, total]
         self._stop = False
@@ -231,6 +241,9 @@ class InferenceService:
         self._started = False
         self._restarts = 0
         self._ended = False  # the worker's _run has returned or raised
+        self._failure = ""  # why the service cannot score at all, once it knows
+        self._answered: set[int] = set()  # worker only: indices of the batch answered so far
+        self._death = ""  # how the last worker thread ended, when it died
 
     # -- public API (any thread)
 
@@ -244,17 +257,21 @@ class InferenceService:
             if not self._started:
                 self._started = True
                 self._thread.start()
-            elif (self._ended and not self._stop and self.model is not None
-                  and self._restarts < MAX_RESTARTS):
+            elif self._ended and self._can_restart():
                 self._restarts += 1
                 self._ended = False
                 self._thread = self._new_thread()
                 self._thread.start()
         return self
 
+    def _can_restart(self) -> bool:
+        """Whether an ended worker may be replaced (with _cv held)."""
+        return not self._stop and self.model is not None and self._restarts < MAX_RESTARTS
+
     def alive(self) -> bool:
-        """True while the worker thread runs (or has not been started yet)."""
-        return not self._started or self._thread.is_alive()
+        """True while the worker thread runs (or has not been started yet); False as soon as
+        it has ended, before the thread is quite gone."""
+        return not self._started or (self._thread.is_alive() and not self._ended)
 
     def next_event(self, timeout: float | None = None, poll: float = 0.5) -> Event:
         """The next event from the `events` queue, waiting at most `timeout` seconds (None:
@@ -268,36 +285,56 @@ class InferenceService:
                 return self.events.get(timeout=step)
             except queue.Empty:
                 waited += poll
-                if self._started and not self._thread.is_alive() and self.events.empty():
+                if not self.alive() and self.events.empty():
                     return ServiceError("the inference worker stopped")
                 if timeout is not None and waited >= timeout:
                     raise
 
     def submit(self, exam_keys: Sequence[str], priority: int = PRIORITY_BACKGROUND) -> int:
-        """Queue exams for scoring; returns the request's generation id."""
-        gen = next(self._generations)
+        """Queue exams for scoring; returns the request's generation id (unique in this
+        process). After `shutdown` nothing is queued."""
+        gen = next_generation()
         with self._cv:
-            self._pending[gen] = [0, len(exam_keys)]
-            for ek in exam_keys:
-                heapq.heappush(self._heap, (priority, next(self._seq), gen, ek))
-            if not exam_keys:
-                self._emit(GenerationDone(gen))
-            self._cv.notify()
+            stopped, failure = self._stop, self._failure
+            if not stopped:
+                if exam_keys:
+                    self._pending[gen] = [0, len(exam_keys)]
+                for ek in exam_keys:
+                    heapq.heappush(self._heap, (priority, next(self._seq), gen, ek))
+                self._cv.notify()
+        if stopped:
+            if failure:  # say so again rather than leave the caller waiting
+                self._deliver(ServiceError(failure))
+            return gen
+        if not exam_keys:
+            self._deliver(GenerationDone(gen))
         self.start()
+        if not self.alive():  # a worker that died too often is not replaced again
+            with self._cv:
+                self._drop(gen)
+                failure = self._failure or self._death
+            self._deliver(ServiceError(failure or "the inference worker stopped"))
         return gen
 
     def cancel(self, generation: int) -> None:
-        """Drop the not-yet-scored exams of a request (e.g. the user switched patients)."""
-        with self._cv:
+        """Drop the not-yet-scored exams of a request (e.g. the user switched patients);
+        once this returns, no event carries `generation`."""
+        with self._emit_lock, self._cv:
             self._cancelled.add(generation)
-            self._heap = [item for item in self._heap if item[2] != generation]
-            heapq.heapify(self._heap)
+            self._drop(generation)
+
+    def _drop(self, generation: int) -> None:
+        """Forget a request's queued exams (with _cv held)."""
+        self._pending.pop(generation, None)
+        self._heap = [item for item in self._heap if item[2] != generation]
+        heapq.heapify(self._heap)
 
     def shutdown(self, timeout: float | None = 30) -> None:
         """Stop after the batch in progress; queued work is dropped."""
         with self._cv:
             self._stop = True
             self._heap.clear()
+            self._pending.clear()
             self._cv.notify()
         if self._started:
             self._thread.join(timeout)
@@ -305,10 +342,17 @@ class InferenceService:
     def idle(self) -> bool:
         """True when nothing is queued or running."""
         with self._cv:
-            return not self._heap and not any(
-                d < t for g, (d, t) in self._pending.items() if g not in self._cancelled)
+            return not self._heap and not any(d < t for d, t in self._pending.values())
 
     # -- worker thread
+
+    def _deliver(self, ev: Event) -> None:
+        """Hand one event to the callback or queue, unless its generation was cancelled."""
+        gen = getattr(ev, "generation", None)
+        with self._emit_lock:
+            if gen is not None and gen in self._cancelled:
+                return
+            self._emit(ev)
 
     def _next_batch(self) -> list[tuple[int, str]]:
         with self._cv:
@@ -332,11 +376,16 @@ class InferenceService:
             reason = _describe(exc)
             traceback.print_exc()
         finally:
+            message = f"the inference worker stopped: {reason}"
             with self._cv:
                 self._ended = True
                 stopping = self._stop
+                self._death = message
+                if not self._can_restart():  # no worker will ever take the queued exams
+                    self._heap.clear()
+                    self._pending.clear()
             if not stopping:
-                self._emit(ServiceError(f"the inference worker stopped: {reason}"))
+                self._deliver(ServiceError(message))
 
     def _run(self) -> None:
         if self.model is not None:  # a restarted worker: the model is already loaded
@@ -353,9 +402,7 @@ class InferenceService:
             self.device_label = describe_device(self.device)
             self.model = self._loader(self.device)
         except Exception as exc:  # noqa: BLE001 - reported as an event, never lost in the thread
-            self._emit(ServiceError(f"the model could not be loaded: {exc}"))
-            with self._cv:
-                self._stop = True
+            self._fail(f"the model could not be loaded: {exc}")
             return
         self._serve()
 
@@ -363,26 +410,40 @@ class InferenceService:
         try:
             db = connect(self.database, migrate=False)
         except Exception as exc:  # noqa: BLE001 - e.g. an unreadable library
-            self._emit(ServiceError(f"the library cannot be opened: {_describe(exc)}"))
-            with self._cv:
-                self._stop = True
+            self._fail(f"the library cannot be opened: {_describe(exc)}")
             return
         try:
             while True:
                 batch = self._next_batch()
                 if not batch:
                     return
+                self._answered = set()
                 try:
                     self._score_batch(db, batch)
-                except _PASS_THROUGH:
-                    raise
                 except BaseException as exc:  # noqa: BLE001 - native panics too: the batch fails
-                    for gen, ek in batch:
-                        self._emit(ScoreFailed(gen, ek, _describe(exc)))
-                        self._advance(gen)
+                    # every exam of the batch gets its answer, even from a worker that dies
+                    for i, (gen, ek) in enumerate(batch):
+                        if i not in self._answered:
+                            self._answer(i, gen, ScoreFailed(gen, ek, _describe(exc)))
+                    if isinstance(exc, _PASS_THROUGH):
+                        raise
                     traceback.print_exc()
         finally:
             db.close()
+
+    def _fail(self, message: str) -> None:
+        """The service cannot score at all: say why, now and to every later request."""
+        with self._cv:
+            self._stop, self._failure = True, message
+            self._heap.clear()
+            self._pending.clear()
+        self._deliver(ServiceError(message))
+
+    def _answer(self, index: int, gen: int, ev: Event) -> None:
+        """Deliver the result for exam `index` of the batch and count it for its request."""
+        self._answered.add(index)
+        self._deliver(ev)
+        self._advance(gen)
 
     def _advance(self, gen: int) -> None:
         with self._cv:
@@ -391,53 +452,52 @@ class InferenceService:
                 return
             counts[0] += 1
             done, total = counts
-        self._emit(ScoreProgress(gen, done, total))
+            if done >= total:
+                del self._pending[gen]
+        self._deliver(ScoreProgress(gen, done, total))
         if done >= total:
-            self._emit(GenerationDone(gen))
+            self._deliver(GenerationDone(gen))
 
     def _score_batch(self, db, batch: list[tuple[int, str]]) -> None:
         from mamview.core.models.base import ExamTensors, round_risks
 
         model = self.model
         ident = model.identity
-        todo = []  # (gen, exam_key, cache_key, rows, tensors)
-        for gen, ek in batch:
+        todo = []  # (index, gen, exam_key, cache_key, rows, tensors)
+        for i, (gen, ek) in enumerate(batch):
             if gen in self._cancelled:
+                self._answered.add(i)  # nobody waits for it
                 continue
             try:
                 rows = exam_inputs(db, ek)
                 key = keys.cache_key(ident, input_signature(rows))
                 hit = reads.score_by_key(db, key)
                 if hit and hit["status"] == "ok":
-                    self._emit(ExamScored(gen, ek, tuple(hit["risk"]), ident.model_id,
-                                          ident.label, True))
-                    self._advance(gen)
+                    self._answer(i, gen, ExamScored(gen, ek, tuple(hit["risk"]), ident.model_id,
+                                                    ident.label, True))
                     continue
                 views = [load_view(r, getattr(model, "decode_min_height", None)) for r in rows]
-                todo.append((gen, ek, key, rows, model.preprocess(views)))
+                todo.append((i, gen, ek, key, rows, model.preprocess(views)))
             except (Unscorable, PixelDecodeError) as exc:
                 reason = exc.message if isinstance(exc, PixelDecodeError) else str(exc)
                 self._save_unscorable(db, ident, ek, reason)
-                self._emit(ExamUnscorable(gen, ek, reason))
-                self._advance(gen)
+                self._answer(i, gen, ExamUnscorable(gen, ek, reason))
             except _PASS_THROUGH:
                 raise
             except BaseException as exc:  # noqa: BLE001 - one bad exam never stops the others
-                self._emit(ScoreFailed(gen, ek, _describe(exc)))
-                self._advance(gen)
+                self._answer(i, gen, ScoreFailed(gen, ek, _describe(exc)))
         if not todo:
             return
-        risks = model.predict(ExamTensors.collate([t[4] for t in todo]).to(self.device))
+        risks = model.predict(ExamTensors.collate([t[5] for t in todo]).to(self.device))
         risks = round_risks(risks)
         writes.save_scores(db, [
             _score_row(ident, key, ek, self.device_label,
                        [r["sop_instance_uid"] for r in rows], "ok", "", list(risk))
-            for (gen, ek, key, rows, _), risk in zip(todo, risks)
+            for (_, gen, ek, key, rows, _), risk in zip(todo, risks)
         ])
-        for (gen, ek, *_), risk in zip(todo, risks):
-            self._emit(ExamScored(gen, ek, tuple(float(x) for x in risk), ident.model_id,
-                                  ident.label, False))
-            self._advance(gen)
+        for (i, gen, ek, *_), risk in zip(todo, risks):
+            self._answer(i, gen, ExamScored(gen, ek, tuple(float(x) for x in risk),
+                                            ident.model_id, ident.label, False))
 
     def _save_unscorable(self, db, ident, exam_key: str, reason: str) -> None:
         images = reads.exam_images(db, exam_key)

@@ -6,17 +6,24 @@ time (seconds for a full-size JPEG 2000 decode), and a GIL-holding worker thread
 GUI thread for as long. In a child process the window's event loop never waits on it. Events
 come back over a queue; a relay thread hands them to `on_event` (the Bridge), exactly like the
 in-process service's callback. This module imports no Qt (the child imports it too).
+
+Generation ids are this (the parent) process's (`generations.next_generation`), so they stay
+unique when the window replaces the process; the child's own service numbers its requests
+itself and the child maps them back before an event leaves it. A dead child is noticed by the
+relay (a ServiceError); no wait on it is unbounded, and nothing it left unread holds up exit.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import multiprocessing
 import os
 import queue
 import threading
+import traceback
 from typing import Callable, Sequence
+
+from mamview.core.services.generations import next_generation
 
 _READY = "ready"
 
@@ -30,16 +37,23 @@ def _child(database: str, home: str, model_id: str, device: str, cpu_threads: in
     from mamview.core.models import registry
     from mamview.core.paths import Library
 
-    lock = threading.RLock()
+    # the worker can answer a request before svc.submit has returned its id here: such events
+    # wait in `early` until the mapping is known. The lock is never held while calling svc
+    # (the worker holds the service's delivery lock while it calls on_event).
+    lock = threading.Lock()
     to_parent: dict[int, int] = {}
     to_child: dict[int, int] = {}
+    early: dict[int, list] = {}
 
     def on_event(ev) -> None:
         gen = getattr(ev, "generation", None)
-        if gen is not None:
-            with lock:
-                ev = dataclasses.replace(ev, generation=to_parent.get(gen, -1))
-        events.put(ev)
+        with lock:
+            if gen is not None:
+                if gen not in to_parent:
+                    early.setdefault(gen, []).append(ev)
+                    return
+                ev = dataclasses.replace(ev, generation=to_parent[gen])
+            events.put(ev)
 
     def loader(dev):
         model = registry.load(registry.resolve(Library(Path(home)), model_id), dev)
@@ -66,9 +80,13 @@ def _child(database: str, home: str, model_id: str, device: str, cpu_threads: in
                 continue
         if cmd[0] == "submit":
             _, pgen, keys, priority = cmd
+            if not keys:  # the parent answers empty requests itself
+                continue
+            cgen = svc.submit(keys, priority)
             with lock:
-                cgen = svc.submit(keys, priority)
                 to_parent[cgen], to_child[pgen] = pgen, cgen
+                for ev in early.pop(cgen, ()):
+                    events.put(dataclasses.replace(ev, generation=pgen))
         elif cmd[0] == "cancel":
             with lock:
                 cgen = to_child.get(cmd[1])
@@ -94,10 +112,10 @@ class InferenceProcess:
             args=(str(database), str(home), model_id, device, self.cpu_threads, self._commands,
                   self._events), daemon=True)
         self._emit = on_event
-        self._generations = itertools.count(1)
         self._open: set[int] = set()
         self._cancelled: set[int] = set()
-        self._lock = threading.Lock()
+        # held while the relay delivers an event and by cancel(): see InferenceService
+        self._lock = threading.RLock()
         self.model = None  # True once the child has loaded its model
         self.device_label = ""
         self._relay = threading.Thread(target=self._relay_events, name="mamview-inference-relay",
@@ -114,14 +132,17 @@ class InferenceProcess:
         return self
 
     def submit(self, exam_keys: Sequence[str], priority: int = 10) -> int:
-        """Queue exams; returns this side's generation id (events carry it)."""
-        self.start()
-        gen = next(self._generations)
-        if self._death:  # the child died earlier: say so rather than wait on it forever
-            from mamview.core.services.inference import ServiceError
+        """Queue exams; returns this process's generation id (events carry it). An empty
+        request gets its GenerationDone at once, as in InferenceService."""
+        from mamview.core.services.inference import GenerationDone, ServiceError
 
+        self.start()
+        gen = next_generation()
+        if self._death:  # the child died earlier: say so rather than wait on it forever
             self._emit(ServiceError(self._death))
-        elif exam_keys and not self._stopped:
+        elif not exam_keys:
+            self._emit(GenerationDone(gen))
+        elif not self._stopped:
             with self._lock:
                 self._open.add(gen)
             self._commands.put(("submit", gen, list(exam_keys), priority))
@@ -132,6 +153,7 @@ class InferenceProcess:
         return not self._started or self._proc.is_alive()
 
     def cancel(self, generation: int) -> None:
+        """Drop a request's queued exams; once this returns, no event carries `generation`."""
         with self._lock:
             self._cancelled.add(generation)
             self._open.discard(generation)
@@ -144,8 +166,10 @@ class InferenceProcess:
             return not self._open
 
     def shutdown(self, timeout: float | None = 30) -> None:
+        """Stop the child after the batch in progress (killed after `timeout` seconds)."""
         if not self._started or self._stopped:
             self._stopped = True
+            self._abandon_commands()
             return
         self._stopped = True
         self._commands.put(("stop",))
@@ -153,8 +177,18 @@ class InferenceProcess:
         if self._proc.is_alive():
             self._proc.terminate()
             self._proc.join(5)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(5)
+        self._abandon_commands()
         self._events.put(None)
         self._relay.join(5)
+
+    def _abandon_commands(self) -> None:
+        """Once the child has ended, nobody reads its command pipe: commands still buffered
+        (a large submit fills the pipe) must not make this process wait for them at exit."""
+        if self._started and not self._proc.is_alive():
+            self._commands.cancel_join_thread()
 
     def _relay_events(self) -> None:
         from mamview.core.services.inference import GenerationDone, ServiceError
@@ -168,7 +202,8 @@ class InferenceProcess:
                         self._open.clear()
                     self._stopped = True
                     self._death = f"the inference process stopped (exit code {self._proc.exitcode})"
-                    self._emit(ServiceError(self._death))
+                    self._abandon_commands()
+                    self._deliver(ServiceError(self._death))
                     return
                 continue
             if ev is None:
@@ -176,10 +211,19 @@ class InferenceProcess:
             if isinstance(ev, tuple) and ev and ev[0] == _READY:
                 self.device_label, self.model = ev[1], True
                 continue
-            if isinstance(ev, GenerationDone):
-                with self._lock:
-                    self._open.discard(ev.generation)
-            elif isinstance(ev, ServiceError):
-                with self._lock:
+            with self._lock:
+                gen = getattr(ev, "generation", None)
+                if gen is not None and gen in self._cancelled:
+                    continue  # asked for before cancel() and sent on before the child heard it
+                if isinstance(ev, GenerationDone):
+                    self._open.discard(gen)
+                elif isinstance(ev, ServiceError):
                     self._open.clear()
+                self._deliver(ev)
+
+    def _deliver(self, ev) -> None:
+        """`on_event(ev)`; a callback that raises is reported and the relay goes on."""
+        try:
             self._emit(ev)
+        except Exception:  # noqa: BLE001 - the relay must outlive a faulty callback
+            traceback.print_exc()
