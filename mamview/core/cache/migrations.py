@@ -240,6 +240,16 @@ def m006_study_objects(db: sqlite_utils.Database) -> None:
         DELETE FROM problems WHERE reason IN ('not an image', 'tomosynthesis')
     """)
 
+
+@migrations()
+def m007_image_domain(db: sqlite_utils.Database) -> None:
+    """(being written: the model's validated domain of each image)"""
+
+
+@migrations()
+def m008_patient_identity(db: sqlite_utils.Database) -> None:
+    """(being written: the identity fields each image carries, to find conflicts)"""
+
 def _run(db: sqlite_utils.Database, script: str) -> None:
     # executescript() would COMMIT first and break the migration's transaction
     for statement in script.split(";"):
