@@ -109,8 +109,9 @@ def cmd_patients(args, lib: Library) -> int:
 
     db = open_db(lib, reading=True)
     rows = reads.list_patients(db)
+    conflicts = reads.identity_conflicts(db)
     if args.json:
-        print_json(rows)
+        print_json([{**r, "identity_conflict": conflicts.get(r["patient_key"], "")} for r in rows])
         return 0
     if not rows:
         print("The library is empty. Import files with `mamview import PATH` "
@@ -121,6 +122,8 @@ def cmd_patients(args, lib: Library) -> int:
         print(f"{term(r['patient_id']):<16} {term(r['name'])[:24]:<24} "
               f"{term(r['birth_date']):<10} {r['exams']:>5}  "
               f"{term(r['first_exam'] or '-'):<10}  {term(r['last_exam'] or '-')}")
+        if r["patient_key"] in conflicts:
+            print(f"{'':<16} ⚠ {conflicts[r['patient_key']]}")
     return 0
 
 
@@ -179,7 +182,7 @@ def cmd_problems(args, lib: Library) -> int:
     from mamview.core.cache import reads
 
     db = open_db(lib, reading=True)
-    rows = reads.list_problems(db)
+    rows = reads.list_problems(db) + reads.identity_problems(db)
     if args.json:
         print_json(rows)
         return 0

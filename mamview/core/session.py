@@ -365,17 +365,25 @@ class ReadingSession:
     def worklist(self) -> list[PatientRow]:
         """Every woman with her exam count, latest current 5-year score and flags."""
         latest = latest_scores(self.db, self.score_model)
+        conflicts = reads.identity_conflicts(self.db)
         rows = []
         for r in reads.list_patients(self.db):
             pk = r["patient_key"]
             pct = latest.get(pk, (None, None))[1]
             flags = row_summary(self.report(pk))[1] if pct is not None else ()
-            rows.append(PatientRow(pk, r["patient_id"], r["name"] or "", r["exams"], pct, flags))
+            rows.append(PatientRow(pk, r["patient_id"], r["name"] or "", r["exams"], pct, flags,
+                                   r["birth_date"] or "", conflicts.get(pk, "")))
         return rows
 
+    def identity_conflict(self, patient_key: str | None) -> str:
+        """Why her images may belong to two women ('' when they agree)."""
+        if not patient_key:
+            return ""
+        return reads.identity_conflicts(self.db, [patient_key]).get(patient_key, "")
+
     def problems(self) -> list[dict]:
-        """Files that could not be used, and missing files, with reasons."""
-        return reads.list_problems(self.db)
+        """Files that could not be used, missing files, and identity conflicts, with reasons."""
+        return reads.list_problems(self.db) + reads.identity_problems(self.db)
 
     def warm_up(self) -> None:
         """Run the metrics once on made-up numbers so their lazy imports happen now, not

@@ -54,6 +54,18 @@ class PatientRow:
     exams: int
     latest_percent: float | None = None
     flags: tuple[str, ...] = ()
+    birth_date: str = ""  # YYYYMMDD or ""
+    identity_conflict: str = ""  # why her images may be two women's ('' when they agree)
+
+    @property
+    def age(self) -> int | None:
+        """Her age today in whole years (None without a valid birth date)."""
+        born = _parse_date(f"{self.birth_date[:4]}-{self.birth_date[4:6]}-{self.birth_date[6:8]}"
+                           if len(self.birth_date) == 8 else "")
+        if born is None:
+            return None
+        today = date.today()
+        return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
 
     @property
     def display_name(self) -> str:

@@ -563,6 +563,7 @@ class MainWindow(QMainWindow):
                                self.model_label, self.is_demo_model,
                                tuple(self.settings.thresholds_percent))
         self.chart.set_current(self.grid.current_key, self.grid.prior_key)
+        self.chart.set_identity_warning(self.session.identity_conflict(self.patient_key))
 
     def _chart_point(self, ex: ExamInfo) -> ChartPoint:
         s = ex.score  # a stale score waits with STALE_REASON, never drawn as current

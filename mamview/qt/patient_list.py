@@ -11,8 +11,9 @@ from PySide6.QtWidgets import (QAbstractItemView, QHeaderView, QLineEdit, QTable
 # the row is core vocabulary (the reading session builds the rows); re-exported for callers
 from mamview.core.worklist import PatientRow
 
-COLUMNS = ("", "Patient ID", "Name", "Exams", "5-yr")
+COLUMNS = ("", "Patient ID", "Name", "Age", "Exams", "5-yr")
 FLAG_COLOR = QColor("#e0a030")
+CONFLICT_COLOR = QColor("#ff6b5a")
 __all__ = ["PatientList", "PatientRow"]
 
 
@@ -99,8 +100,13 @@ class PatientList(QWidget):
                 return
 
     def _fill_row(self, i: int, r: PatientRow) -> None:
-        flag = _Item("⚑" if r.flags else "", 0 if r.flags else 1)
-        if r.flags:
+        if r.identity_conflict:  # before any risk flag: the trajectory may be two women's
+            flag = _Item("⚠", -1)
+            flag.setForeground(CONFLICT_COLOR)
+            flag.setToolTip(r.identity_conflict[:1].upper() + r.identity_conflict[1:])
+        else:
+            flag = _Item("⚑" if r.flags else "", 0 if r.flags else 1)
+        if r.flags and not r.identity_conflict:
             flag.setForeground(FLAG_COLOR)
             flag.setToolTip("; ".join(r.flags) + "\n(research use, not validated)")
         pid = _Item(r.patient_id or "(no ID)")
@@ -110,7 +116,11 @@ class PatientList(QWidget):
         latest.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         exams = _Item(str(r.exams), r.exams)
         exams.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        for col, item in enumerate((flag, pid, _Item(r.display_name), exams, latest)):
+        age = _Item("" if r.age is None else str(r.age), r.age if r.age is not None else 999)
+        age.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if len(r.birth_date) == 8:
+            age.setToolTip(f"born {r.birth_date[:4]}-{r.birth_date[4:6]}-{r.birth_date[6:]}")
+        for col, item in enumerate((flag, pid, _Item(r.display_name), age, exams, latest)):
             self.table.setItem(i, col, item)
 
     def _apply_filter(self, text: str) -> None:

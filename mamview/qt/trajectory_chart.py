@@ -169,6 +169,16 @@ class TrajectoryChart(QWidget):
         self.demo_banner.setVisible(False)
         lay.addWidget(self.demo_banner)
 
+        # above the curve: her images may be two women's (core.cache.reads.identity_conflicts)
+        self.identity_banner = QLabel("")
+        self.identity_banner.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.identity_banner.setWordWrap(True)
+        self.identity_banner.setStyleSheet(
+            "background: #5a1a14; color: #ffc4bb; font-weight: 700; padding: 3px 6px;"
+            "border: 1px solid #c0392b; border-radius: 3px;")
+        self.identity_banner.setVisible(False)
+        lay.addWidget(self.identity_banner)
+
         left = _PercentLogAxis(pen=FOREGROUND, textPen=FOREGROUND)
         bottom = (_RelativeYearsAxis("bottom", pen=FOREGROUND, textPen=FOREGROUND)
                   if self.relative_years
@@ -284,6 +294,11 @@ class TrajectoryChart(QWidget):
             name = name.replace(f"({DEMO_LABEL})", "").replace(DEMO_LABEL, "").strip(" —-")
         self.title_label.setText("5-year risk" + (f" — {name}" if name else ""))
         self._redraw(rescale=True)
+
+    def set_identity_warning(self, text: str) -> None:
+        """Say above the chart that these exams may not be one woman's ('' hides it)."""
+        self.identity_banner.setText("⚠ " + text[:1].upper() + text[1:] if text else "")
+        self.identity_banner.setVisible(bool(text))
 
     def update_point(self, point: ChartPoint) -> None:
         """Add or replace one exam's point (e.g. pending → scored when its score arrives)."""

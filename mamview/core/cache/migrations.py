@@ -248,7 +248,12 @@ def m007_image_domain(db: sqlite_utils.Database) -> None:
 
 @migrations()
 def m008_patient_identity(db: sqlite_utils.Database) -> None:
-    """(being written: the identity fields each image carries, to find conflicts)"""
+    """The birth date and name each image carries, so two women sharing a PatientID are found
+    (the patients row keeps one of each). Image files are read again at the next import to fill
+    them in (a header-only scan)."""
+    for column in ("patient_birth_date", "patient_name"):
+        db.execute(f"ALTER TABLE images ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
+    db.execute("DELETE FROM files WHERE outcome = 'image'")
 
 def _run(db: sqlite_utils.Database, script: str) -> None:
     # executescript() would COMMIT first and break the migration's transaction

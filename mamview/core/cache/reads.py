@@ -492,6 +492,69 @@ def object_counts(objects: Sequence[dict]) -> dict[str, int]:
     return counts
 
 
+def identity_conflicts(db: sqlite_utils.Database,
+                       patient_keys: Sequence[str] | None = None) -> dict[str, str]:
+    """Women whose images disagree on who she is: the same key (issuer + PatientID) with two
+    birth dates, or with clearly different names (another family name, or another given name
+    under the same family name). Key → one line saying what differs."""
+    sql = ("SELECT patient_key, patient_birth_date, patient_name FROM images WHERE NOT missing")
+    args: list = []
+    if patient_keys is not None:
+        keys = list(patient_keys)
+        if not keys:
+            return {}
+        sql += f" AND patient_key IN ({','.join('?' * len(keys))})"
+        args = keys
+    births: dict[str, set[str]] = {}
+    names: dict[str, set[tuple[str, str]]] = {}
+    for pk, birth, name in db.execute(sql + " GROUP BY patient_key, patient_birth_date, "
+                                            "patient_name", args):
+        if birth:
+            births.setdefault(pk, set()).add(birth)
+        family, _, given = (name or "").upper().partition("^")
+        if family.strip():
+            names.setdefault(pk, set()).add((family.strip(), given.split("^")[0].strip()))
+    out: dict[str, str] = {}
+    for pk in set(births) | set(names):
+        why = []
+        if len(births.get(pk, ())) > 1:
+            shown = ", ".join(sorted(f"{b[:4]}-{b[4:6]}-{b[6:]}" if len(b) == 8 else b
+                                     for b in births[pk]))
+            why.append(f"{len(births[pk])} birth dates ({shown})")
+        if _different_people(names.get(pk, set())):
+            why.append(f"{len(names[pk])} names")
+        if why:
+            out[pk] = ("identity conflict: one patient ID with " + " and ".join(why)
+                       + " — check before reading her exams as one trajectory")
+    return out
+
+
+def identity_problems(db: sqlite_utils.Database) -> list[dict]:
+    """The identity conflicts as rows shaped like `list_problems` (path: the patient ID),
+    so every problem list shows them beside the files that were skipped."""
+    conflicts = identity_conflicts(db)
+    if not conflicts:
+        return []
+    ids = {r["patient_key"]: (r["patient_id"], r["issuer"]) for r in list_patients(db)}
+    rows = []
+    for pk in sorted(conflicts):
+        pid, issuer = ids.get(pk, (pk, ""))
+        rows.append({"path": f"patient ID {pid}" + (f" (issuer {issuer})" if issuer else ""),
+                     "reason": "identity conflict", "detail": conflicts[pk]})
+    return rows
+
+
+def _different_people(names: set[tuple[str, str]]) -> bool:
+    """Two (family, given) names that cannot be one person's spelling: another family name, or
+    given names where neither starts with the other ('JANE' and 'J' agree, 'JANE' and 'ANNA' not)."""
+    families = {f for f, _ in names}
+    if len(families) > 1:
+        return True
+    givens = sorted({g for _, g in names if g})
+    return any(not (a.startswith(b) or b.startswith(a)) for i, a in enumerate(givens)
+               for b in givens[i + 1:])
+
+
 # ---------------------------------------------------------------- reading session
 # (queries the reading session needs; keep this heading: helpers add below it)
 

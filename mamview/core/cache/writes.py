@@ -35,6 +35,8 @@ def _image_row(h: ImageHeader) -> dict:
         "manufacturer": h.manufacturer,
         "manufacturer_model": h.manufacturer_model,
         "study_time": h.study_time,
+        "patient_birth_date": h.patient_birth_date,
+        "patient_name": h.patient_name,
         "series_description": h.series_description,
         "laterality": h.laterality.value,
         "laterality_source": h.laterality.source.value,
