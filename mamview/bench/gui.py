@@ -3,7 +3,9 @@
 1. Patient switch: time from selecting her in the worklist to every tile of the layout painted,
    cold (previews read from the disk cache; the in-memory copies dropped first) and in memory
    (a revisit, or the next woman prefetched while the reader looked at the previous one).
-2. Event-loop stall while the CPU inference service scores: a 5 ms QTimer heartbeat records the
+2. Launch to first window: a fresh interpreter started, the window shown; the GUI process's
+   resident memory then, and whether torch was imported (it must not be).
+3. Event-loop stall while the CPU inference service scores: a 5 ms QTimer heartbeat records the
    longest gap between its ticks while the worker runs.
 """
 
@@ -62,6 +64,47 @@ def measure(size: str = "full", repeats: int = 15, stall_seconds: float = 8.0,
             shutil.rmtree(base, ignore_errors=True)
 
 
+_STARTUP = """
+import sys, time
+from mamview.core.paths import library
+from mamview.qt.app import application
+from mamview.qt.main_window import MainWindow
+app = application()
+win = MainWindow(library(sys.argv[1]), start_inference=False)
+win.resize(1920, 1080)
+win.show()
+while not (win.windowHandle() and win.windowHandle().isExposed()):
+    app.processEvents()
+app.processEvents()
+shown = time.time()
+rss = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS"))
+print(shown, rss, "torch" in sys.modules)
+win.shutdown()
+"""
+
+
+def _startup(lib, repeats: int = 5) -> dict:
+    """Time from launching a fresh interpreter to the window shown, and the GUI process's
+    resident memory then (the model and torch load in the inference process, never here)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "QT_QPA_PLATFORM": os.environ.get("QT_QPA_PLATFORM", "offscreen")}
+    times, rss, torch_loaded = [], [], False
+    for _ in range(repeats):
+        t0 = time.time()
+        out = subprocess.run([sys.executable, "-c", _STARTUP, str(lib.home)], env=env,
+                             capture_output=True, text=True, timeout=120, check=True)
+        shown, kb, torch = out.stdout.split()[-3:]
+        times.append((float(shown) - t0) * 1000)
+        rss.append(int(kb) / 1024)
+        torch_loaded = torch_loaded or torch == "True"
+    return {"median_ms": round(statistics.median(times)), "max_ms": round(max(times)),
+            "rss_mb": round(statistics.median(rss)), "torch_imported": torch_loaded,
+            "runs": repeats}
+
+
 def _measure(work: Path, size: str, repeats: int, stall_seconds: float) -> dict:
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
@@ -72,6 +115,7 @@ def _measure(work: Path, size: str, repeats: int, stall_seconds: float) -> dict:
     from mamview.qt.main_window import MainWindow
 
     lib = _prepare(work, size)
+    startup = _startup(lib)
     app = application()
     win = MainWindow(lib, start_inference=False)
     win.resize(1920, 1080)
@@ -160,6 +204,7 @@ def _measure(work: Path, size: str, repeats: int, stall_seconds: float) -> dict:
         if win.service else None,
     }
     figures["preview_shape"] = list(preview_shape)
+    figures["startup"] = startup
     win.close()  # stops the workers first
     app.processEvents()
     return figures
@@ -174,6 +219,11 @@ def rows(fig: dict) -> list[tuple[str, str]]:
             f = fig[f"select_to_drawn_ms_{layout}_{kind}"]
             out.append((f"select → {f['tiles']} tiles drawn ({layout}, {what})",
                         f"median {f['median']} ms, max {f['max']} ms (target < 300 ms)"))
+    st = fig["startup"]
+    out.append(("launch → first window (fresh process)",
+                f"median {st['median_ms']} ms, max {st['max_ms']} ms over {st['runs']} runs; "
+                f"GUI process RSS {st['rss_mb']} MB; torch imported: "
+                f"{'yes' if st['torch_imported'] else 'no'}"))
     s = fig["stall"]
     out.append(("longest event-loop stall, CPU inference",
                 f"{s['longest_gap_ms']} ms (p99 {s['p99_gap_ms']} ms; target < 100 ms) over "
