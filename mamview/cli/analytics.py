@@ -19,6 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--model", default="auto", help="model id (default: best installed)")
     s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--include-out-of-domain", action="store_true",
+                   help="also score exams whose images are outside the model's validated domain "
+                   "(digitised film, CR, lossy, For Processing, synthetic 2D); their scores are "
+                   "labelled so (default: the setting score_out_of_domain)")
     s.set_defaults(func=cmd_score)
 
     s = sub.add_parser("trajectory", help="change metrics of one woman's (or every woman's) "
@@ -75,27 +79,32 @@ def cmd_score(args, lib: Library) -> int:
     from mamview.core.models.errors import ModelUnavailable
 
 
+    from mamview.core import settings as user_settings
+
     try:
         entry = registry.resolve(lib, args.model)
     except ModelUnavailable as exc:
         raise CliError(str(exc)) from exc
+    include = bool(args.include_out_of_domain
+                   or user_settings.load(lib.settings_file).score_out_of_domain)
     db = open_db(lib)
     try:
         exams = [e["exam_key"] for e in reads.list_exams(db, patient_keys(db, args.patient))]
         # stored scores whose key no longer matches are computed again: say how many
         stale = sum(s.state == ScoreState.STALE for s in
-                    reads.current_scores(db, exams, reads.model_ref(entry)).values())
+                    reads.current_scores(db, exams, reads.model_ref(entry),
+                                         include_out_of_domain=include).values())
     finally:
         db.close()
     if not exams:
         print("No exams to score. Import files first.")
         return 0
     svc = InferenceService(lib.database, lambda dev: registry.load(entry, dev), device=args.device,
-                           batch_size=args.batch_size)
+                           batch_size=args.batch_size, include_out_of_domain=include)
     # scores are saved per batch, so a killed run loses at most the batch in progress; a rerun
     # finds the finished exams in the cache (same model and input files) and skips them
     t0 = time.perf_counter()
-    computed = cached = 0
+    computed = cached = outside = 0
     unscorable: dict[str, int] = {}
     failed = []
     gen = svc.submit(exams)
@@ -109,6 +118,7 @@ def cmd_score(args, lib: Library) -> int:
                 if isinstance(ev, ExamScored):
                     cached += ev.cached
                     computed += not ev.cached
+                    outside += bool(ev.domain)
                     bar.update(1)
                 elif isinstance(ev, ExamUnscorable):
                     unscorable[ev.reason] = unscorable.get(ev.reason, 0) + 1
@@ -129,12 +139,17 @@ def cmd_score(args, lib: Library) -> int:
     print(f"Scored {computed + cached} exams ({computed} computed, {cached} already in the cache).")
     if stale:
         print(f"Recomputed {stale} exam(s) whose stored score was stale (model or image changed).")
+    if outside:
+        print(f"{outside} of them from images outside the model's validated domain, on request "
+              "(labelled so wherever they are shown).")
     seconds = time.perf_counter() - t0
     if computed:
         print(f"Throughput: {computed / seconds:.2f} exams/s computed ({seconds:.1f} s in all, "
               f"model loading included)")
     for reason, n in sorted(unscorable.items()):
         print(term(f"Not scored, {reason}: {n}"))
+    if not include and any(r.startswith("outside the model's validated domain") for r in unscorable):
+        print("Use --include-out-of-domain to score those outside the validated domain anyway.")
     for ev in failed:
         print(term(f"Failed: {ev.exam_key}: {ev.message}"))
     return 1 if failed else 0

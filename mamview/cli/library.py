@@ -142,7 +142,7 @@ def cmd_exams(args, lib: Library) -> int:
             e["images"] = [
                 {k: im[k] for k in ("label", "laterality", "laterality_source", "view",
                                     "view_source", "view_modifiers", "is_standard",
-                                    "presentation_intent", "missing", "decode_error",
+                                    "presentation_intent", "domain", "missing", "decode_error",
                                     "sop_instance_uid", "path")}
                 for im in e["images"]
             ]

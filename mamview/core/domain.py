@@ -138,6 +138,9 @@ class ImageHeader:
     breast_implant_present: str = ""
     burned_in_annotation: str = ""
     lossy_compression: str = ""
+    # why the image is outside the risk model's validated domain ('' = inside): the
+    # DOMAIN_* categories, comma-separated (classify.image_domain)
+    domain: str = ""
     # when the image was taken, to choose among repeats of one view (normalised by the scan)
     acquisition_date: str = ""  # YYYYMMDD or "" (AcquisitionDate, else AcquisitionDateTime)
     acquisition_time: str = ""  # HHMMSS.ffffff or ""
@@ -154,6 +157,39 @@ class ImageHeader:
         """True for an unmodified RCC/LCC/RMLO/LMLO (no spot, magnification, … modifier)."""
         key = (self.laterality.value, self.view.value)
         return not self.view_modifiers and key in {(s.value, v.value) for s, v in STANDARD_VIEWS}
+
+
+# ---------------------------------------------------------------- the model's validated domain
+# Mirai was trained and validated on full-field digital For Presentation mammograms; images of
+# these kinds are shown and labelled but scored only on request (stable strings: stored, shown).
+DOMAIN_FILM = "digitised film"
+DOMAIN_CR = "computed radiography"
+DOMAIN_SYNTHETIC = "synthetic 2D"
+DOMAIN_FOR_PROCESSING = "for processing"
+DOMAIN_LOSSY = "lossy compressed"
+DOMAIN_ORDER = (DOMAIN_FILM, DOMAIN_CR, DOMAIN_SYNTHETIC, DOMAIN_FOR_PROCESSING, DOMAIN_LOSSY)
+
+
+def domain_parts(domain: str) -> tuple[str, ...]:
+    """The categories of a stored domain string ('digitised film, lossy compressed'), in order."""
+    found = {p.strip() for p in (domain or "").split(",") if p.strip()}
+    return tuple(c for c in DOMAIN_ORDER if c in found) + tuple(sorted(found - set(DOMAIN_ORDER)))
+
+
+def join_domain(parts) -> str:
+    """One domain string of several categories (duplicates dropped, in DOMAIN_ORDER)."""
+    return ", ".join(domain_parts(", ".join(parts)))
+
+
+def domain_reason(domain: str) -> str:
+    """Why an exam is not scored: "outside the model's validated domain: digitised film"."""
+    return f"outside the model's validated domain: {join_domain([domain])}"
+
+
+def domain_label(domain: str) -> str:
+    """The label on a tile, strip button or export caption ('' when inside the domain)."""
+    parts = domain_parts(domain)
+    return f"{' + '.join(parts).upper()} — outside the model's domain" if parts else ""
 
 
 @dataclass(frozen=True)
@@ -278,6 +314,15 @@ class ScoredExam:
     device: str = ""
     computed_at: str = ""
     input_uids: tuple[str, ...] = ()
+    # the stored score's inputs outside the model's validated domain ('' = all inside; set
+    # only on scores computed on request), and views used for others ('RML→RMLO')
+    domain: str = ""
+    view_mapping: str = ""
+
+    @property
+    def out_of_domain(self) -> bool:
+        """True for a score computed on request from images outside the validated domain."""
+        return bool(self.domain)
 
     @property
     def five_year_percent(self) -> float | None:
@@ -294,4 +339,6 @@ class ScoredExam:
         """JSON-ready: state, 5-year percent, reason and the stored model identity."""
         return {"state": self.state.value, "risk": list(self.risk),
                 "five_year_percent": self.five_year_percent, "reason": self.reason,
-                **self.identity(), "computed_at": self.computed_at}
+                **self.identity(), "computed_at": self.computed_at,
+                "out_of_domain": self.out_of_domain, "domain": self.domain,
+                "view_mapping": self.view_mapping}

@@ -143,7 +143,8 @@ class ReadingSession:
     def set_settings(self, new: settings_mod.Settings) -> bool:
         """Use changed settings. A new model or device stops the service (a fresh one starts
         on the next request) and supersedes every request made so far. True if it did."""
-        restart = new.model != self.settings.model or new.device != self.settings.device
+        restart = (new.model != self.settings.model or new.device != self.settings.device
+                   or new.score_out_of_domain != self.settings.score_out_of_domain)
         self.settings = new
         if restart:
             self.stop_service()
@@ -168,14 +169,16 @@ class ReadingSession:
 
                 self.service = InferenceProcess(
                     self.lib.database, self.lib.home, entry.model_id,
-                    device=self.settings.device, on_event=self.on_event).start()
+                    device=self.settings.device, on_event=self.on_event,
+                    include_out_of_domain=bool(self.settings.score_out_of_domain)).start()
             else:
                 from mamview.core.models import registry
                 from mamview.core.services.inference import InferenceService
 
                 self.service = InferenceService(
                     self.lib.database, lambda dev: registry.load(entry, dev),
-                    device=self.settings.device, on_event=self.on_event)
+                    device=self.settings.device, on_event=self.on_event,
+                    include_out_of_domain=bool(self.settings.score_out_of_domain))
         return self.service
 
     def stop_service(self, timeout: float = 30) -> None:
@@ -204,8 +207,14 @@ class ReadingSession:
         whose model or input files changed), newest first. The woman on screen's are
         included: a later switch cancels her request, and her exams must stay queued."""
         exams = reads.exam_dates(self.db)
-        states = reads.current_scores(self.db, [ek for ek, _, _ in exams], self.score_model)
+        states = reads.current_scores(self.db, [ek for ek, _, _ in exams], self.score_model,
+                                      include_out_of_domain=self.out_of_domain)
         return [ek for ek, _, _ in reversed(exams) if states[ek].state in NEEDS_SCORE]
+
+    @property
+    def out_of_domain(self) -> bool:
+        """Whether images outside the model's validated domain are scored (a setting)."""
+        return bool(self.settings.score_out_of_domain)
 
     def screen_work(self) -> list[str]:
         """The on-screen exams that are pending or stale, oldest first."""
@@ -250,7 +259,7 @@ class ReadingSession:
         return list(self._live.values())
 
     def _submit(self, keys: list[str], priority: int, purpose: str) -> int:
-        gen = self.service.submit(keys, priority)
+        gen = self.service.submit(keys, priority, include_out_of_domain=self.out_of_domain)
         self._live[gen] = ScoringRequest(gen, tuple(keys), priority, purpose)
         return gen
 
@@ -309,7 +318,8 @@ class ReadingSession:
                 event.exam_key, ScoreState.CURRENT, tuple(float(x) for x in event.risk), "",
                 event.model_id, ref.version if same else "", ref.weights_sha256 if same else "",
                 f"{ref.calibrator_id}:{ref.calibrator_sha256}" if same else "",
-                ref.preprocessing_version if same else "", device or "")
+                ref.preprocessing_version if same else "", device or "",
+                domain=event.domain, view_mapping=event.view_mapping)
         if isinstance(event, inf.ExamUnscorable):
             return ScoredExam(event.exam_key, ScoreState.UNSCORABLE, (), event.reason, model_id)
         if isinstance(event, inf.ScoreFailed):
@@ -337,7 +347,8 @@ class ReadingSession:
 
     def exams_of(self, patient_key: str) -> list[ExamInfo]:
         """Any woman's exams with their scores for the model shown (the screen is unchanged)."""
-        exams = patient_exams(self.db, patient_key, self.score_model)
+        exams = patient_exams(self.db, patient_key, self.score_model,
+                              include_out_of_domain=self.out_of_domain)
         for e in exams:
             self._patient_of_exam[e.exam_key] = patient_key
         return exams

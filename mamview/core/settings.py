@@ -31,6 +31,9 @@ class Settings:
     node_allowed_aes: list[str] = field(default_factory=list)
     node_allowed_hosts: list[str] = field(default_factory=list)
     node_allow_any: bool = False
+    # score images outside the model's validated domain (digitised film, CR, lossy, For
+    # Processing, synthetic 2D); such scores are labelled as such wherever they are shown
+    score_out_of_domain: bool = False
     # UID root of the site for the SRs we write ('' = 2.25 UUID-derived UIDs, no registration needed)
     uid_root: str = ""
 

@@ -37,10 +37,9 @@ class ExamInfo:
         return self.exam_date.isoformat() if self.exam_date else "undated"
 
     def image_for(self, label: str) -> dict | None:
-        """The standard image shown for a view label ('RCC' …): the last acquired present one
-        (the order the scoring uses, so the image on screen is the image scored)."""
-        cands = [im for im in self.images if im["label"] == label and im["is_standard"]
-                 and not im["missing"]]
+        """The image shown for a view label ('RCC' …): the one the scoring reads (in-domain
+        before out-of-domain, the last acquired of repeats, an ML in an empty MLO place)."""
+        cands, _ = reads.slot_candidates(self.images, label[:1], label[1:], True)
         return max(cands, key=reads.acquisition_order) if cands else None
 
 
@@ -85,11 +84,13 @@ def _parse_date(text: str) -> date | None:
         return None
 
 
-def patient_exams(db, patient_key: str, model: ModelRef | str | None) -> list[ExamInfo]:
+def patient_exams(db, patient_key: str, model: ModelRef | str | None, *,
+                  include_out_of_domain: bool = False) -> list[ExamInfo]:
     """The woman's exams, oldest first, each with its score state for `model`
     (see `reads.current_scores`; an incomplete exam is unscorable at once)."""
     rows = reads.list_exams(db, [patient_key])
-    states = reads.current_scores(db, [r["exam_key"] for r in rows], model)
+    states = reads.current_scores(db, [r["exam_key"] for r in rows], model,
+                                  include_out_of_domain=include_out_of_domain)
     return [ExamInfo(r["exam_key"], _parse_date(r["exam_date"]), r["images"], r["complete"],
                      r["incomplete_reason"], states.get(r["exam_key"]))
             for r in rows]

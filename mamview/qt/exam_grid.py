@@ -23,7 +23,8 @@ from mamview.core import hanging, previews
 from mamview.core.hanging import LAYOUTS, VIEW_ORDER, Hanging
 from mamview.core.services.decode import render_full_elsewhere
 from mamview.qt.image_tile import ImageTile
-from mamview.core.domain import STALE_REASON, ScoredExam, ScoreState
+from mamview.core.domain import (STALE_REASON, STANDARD_VIEWS, ScoredExam, ScoreState,
+                                 domain_label, domain_parts, join_domain, view_label)
 from mamview.core.worklist import ExamInfo, preview_path
 
 
@@ -77,11 +78,20 @@ _PREVIEW_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mamview-pr
 def score_text(score: ScoredExam, model_short: str) -> str:
     """What a tile says about the exam's score."""
     if score.five_year_percent is not None:
-        return f"5-yr risk {score.five_year_percent:.1f}% · {model_short}"
+        outside = " · outside domain" if score.domain else ""
+        return f"5-yr risk {score.five_year_percent:.1f}% · {model_short}{outside}"
     if score.state == ScoreState.UNSCORABLE:
         return f"not scored: {score.reason}"
     # a stale score is never shown with its old number
     return (score.reason or STALE_REASON) if score.state == ScoreState.STALE else "scoring…"
+
+
+def exam_domain(ex: ExamInfo) -> str:
+    """Why the images hung for an exam (or those its score was computed from) are outside the
+    model's validated domain; '' when inside."""
+    shown = [ex.image_for(view_label(s.value, v.value)) for s, v in STANDARD_VIEWS]
+    parts = [im.get("domain") or "" for im in shown if im is not None]
+    return join_domain(parts + [ex.score.domain if ex.score is not None else ""])
 
 
 def thumb_score_text(score: ScoredExam) -> str:
@@ -276,7 +286,6 @@ class ExamGrid(QWidget):
             b.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
             b.clicked.connect(lambda _=False, k=ex.exam_key: self.set_current(k))
             b.customContextMenuRequested.connect(lambda _p, k=ex.exam_key: self.set_prior(k))
-            b.setToolTip("Click: hang as current exam · right-click: use as prior")
             self._strip_layout.insertWidget(self._strip_layout.count() - 1, b)
             self._thumbs[ex.exam_key] = b
             self._update_thumb(ex)
@@ -288,8 +297,13 @@ class ExamGrid(QWidget):
         role = "current" if ex.exam_key == self.current_key else (
             "prior" if ex.exam_key == self.prior_key else "")
         val = thumb_score_text(ex.score)
-        b.setText(f"{ex.date_text}\n{val}" + (f" · {role}" if role else ""))
-        color = {"current": "#2d6cdf", "prior": "#8a6d1f"}.get(role, "#333")
+        domain = exam_domain(ex)
+        # the first category in capitals ('DIGITISED FILM'), the whole label in the tooltip
+        mark = f" · ⚠ {domain_parts(domain)[0].upper()}" if domain else ""
+        b.setText(f"{ex.date_text}{mark}\n{val}" + (f" · {role}" if role else ""))
+        b.setToolTip((domain_label(domain) + "\n" if domain else "")
+                     + "Click: hang as current exam · right-click: use as prior")
+        color = {"current": "#2d6cdf", "prior": "#8a6d1f"}.get(role, "#a07000" if domain else "#333")
         b.setStyleSheet(f"QToolButton {{ color: #ddd; background: #1b1b1b; border: 1px solid {color};"
                         f" border-radius: 3px; padding: 1px 6px; font-size: 11px; }}")
 

@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QFileDialog
                                QLabel, QLineEdit, QMessageBox, QPushButton, QVBoxLayout, QWidget)
 
 from mamview.core import reference
+from mamview.core.domain import domain_label
 from mamview.core.reports.figure import SCORED, WITHHELD_NOTE, ExportContent, new_pseudonym
 from mamview.qt.trajectory_chart import ChartPoint, TrajectoryChart
 
@@ -48,7 +49,7 @@ def chart_points(content: ExportContent) -> list[ChartPoint]:
             _RELATIVE_ANCHOR + datetime.timedelta(days=round(p.years_from_latest * 365.25)))
         out.append(ChartPoint(f"e{i}", when, p.state,
                               p.risk_percent if p.state == SCORED else None,
-                              p.yearly_percent, content.model_name, p.reason))
+                              p.yearly_percent, content.model_name, p.reason, p.domain))
     return out
 
 
@@ -160,6 +161,8 @@ def _paint_tiles(p: QPainter, content: ExportContent, images, area: QRectF) -> l
         else:
             _text(p, cell, tile.message or "image not available", 12, _DIM,
                   flags=Qt.AlignmentFlag.AlignCenter)
+        if tile.domain:  # its own line at the top: the caption below may be elided
+            _paint_domain(p, QRectF(cell.left(), cell.top(), cell.width(), 18), tile.domain)
         cap = QRectF(cell.left(), cell.bottom() - 18, cell.width(), 18)
         p.fillRect(cap, QColor(0, 0, 0, 190))
         highlight = content.current_index is not None and tile.exam_index == content.current_index
@@ -171,6 +174,17 @@ def _paint_tiles(p: QPainter, content: ExportContent, images, area: QRectF) -> l
                                                   box.width())
         p.drawText(box, int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter), text)
     return cells
+
+
+def _paint_domain(p: QPainter, band: QRectF, domain: str) -> None:
+    """The label of an image outside the model's validated domain, across a tile's top."""
+    p.fillRect(band, QColor(90, 60, 0, 215))
+    p.setFont(_font(11, bold=True))
+    p.setPen(QColor("#ffcf66"))
+    box = band.adjusted(4, 0, -4, 0)
+    text = QFontMetricsF(p.font()).elidedText(domain_label(domain), Qt.TextElideMode.ElideRight,
+                                              box.width())
+    p.drawText(box, int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter), text)
 
 
 def _image_target(area: QRectF, img: QImage, tile) -> QRectF:

@@ -17,9 +17,14 @@ from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import QLabel
 
+from mamview.core.domain import domain_label
+
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
 
 BACKGROUND = "#000000"
+# an image outside the model's validated domain: readable on any image, never mistaken for a score
+DOMAIN_STYLE = ("color: #ffcf66; background: rgba(90, 60, 0, 200); font-size: 11px; "
+                "font-weight: bold; padding: 1px 4px; border-radius: 2px;")
 LABEL_STYLE = ("color: rgba(200, 200, 200, 190); background: transparent; "
                "font-size: 11px; font-family: sans-serif;")
 LOUPE_SIZE = 240
@@ -83,6 +88,7 @@ class ImageTile(pg.GraphicsView):
         self.image_item = pg.ImageItem(axisOrder="row-major")
         self.vb.addItem(self.image_item)
         self.label = ""  # 'RCC'
+        self.domain_text = ""  # the label of an image outside the model's domain, else ''
         self.laterality = ""  # 'R' / 'L'
         self.exam_key = ""
         self.image_row: dict | None = None
@@ -101,6 +107,10 @@ class ImageTile(pg.GraphicsView):
         self._caption = QLabel(self)
         self._score = QLabel(self)
         self._message = QLabel(self)
+        self._domain = QLabel(self)  # 'DIGITISED FILM — outside the model's domain'
+        self._domain.setStyleSheet(DOMAIN_STYLE)
+        self._domain.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+        self._domain.hide()
         for lab in (self._caption, self._score):
             lab.setStyleSheet(LABEL_STYLE)
             lab.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
@@ -128,6 +138,9 @@ class ImageTile(pg.GraphicsView):
         self.preset_index = None
         self._caption.setText(caption)
         self._score.setText(score_text)
+        self.domain_text = domain_label((image_row or {}).get("domain") or "")
+        self._domain.setToolTip(self.domain_text)
+        self._domain.setVisible(bool(self.domain_text))
         if array is None:
             self.array = None
             self.preview_shape = (0, 0)
@@ -304,13 +317,19 @@ class ImageTile(pg.GraphicsView):
     def _place_labels(self) -> None:
         """Labels in the outer corners (away from the chest wall, where there is air)."""
         m = 6
-        for lab in (self._caption, self._score):
-            lab.adjustSize()
         w = self.width()
+        if self.domain_text:  # a narrow tile keeps the category, the rest is elided
+            self._domain.ensurePolished()
+            self._domain.setText(self._domain.fontMetrics().elidedText(
+                self.domain_text, Qt.TextElideMode.ElideRight, max(40, w - 2 * m - 10)))
+        for lab in (self._caption, self._score, self._domain):
+            lab.adjustSize()
         outer_left = self.chest_wall_right or not self.laterality
         x_cap = m if outer_left else w - self._caption.width() - m
         x_score = m if outer_left else w - self._score.width() - m
         self._caption.move(x_cap, m)
+        x_domain = m if outer_left else w - self._domain.width() - m
+        self._domain.move(x_domain, m + self._caption.height() + 2)
         self._score.move(x_score, self.height() - self._score.height() - m)
         self._message.setGeometry(0, 0, w, self.height())
 

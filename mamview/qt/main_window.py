@@ -569,7 +569,7 @@ class MainWindow(QMainWindow):
         s = ex.score  # a stale score waits with STALE_REASON, never drawn as current
         return ChartPoint(ex.exam_key, ex.exam_date, s.state, s.five_year_percent,
                           risk_percent(s.risk), self.model_label,
-                          s.reason or None)
+                          s.reason or None, domain=s.domain)
 
     def _refresh_metrics(self) -> None:
         self.metrics.set_report(self.session.report(self.patient_key) if self.patient_key

@@ -74,6 +74,7 @@ class ChartPoint:
     yearly_percent: tuple[float, ...] = ()  # cumulative risk, years 1..5, percent
     model_label: str = ""
     reason: str | None = None  # why an exam could not be scored, or why it is pending again
+    domain: str = ""  # scored on request from images outside the model's validated domain
 
 
 def date_to_x(d: datetime.date) -> float:
@@ -97,6 +98,8 @@ def tooltip_text(p: ChartPoint, relative_to: datetime.date | None = None) -> str
                      else "Not scored yet (waiting for the model)")
     else:
         lines.append("Not scorable: " + (p.reason or "reason unknown"))
+    if p.domain:
+        lines.append(f"Outside the model's validated domain ({p.domain}): scored on request")
     if p.model_label:
         lines.append("Model: " + p.model_label)
     return "\n".join(lines)

@@ -157,8 +157,17 @@ def test_ct_detail_names_modality_and_sop_class(tmp_path):
     assert _problem(write_other_modality(tmp_path / "ct.dcm")).detail == "Modality CT, CT Image Storage"
 
 
-def test_secondary_capture_with_modality_mg_is_a_study_member_not_an_image(tmp_path):
+def test_secondary_capture_with_modality_mg_is_a_digitised_film_image(tmp_path):
+    # digitised film (issue 13): an image, outside the model's domain, no longer a study member
     p = write_mammogram(tmp_path / "sc.dcm", extra={"SOPClassUID": SecondaryCaptureImageStorage})
+    h = headers.read_header(p)
+    assert isinstance(h, ImageHeader) and h.domain == "digitised film"
+    assert h.patient_id == "P1" and h.study_date == "20200101"
+
+
+def test_secondary_capture_screenshot_is_a_study_member_not_an_image(tmp_path):
+    p = write_mammogram(tmp_path / "sc.dcm",
+                        extra={"SOPClassUID": SecondaryCaptureImageStorage, "Modality": "OT"})
     member = headers.read_header(p)
     assert isinstance(member, StudyObject) and member.kind == "secondary capture"
     assert member.patient_id == "P1" and member.study_date == "20200101"

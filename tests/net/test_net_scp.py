@@ -300,3 +300,37 @@ def test_a_read_for_the_node_closes_its_connection_even_when_it_fails(home):
             assert open_database_files(lib)
             db.execute("SELECT nothing FROM nowhere")
     assert open_database_files(lib) == []
+
+
+def test_every_object_of_a_study_is_stored_and_disk_and_network_classify_alike(home, tmp_path):
+    """CR images with Modality MG are mammograms over the network as on disk; a presentation
+    state, key objects and a CAD SR are filed with their study; a CT of another study is refused
+    with a failure status that names why; JPEG Extended is not even offered a context."""
+    from pydicom.uid import JPEGExtended12Bit
+    from tests.factories import write_mammogram, write_other_modality
+    from tests.study_objects import write_study_objects
+
+    lib = library(home)
+    src = tmp_path / "study"
+    study = generate_uid()
+    images = [write_mammogram(src / f"{lat}{view}.dcm", patient_id="CR1", study_uid=study,
+                              study_date="20240101", laterality=lat, view=view, shape=(64, 52),
+                              extra={"SOPClassUID": "1.2.840.10008.5.1.4.1.1.1"})  # CR Image
+              for lat, view in (("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO"))]
+    members = write_study_objects(images, src / "objects")
+    ct = write_other_modality(tmp_path / "ct.dcm", modality="CT")
+    with scp.StorageNode(lib, port=0, host=LOOPBACK, score=False, allow_any=True) as node:
+        assert JPEGExtended12Bit not in scp.TRANSFER_SYNTAXES
+        sent = send_files(PacsNode("MAMVIEW", LOOPBACK, node.bound_port),
+                          images + members + [ct], "OTHERSCU")
+        assert sent.sent == 7, sent.failed
+        assert [p for p, _ in sent.failed] == [str(ct)]
+        assert node.wait_idle(60)
+    kinds = dict(db_rows(lib, "SELECT kind, count(*) FROM study_objects GROUP BY kind"))
+    assert kinds == {"CAD SR": 1, "key objects": 1, "presentation state": 1}
+    assert len(db_rows(lib, "SELECT 1 FROM images WHERE patient_key LIKE '%CR1'")) == 4
+    # the same files imported from disk land in the same tables with the same kinds
+    other = library(tmp_path / "disk-home")
+    from mamview.core.ingest import drain
+    drain(run_import(other, [src], make_previews=False))
+    assert dict(db_rows(other, "SELECT kind, count(*) FROM study_objects GROUP BY kind")) == kinds

@@ -44,6 +44,10 @@ class ScorePoint:
     yearly_percent: tuple[float, ...] = ()  # cumulative risk by year 1..5, percent
     model_version: str = ""
     weights_sha256: str = ""
+    # inputs outside the model's validated domain ('' = inside; scored on request only), and
+    # views used for others ('RML→RMLO'), as the score recorded them
+    domain: str = ""
+    view_mapping: str = ""
 
     @property
     def model_identity(self) -> tuple[str, str, str]:
@@ -171,7 +175,8 @@ class TrajectoryReport:
                 {"exam_date": p.exam_date.isoformat(), "risk_percent": p.risk_percent,
                  "model_id": p.model_id, "model_version": p.model_version,
                  "weights_sha256": p.weights_sha256, "exam_key": p.exam_key, "vendor": p.vendor,
-                 "yearly_percent": list(p.yearly_percent)}
+                 "yearly_percent": list(p.yearly_percent), "out_of_domain": bool(p.domain),
+                 "domain": p.domain, "view_mapping": p.view_mapping}
                 for p in self.points
             ],
             "change_since_prior_pp": self.change_since_prior,
@@ -313,6 +318,11 @@ def analyze(points: Sequence[ScorePoint], rules: FlagRules = FlagRules()) -> Tra
             notes.append(f"model changed on {cur.exam_date.isoformat()} "
                          f"({_model_text(prev)} → {_model_text(cur)}): scores are not comparable")
 
+    for p in good:
+        if p.domain:
+            notes.append(f"the score of {p.exam_date.isoformat()} is from images outside the "
+                         f"model's validated domain ({p.domain}), computed on request")
+
     flags: list[str] = []
     for thr, when in crossings.items():
         if when is not None:
@@ -335,9 +345,11 @@ def analyze(points: Sequence[ScorePoint], rules: FlagRules = FlagRules()) -> Tra
 # ---------------------------------------------------------------- reading the cache
 
 
-def exam_states(db, patient_key: str, model=None) -> list[tuple[datetime.date | None, ScoredExam]]:
+def exam_states(db, patient_key: str, model=None, *, include_out_of_domain: bool = False
+                ) -> list[tuple[datetime.date | None, ScoredExam]]:
     """(exam date, ScoredExam) of each of the woman's exams, oldest first, for `model` (a
-    ModelRef, a model id, or None: the model that scored most of her exams)."""
+    ModelRef, a model id, or None: the model that scored most of her exams); exams outside
+    the model's domain as `reads.current_scores` says with `include_out_of_domain`."""
     from mamview.core.cache import reads
 
     exams = reads.exam_dates(db, patient_key)
@@ -346,7 +358,7 @@ def exam_states(db, patient_key: str, model=None) -> list[tuple[datetime.date | 
         model = reads.model_with_most_scores(db, keys)
         if model is None:
             return []
-    states = reads.current_scores(db, keys, model)
+    states = reads.current_scores(db, keys, model, include_out_of_domain=include_out_of_domain)
     return [(_date(d), states[ek]) for ek, _, d in exams]
 
 
@@ -366,7 +378,8 @@ def points_for_patient(db, patient_key: str, model=None) -> list[ScorePoint]:
     for when, s in scored:
         yearly = risk_percent(s.risk)
         out.append(ScorePoint(when, yearly[4], s.model_id, s.exam_key, vendors.get(s.exam_key),
-                              yearly, s.model_version, s.weights_sha256))
+                              yearly, s.model_version, s.weights_sha256, s.domain,
+                              s.view_mapping))
     return out
 
 

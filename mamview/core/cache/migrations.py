@@ -243,7 +243,39 @@ def m006_study_objects(db: sqlite_utils.Database) -> None:
 
 @migrations()
 def m007_image_domain(db: sqlite_utils.Database) -> None:
-    """(being written: the model's validated domain of each image)"""
+    """Why each image is outside the model's validated domain ('' = inside: full-field digital,
+    For Presentation, not lossy, acquired as 2-D), and on each score the domain of its inputs
+    (set only on scores computed on request) and the views used for others ('RML→RMLO').
+
+    What the stored columns tell (CR class, For Processing, LossyImageCompression 01) is filled
+    in now. Synthetic 2D needs ImageType, not stored: the images of exams that hold a
+    tomosynthesis object (a synthetic view comes with its tomosynthesis) or whose series
+    description names one are read again at the next import, and so are secondary captures
+    filed as study members, as digitised film is now an image."""
+    db.execute("ALTER TABLE images ADD COLUMN domain TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE scores ADD COLUMN domain TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE scores ADD COLUMN view_mapping TEXT NOT NULL DEFAULT ''")
+    # frozen copies of the category strings of domain.py as of this migration
+    for category, where in (
+        ("computed radiography", "sop_class_uid = '1.2.840.10008.5.1.4.1.1.1'"),
+        ("for processing", "presentation_intent = 'FOR PROCESSING'"),
+        ("lossy compressed", "lossy_compression = '01'"),
+    ):
+        db.execute(f"UPDATE images SET domain = CASE WHEN domain = '' THEN ? "
+                   f"ELSE domain || ', ' || ? END WHERE {where}", [category, category])
+    import re
+
+    synthetic = re.compile(r"C-?VIEW|V-?PREVIEW|S-?VIEW|INSIGHT\W?2D|SYNTHE", re.IGNORECASE)
+    with_tomo = {r[0] for r in db.execute(
+        "SELECT exam_key FROM study_objects WHERE kind = 'tomosynthesis'")}
+    reread = [path for path, exam, description in db.execute(
+        "SELECT path, exam_key, series_description FROM images")
+        if exam in with_tomo or synthetic.search(description)]
+    reread += [r[0] for r in db.execute(
+        "SELECT path FROM study_objects WHERE kind = 'secondary capture'")]
+    for path in reread:
+        db.execute("DELETE FROM files WHERE path = ?", [path])
+    db.execute("DELETE FROM study_objects WHERE kind = 'secondary capture'")
 
 
 @migrations()
@@ -253,7 +285,8 @@ def m008_patient_identity(db: sqlite_utils.Database) -> None:
     them in (a header-only scan)."""
     for column in ("patient_birth_date", "patient_name"):
         db.execute(f"ALTER TABLE images ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
-    db.execute("DELETE FROM files WHERE outcome = 'image'")
+    # a stat that can never match: the next import reads each image file again (the row stays)
+    db.execute("UPDATE files SET mtime_ns = -1 WHERE outcome = 'image'")
 
 def _run(db: sqlite_utils.Database, script: str) -> None:
     # executescript() would COMMIT first and break the migration's transaction

@@ -14,9 +14,10 @@ from typing import Iterable, Sequence
 
 import sqlite_utils
 
-from mamview.core.cache.keys import cache_key, unscorable_key
+from mamview.core.cache.keys import unscorable_key
 from mamview.core.domain import STANDARD_VIEWS, view_label
 from mamview.core.domain import STALE_REASON, ModelRef, ScoredExam, ScoreState
+from mamview.core.domain import DOMAIN_FOR_PROCESSING, domain_reason, join_domain
 
 
 # ---------------------------------------------------------------- which model
@@ -69,25 +70,32 @@ def choose_model(lib, requested: str | None = None, db=None) -> ModelRef | None:
 # ---------------------------------------------------------------- current, stale, pending
 
 
-def current_scores(db, exam_keys: Sequence[str], model: ModelRef | str | None
-                   ) -> dict[str, ScoredExam]:
+def current_scores(db, exam_keys: Sequence[str], model: ModelRef | str | None, *,
+                   include_out_of_domain: bool = False) -> dict[str, ScoredExam]:
     """Per exam: its score state for `model` with the stored score and its identity.
 
     `model` is a ModelRef (checked against its identity when installed), a bare model id, or
     None (the newest stored model per exam); without an installed identity a stored score is
     checked against its own recorded identity, i.e. only for changed input files.
+
+    An exam whose inputs are outside the model's validated domain (digitised film, CR, …) is
+    UNSCORABLE with that reason unless `include_out_of_domain` (then PENDING until scored); a
+    score computed on request is CURRENT either way, and carries the domain.
     """
-    return {ek: scored for ek, (scored, _) in evaluate(db, exam_keys, model).items()}
+    return {ek: scored for ek, (scored, _) in evaluate(
+        db, exam_keys, model, include_out_of_domain=include_out_of_domain).items()}
 
 
-def evaluate(db, exam_keys: Sequence[str], model: ModelRef | str | None
+def evaluate(db, exam_keys: Sequence[str], model: ModelRef | str | None, *,
+             include_out_of_domain: bool = False
              ) -> dict[str, tuple[ScoredExam, dict | None]]:
     """`current_scores` with the matching stored row (None unless current or unscorable).
 
     Queries: one per exam for its inputs, then three in all (newest rows, image UIDs, rows
     by today's keys), whatever the number of exams.
     """
-    from mamview.core.services.inference import Unscorable, exam_inputs, input_signature
+    from mamview.core.services.inference import (OUT_OF_DOMAIN_KEY, Unscorable, exam_inputs,
+                                                 inputs_domain, score_key)
 
     keys = list(dict.fromkeys(exam_keys))
     ref = model if isinstance(model, ModelRef) else None
@@ -100,19 +108,27 @@ def evaluate(db, exam_keys: Sequence[str], model: ModelRef | str | None
         if ident is None:
             today[ek] = (None, None, "")
             continue
+        refused = ""  # a refusal for the domain is stored under its own key
         try:
-            ok_key, why = cache_key(ident, input_signature(exam_inputs(db, ek))), ""
+            # the inputs a request would take; the domain decides only whether it may
+            inputs = exam_inputs(db, ek, include_out_of_domain=True)
+            ok_key, why = score_key(ident, inputs), ""
+            domain = inputs_domain(inputs)
+            if domain and not include_out_of_domain:
+                why, refused = domain_reason(domain), OUT_OF_DOMAIN_KEY
         except Unscorable as exc:
             ok_key, why = None, str(exc)
         except (TypeError, ValueError, KeyError) as exc:  # odd stored values: this exam only
             ok_key, why = None, f"its images cannot be chosen: {type(exc).__name__}"
-        today[ek] = (ok_key, unscorable_key(ident, uids.get(ek, [])), why)
+        today[ek] = (ok_key, unscorable_key(ident, uids.get(ek, [])) + refused, why)
     stored = rows_by_key(db, [k for t in today.values() for k in t[:2] if k])
     return {ek: _state(ek, today[ek], stored, newest.get(ek), model_id) for ek in keys}
 
 
 def _state(ek: str, today: tuple, stored: dict, newest: dict | None, model_id: str | None
            ) -> tuple[ScoredExam, dict | None]:
+    from mamview.core.services.inference import OUT_OF_DOMAIN_KEY
+
     ok_key, unscorable_key, why = today
     hit = stored.get(ok_key) if ok_key else None
     if hit is not None and hit["status"] == "ok":
@@ -122,7 +138,8 @@ def _state(ek: str, today: tuple, stored: dict, newest: dict | None, model_id: s
         return _scored(ek, ScoreState.UNSCORABLE, hit, (), hit.get("reason") or hit["status"]), hit
     if why:  # incomplete today: that is the reason, whatever was stored before
         return ScoredExam(ek, ScoreState.UNSCORABLE, reason=why, model_id=model_id or ""), None
-    if newest is not None:
+    # a refusal for the domain is no earlier score: once the domain is included, it is pending
+    if newest is not None and not newest["cache_key"].endswith(OUT_OF_DOMAIN_KEY):
         return _scored(ek, ScoreState.STALE, newest, (), STALE_REASON), None
     return ScoredExam(ek, ScoreState.PENDING, model_id=model_id or ""), None
 
@@ -131,7 +148,8 @@ def _scored(ek: str, state: ScoreState, row: dict, risk: tuple, reason: str = ""
     return ScoredExam(ek, state, risk, reason, row["model_id"], row.get("model_version") or "",
                       row.get("weights_sha256") or "", row.get("calibrator") or "",
                       row.get("preprocessing_version") or "", row.get("device") or "",
-                      row.get("computed_at") or "", tuple(row.get("input_uids") or ()))
+                      row.get("computed_at") or "", tuple(row.get("input_uids") or ()),
+                      row.get("domain") or "", row.get("view_mapping") or "")
 
 
 def _row_identity(row: dict | None, model_id: str | None) -> ModelRef | None:
@@ -239,7 +257,7 @@ _IMAGE_COLUMNS = (
     "is_standard, presentation_intent, missing, decode_error, transfer_syntax_uid, photometric, "
     "rows, columns, manufacturer, study_uid, series_uid, patient_orientation, window_presets, "
     "size, mtime_ns, sop_class_uid, burned_in_annotation, acquisition_date, acquisition_time, "
-    "content_date, content_time, instance_number"
+    "content_date, content_time, instance_number, domain"
 )
 
 
@@ -259,10 +277,46 @@ def exam_images(db: sqlite_utils.Database, exam_key: str) -> list[dict]:
     return rows
 
 
-def is_scorable_view(image: dict) -> bool:
-    """A standard, present, decodable, For Presentation image (an `exam_images` row)."""
-    return (image["is_standard"] and not image["missing"] and not image["decode_error"]
-            and image["presentation_intent"] != "FOR PROCESSING")
+def image_domain(image: dict) -> str:
+    """Why an `exam_images` row is outside the model's validated domain ('' = inside); For
+    Processing is read from the intent too (rows indexed before the domain was stored)."""
+    intent = image.get("presentation_intent") == "FOR PROCESSING"
+    return join_domain([image.get("domain") or ""] + ([DOMAIN_FOR_PROCESSING] if intent else []))
+
+
+def _present(image: dict) -> bool:
+    return not image["missing"] and not image["decode_error"]
+
+
+def is_scorable_view(image: dict, include_out_of_domain: bool = False) -> bool:
+    """A standard, present, decodable image (an `exam_images` row) inside the model's
+    validated domain, i.e. full-field digital For Presentation (any, with the flag)."""
+    return (image["is_standard"] and _present(image)
+            and (include_out_of_domain or not image_domain(image)))
+
+
+def slot_candidates(images: list[dict], laterality: str, view: str,
+                    include_out_of_domain: bool = False) -> tuple[list[dict], str]:
+    """The images that may fill one of the four views a model reads, and the label they were
+    taken from when it is another view ('RML' for RMLO), else ''.
+
+    An MLO slot without an MLO takes an unmodified ML of that side, as Mirai's own code does
+    (it accepts CC, MLO and ML and codes view = 0 if CC else 1). Images inside the validated
+    domain come first; ones outside only with `include_out_of_domain`.
+    """
+    label = view_label(laterality, view)
+    groups = [(label, [r for r in images if r["label"] == label and r["is_standard"]
+                       and _present(r)])]
+    if view == "MLO":
+        ml = view_label(laterality, "ML")
+        groups.append((ml, [r for r in images if r["label"] == ml and not r["view_modifiers"]
+                            and _present(r)]))
+    for inside in ((True, False) if include_out_of_domain else (True,)):
+        for source, rows in groups:
+            chosen = [r for r in rows if bool(image_domain(r)) != inside]
+            if chosen:
+                return chosen, "" if source == label else source
+    return [], ""
 
 
 def acquisition_order(image: dict) -> tuple[str, int, str]:
@@ -277,15 +331,25 @@ def acquisition_order(image: dict) -> tuple[str, int, str]:
     return when, -1 if number is None else number, image["path"]
 
 
-def exam_status(images: list[dict]) -> tuple[bool, str]:
-    """Whether an exam has the four standard For Presentation views; else the reason."""
-    usable = {r["label"] for r in images if is_scorable_view(r)}
-    needed = [view_label(s.value, v.value) for s, v in STANDARD_VIEWS]
-    absent = [lab for lab in needed if lab not in usable]
-    if not absent:
+def exam_status(images: list[dict], include_out_of_domain: bool = False) -> tuple[bool, str]:
+    """Whether an exam has the four views a model reads (an ML standing in for an MLO) inside
+    the model's validated domain (any domain, with the flag); else the reason: missing or
+    undecodable views, else "outside the model's validated domain: digitised film"."""
+    absent, outside = [], []
+    for side, view in STANDARD_VIEWS:
+        if slot_candidates(images, side.value, view.value, include_out_of_domain)[0]:
+            continue
+        others = slot_candidates(images, side.value, view.value, True)[0]
+        if others:
+            outside.append(join_domain(image_domain(r) for r in others))
+        else:
+            absent.append(view_label(side.value, view.value))
+    if not absent and not outside:
         return True, ""
-    if any(r["presentation_intent"] == "FOR PROCESSING" for r in images) and len(absent) == 4:
-        return False, "only For Processing images"
+    if not absent:
+        if len(outside) == len(STANDARD_VIEWS) and set(outside) == {DOMAIN_FOR_PROCESSING}:
+            return False, "only For Processing images"
+        return False, domain_reason(join_domain(outside))
     # an image that is there but cannot be decoded is not "missing": say which and why
     broken = {r["label"]: r["decode_error"] for r in images
               if r["is_standard"] and not r["missing"] and r["decode_error"]}
@@ -614,3 +678,16 @@ def exam_date_and_patient_id(db: sqlite_utils.Database, exam_key: str) -> tuple[
                      "ON p.patient_key = e.patient_key WHERE e.exam_key = ?",
                      [exam_key]).fetchone()
     return (row[0], row[1]) if row else None
+
+
+def women_with_patient_id(db: sqlite_utils.Database, patient_id: str) -> list[dict]:
+    """The women the library holds under `patient_id` (one per issuer), for query/retrieve:
+    patient_key, issuer, and latest_exam (YYYY-MM-DD of her latest exam with an image on disk;
+    '' when she has none or none is dated)."""
+    rows = db.execute(
+        "SELECT p.patient_key, p.issuer, COALESCE(MAX(e.exam_date), '') FROM patients p "
+        "LEFT JOIN exams e ON e.patient_key = p.patient_key AND EXISTS ("
+        "SELECT 1 FROM images i WHERE i.exam_key = e.exam_key AND NOT i.missing) "
+        "WHERE p.patient_id = ? GROUP BY p.patient_key ORDER BY p.patient_key",
+        [patient_id]).fetchall()
+    return [{"patient_key": k, "issuer": i or "", "latest_exam": d or ""} for k, i, d in rows]

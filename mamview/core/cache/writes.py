@@ -56,6 +56,7 @@ def _image_row(h: ImageHeader) -> dict:
         "pixel_spacing": json.dumps(list(h.pixel_spacing)) if h.pixel_spacing else "",
         "breast_implant_present": h.breast_implant_present,
         "lossy_compression": h.lossy_compression,
+        "domain": h.domain,
         "burned_in_annotation": h.burned_in_annotation,
         "acquisition_date": iso_date(h.acquisition_date),
         "acquisition_time": h.acquisition_time,
@@ -126,6 +127,7 @@ def _write_image(db: sqlite_utils.Database, h: ImageHeader) -> str | Problem:
     ).fetchone()
     if same_uid and same_uid[0] != h.path and not same_uid[1]:
         return Problem(h.path, "duplicate", f"same SOP Instance UID as {same_uid[0]}")
+    db.execute("DELETE FROM study_objects WHERE path = ?", [h.path])  # was a member before
 
     pkey = row["patient_key"]
     db.execute(

@@ -15,7 +15,9 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from mamview.core.domain import Classified, Laterality, Source, View
+from mamview.core.domain import (DOMAIN_CR, DOMAIN_FILM, DOMAIN_FOR_PROCESSING, DOMAIN_LOSSY,
+                                 DOMAIN_SYNTHETIC, Classified, Laterality, Source, View,
+                                 join_domain)
 
 
 class DatasetLike(Protocol):
@@ -186,8 +188,8 @@ def laterality(ds: DatasetLike) -> Classified:
     """Which breast the image shows, and which attribute said so.
 
     Order: ImageLaterality → FrameLaterality → Laterality → ViewPosition ("RMLO", "RIGHT CC")
-    → SeriesDescription / ProtocolName / ImageComments → UNKNOWN (Source.NONE).
-    Text that names both sides decides nothing.
+    → SeriesDescription / ProtocolName / ImageComments → a misused PatientOrientation
+    ("RCC", the last resort) → UNKNOWN (Source.NONE). Text that names both sides decides nothing.
     """
     coded = (
         (ds.get("ImageLaterality"), Source.IMAGE_LATERALITY),
@@ -207,7 +209,36 @@ def laterality(ds: DatasetLike) -> Classified:
         sides, _ = _scan_text(text)
         if len(sides) == 1:
             return Classified(sides.pop().value, source, text)
+    side, _, text = _misused_orientation(ds)
+    if side is not None:
+        return Classified(side.value, Source.PATIENT_ORIENTATION, text)
     return Classified(Laterality.UNKNOWN.value, Source.NONE)
+
+
+# the direction letters PatientOrientation is made of (PS3.3 C.7.6.1.1.1; "H"/"F" head/foot)
+_ORIENTATION_LETTERS = set("APRLHF")
+
+
+def _misused_orientation(ds: DatasetLike) -> tuple[Laterality | None, View | None, str]:
+    """Side and view from a PatientOrientation that holds a view ("CC", "RMLO") instead of
+    directions, as some digitised-film archives write it; directions ("P", "L") say nothing
+    here. Used only when every other attribute is silent, and recorded as the source."""
+    value = ds.get("PatientOrientation")
+    if value is None or value == "":
+        return None, None, ""
+    values = [value] if isinstance(value, str) else list(value)  # type: ignore[arg-type]
+    sides: set[Laterality] = set()
+    views: set[View] = set()
+    for token in (_text(v) for v in values):
+        if not token or set(token) <= _ORIENTATION_LETTERS:
+            continue  # a real direction such as "P", "FL"
+        side, found = _split_side_view(token)
+        if found is not None:  # a side is read only together with a view ("RCC")
+            views.add(found)
+            if side is not None:
+                sides.add(side)
+    text = _text(value)
+    return (sides.pop() if len(sides) == 1 else None), (views.pop() if len(views) == 1 else None), text
 
 
 def _code_of(item: Dataset) -> Code | None:
@@ -234,8 +265,8 @@ def view(ds: DatasetLike) -> Classified:
     """The mammographic projection (CID 4014), and which attribute decided it.
 
     Order: ViewCodeSequence (SCT, SRT/SNM3) → ViewPosition ("MLO", "RMLO", "L CC")
-    → description text → UNKNOWN. ML and MLO are different views; text naming two views decides
-    nothing.
+    → description text → a misused PatientOrientation ("CC", the last resort) → UNKNOWN. ML and
+    MLO are different views; text naming two views decides nothing.
     """
     item = _first_item(ds, "ViewCodeSequence")
     code = _code_of(item) if item is not None else None
@@ -253,6 +284,9 @@ def view(ds: DatasetLike) -> Classified:
         _, views = _scan_text(text)
         if len(views) == 1:
             return Classified(views.pop().value, source, text)
+    _, found, text = _misused_orientation(ds)
+    if found is not None:
+        return Classified(found.value, Source.PATIENT_ORIENTATION, text)
     return Classified(View.UNKNOWN.value, Source.NONE)
 
 
@@ -336,8 +370,9 @@ def as_int(value: object, default: int = 0) -> int:
 def mammogram_kind(ds: DatasetLike) -> tuple[bool, str]:
     """Whether the dataset is a 2-D mammogram image; else (False, reason category).
 
-    Accepted: the MG For Presentation / For Processing classes, and DX or CR image storage with
-    Modality MG (CR mammography systems write those). Rejected with a reason: non-image objects
+    Accepted: the MG For Presentation / For Processing classes, DX or CR image storage with
+    Modality MG (CR mammography systems write those), and digitised film (`is_digitised_film`;
+    outside the model's domain, see `image_domain`). Rejected with a reason: non-image objects
     ("not an image"), breast tomosynthesis / projection objects and multi-frame MG
     ("tomosynthesis"), everything else ("not a mammogram"). Use `kind_detail` for the specifics.
     """
@@ -349,11 +384,63 @@ def mammogram_kind(ds: DatasetLike) -> tuple[bool, str]:
         return False, TOMOSYNTHESIS
     mammo_class = uid in (MG_FOR_PRESENTATION, MG_FOR_PROCESSING)
     radiograph_class = uid in (DX_FOR_PRESENTATION, DX_FOR_PROCESSING, CR_IMAGE)
-    if not (mammo_class or (radiograph_class and modality == "MG")):
+    if not (mammo_class or (radiograph_class and modality == "MG") or is_digitised_film(ds)):
         return False, NOT_A_MAMMOGRAM
     if as_int(ds.get("NumberOfFrames"), 1) > 1:
         return False, TOMOSYNTHESIS
     return True, ""
+
+
+# --- the model's validated domain ---------------------------------------------------------------
+
+# Transfer syntaxes that are lossy by definition (PS3.5 A.4.1: JPEG Baseline and Extended);
+# others say so through LossyImageCompression, which PS3.3 C.7.6.1.1.5 requires once lossy.
+_LOSSY_SYNTAXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
+# Synthesised 2D views: PS3.3 C.8.11.7.1.4 (Table C.8-74d) defines Image Type Value 4
+# GENERATED_2D, "mathematically generated 2D view"; older files name only the vendor's
+# product (Hologic C-View, GE V-Preview, Fujifilm S-View, Siemens Insight 2D).
+_GENERATED_2D = "GENERATED_2D"
+_SYNTHETIC_WORDS = re.compile(r"\b(C-?VIEW|V-?PREVIEW|S-?VIEW|INSIGHT\W?2D|"
+                              r"SYNTHE[SZ]I[SZ]ED\W?2D|SYNTHETIC\W?2D)\b")
+
+
+def is_digitised_film(ds: DatasetLike) -> bool:
+    """A film mammogram digitised into a Secondary Capture: an SC image class, Modality MG or
+    BodyPartExamined BREAST, one grey frame of pixels (the form of public research archives;
+    a colour screenshot stays a study member)."""
+    name = sop_class_name(sop_class_uid(ds))
+    breast = _text(ds.get("Modality")) == "MG" or _text(ds.get("BodyPartExamined")) == "BREAST"
+    grey = as_int(ds.get("SamplesPerPixel"), 1) == 1 and as_int(ds.get("NumberOfFrames"), 1) <= 1
+    return "Secondary Capture" in name and breast and grey and "Rows" in ds
+
+
+def is_synthetic_2d(ds: DatasetLike) -> bool:
+    """A 2-D view computed from a tomosynthesis acquisition (see _GENERATED_2D above)."""
+    if any(_text(v) == _GENERATED_2D for v in (ds.get("ImageType") or ())):
+        return True
+    text = " ".join(_text(ds.get(k)) for k in ("DerivationDescription", "SeriesDescription"))
+    return bool(_SYNTHETIC_WORDS.search(text))
+
+
+def image_domain(ds: DatasetLike) -> str:
+    """Why a mammogram image is outside the risk model's validated domain (full-field digital,
+    For Presentation, not lossy, acquired as 2-D), as the DOMAIN_* categories joined by ', ';
+    '' when inside."""
+    uid = sop_class_uid(ds)
+    parts = []
+    if is_digitised_film(ds):
+        parts.append(DOMAIN_FILM)
+    if uid == CR_IMAGE:
+        parts.append(DOMAIN_CR)
+    if is_synthetic_2d(ds):
+        parts.append(DOMAIN_SYNTHETIC)
+    intent = _text(ds.get("PresentationIntentType"))
+    if intent == "FOR PROCESSING" or (not intent and uid in (MG_FOR_PROCESSING, DX_FOR_PROCESSING)):
+        parts.append(DOMAIN_FOR_PROCESSING)
+    syntax = str(getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID") or "")
+    if _text(ds.get("LossyImageCompression")) == "01" or syntax in _LOSSY_SYNTAXES:
+        parts.append(DOMAIN_LOSSY)
+    return join_domain(parts)
 
 
 # --- the other objects of a breast imaging study ------------------------------------------------

@@ -107,8 +107,10 @@ def read_header(path: str | os.PathLike) -> ImageHeader | StudyObject | Problem:
 
     Reasons: 'empty file', 'unreadable file', 'not a regular file', 'not DICOM', 'unreadable
     header', 'DICOMDIR', 'not an image', 'not a mammogram', 'tomosynthesis', 'invalid UID', 'no
-    pixel data', 'truncated', 'corrupt pixel data', 'too large'. FOR PROCESSING mammograms are
-    returned as headers (the caller decides). A non-image member of a breast imaging study (CAD
+    pixel data', 'truncated', 'corrupt pixel data', 'too large'. FOR PROCESSING mammograms,
+    CR, lossy, synthetic 2D and digitised film (a Secondary Capture with Modality MG or
+    BodyPartExamined BREAST) are returned as headers with `domain` saying why they are outside
+    the model's validated domain (the caller decides). A non-image member of a breast imaging study (CAD
     SR, presentation state, key objects, tomosynthesis, …) is a StudyObject. Only regular files
     are opened (a FIFO would hang).
     """
@@ -676,6 +678,7 @@ def _header(ds: FastFields, name: str, info: os.stat_result) -> ImageHeader:
         breast_implant_present=_str(ds, "BreastImplantPresent"),
         burned_in_annotation=_str(ds, "BurnedInAnnotation"),
         lossy_compression=_str(ds, "LossyImageCompression"),
+        domain=classify.image_domain(ds),
         acquisition_date=acquired[0],
         acquisition_time=acquired[1],
         content_time=dicom_time(ds.get("ContentTime")),

@@ -12,7 +12,7 @@ TRAJECTORY_COLUMNS = (
     "risk_y1_percent", "risk_y2_percent", "risk_y3_percent", "risk_y4_percent",
     "risk_y5_percent", "change_since_prior_pp", "rate_pp_per_year", "log_rate_per_year",
     "slope_ols_pp_per_year", "slope_theil_sen_pp_per_year", "acceleration_pp_per_year2",
-    "ratio_to_baseline", "stratum", "flags", "flags_label",
+    "ratio_to_baseline", "stratum", "flags", "flags_label", "validated_domain", "view_mapping",
 )
 
 
@@ -49,6 +49,9 @@ def trajectory_rows(patient_id: str, points: Sequence[ScorePoint],
             "ratio_to_baseline": _num(rep.ratio_to_baseline),
             "stratum": stratum(p.risk_percent, rules.thresholds_percent),
             "flags": "; ".join(rep.flags), "flags_label": rules.label,
+            # "inside", or "outside (digitised film)" for a score computed on request
+            "validated_domain": f"outside ({p.domain})" if p.domain else "inside",
+            "view_mapping": p.view_mapping,
         })
     return rows
 

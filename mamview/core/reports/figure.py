@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 
 from mamview import __version__
 from mamview.core import hanging, reference
-from mamview.core.domain import STANDARD_VIEWS, ScoreState, risk_percent, view_label
+from mamview.core.domain import (STANDARD_VIEWS, ScoreState, domain_label, join_domain,
+                                 risk_percent, view_label)
 from mamview.core.hanging import Cell, Hanging
 
 SCORED, PENDING, UNSCORABLE = ScoreState.CURRENT, ScoreState.PENDING, ScoreState.UNSCORABLE
@@ -58,6 +59,7 @@ class ExportPoint:
     risk_percent: float | None = None
     yearly_percent: tuple[float, ...] = ()
     reason: str | None = None
+    domain: str = ""  # a score computed on request from images outside the validated domain
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class TileCaption:
     withheld: bool = False  # pixels must not be drawn: burned-in annotation (de-identified only)
     cell: Cell | None = None  # where it hangs and which edge its chest wall is against
     message: str = ""  # an empty cell's words, as on screen ('no prior exam', 'no RCC in …')
+    domain: str = ""  # the image is outside the model's validated domain ('' = inside)
 
 
 @dataclass(frozen=True)
@@ -334,11 +337,23 @@ def tile_captions(hang: Hanging, images_of: dict[str, list[dict]], index_of: dic
             out.append(TileCaption("", f"{view} · {message}", -1, cell=cell, message=message))
             continue
         images = images_of.get(ek, [])
+        domain = tile_domain(images, view)
+        label = f" · {domain_label(domain)}" if domain else ""
         out.append(TileCaption(
-            f"{ek}|{view}", f"{view} · {when_text(ek)} · {risk_text(ek)}", index_of.get(ek, -1),
-            withheld=deidentify and tile_withheld(images, view), cell=cell,
-            message=hanging.empty_message(cell, hanging.present_views(images))))
+            f"{ek}|{view}", f"{view} · {when_text(ek)} · {risk_text(ek)}{label}",
+            index_of.get(ek, -1), withheld=deidentify and tile_withheld(images, view), cell=cell,
+            message=hanging.empty_message(cell, hanging.present_views(images)), domain=domain))
     return tuple(out)
+
+
+def tile_domain(images: list[dict], label: str) -> str:
+    """Why the image the screen hangs for `label` is outside the model's validated domain
+    ('' = inside): the last acquired present standard image of that view, as the window shows."""
+    from mamview.core.cache import reads
+
+    cands = [im for im in images if im.get("label") == label and im.get("is_standard")
+             and not im.get("missing")]
+    return reads.image_domain(max(cands, key=reads.acquisition_order)) if cands else ""
 
 
 # ---------------------------------------------------------------------------- content
@@ -410,7 +425,8 @@ def build_export_content(db, patient_key: str, current_key: str | None, prior_ke
         shown_date = None if deidentify else d
         if s is not None and s.state == ScoreState.CURRENT and len(s.risk) >= 5:
             yearly = risk_percent(s.risk)
-            pt = ExportPoint(label, shown_date, rel, SCORED, yearly[4], yearly)
+            pt = ExportPoint(label, shown_date, rel, SCORED, yearly[4], yearly,
+                             domain=s.domain)
         elif s is not None and s.state == ScoreState.UNSCORABLE:
             pt = ExportPoint(label, shown_date, rel, UNSCORABLE, reason=s.reason or "not scorable")
         elif s is None and not e["complete"]:
@@ -515,6 +531,15 @@ def _provenance(score_rows: dict, model_id: str | None, model_name: str,
         lines.append(f"{len(ok)} exam score(s), computed {computed[0]}"
                      + (f" to {computed[-1]}" if computed[-1] != computed[0] else "")
                      + "; input SOP instance UIDs are recorded in the library's scores table")
+        outside = [s for s in ok if s.get("domain")]
+        if outside:
+            kinds = join_domain(s["domain"] for s in outside)
+            lines.append(f"{len(outside)} score(s) from images outside the model's validated "
+                         f"domain ({kinds}), computed on request")
+        mapped = sorted({s["view_mapping"] for s in ok if s.get("view_mapping")})
+        if mapped:
+            lines.append("Views used for others, as the model's own code does: "
+                         + "; ".join(mapped))
     lines.append(f"Exported {now.strftime('%Y-%m-%d %H:%M UTC')} by mamview {__version__}")
     return tuple(lines)
 

@@ -40,6 +40,7 @@ SERIES_NUMBER = 9701
 # the algorithm parameters, as "key: value" (read back by read_sr_values under these names)
 MODEL_ID, WEIGHTS, CALIBRATOR = "Model identifier", "Model weights SHA-256", "Calibrator"
 PREPROCESSING, DEVICE, INTENDED_USE = "Preprocessing version", "Compute device", "Intended use"
+VALIDATED_DOMAIN, VIEW_MAPPING = "Validated domain", "View mapping"
 # namespace of the name-based UUIDs behind our 2.25 UIDs (fixed: the same score, the same UID)
 _UID_NAMESPACE = uuid.UUID("5f0e6d1c-8b1e-5a57-9d1e-6d616d766965")
 _ROOT = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\.$")
@@ -62,7 +63,8 @@ def risk_percent_values(risk_fractions: Sequence[float]) -> list[float]:
 def sr_text(text: str) -> str:
     """Text for the SR's own items in plain ASCII (valid in every character set, and dcmtk's
     checker does not support UTF-8): dashes and quotes folded, anything else replaced."""
-    folded = text.replace("\u2014", "-").replace("\u2013", "-").replace("\u2019", "'")
+    folded = (text.replace("\u2192", "->").replace("\u2014", "-").replace("\u2013", "-")
+              .replace("\u2019", "'"))
     return folded.encode("ascii", "replace").decode("ascii")
 
 
@@ -99,7 +101,12 @@ def build_exam_sr(score: dict, evidence: Sequence[Dataset], *, model_name: str,
               f"{WEIGHTS}: {score['weights_sha256'] or 'unknown'}",
               f"{CALIBRATOR}: {score.get('calibrator') or 'none'}",
               f"{PREPROCESSING}: {score['preprocessing_version']}",
-              f"{INTENDED_USE}: {sr_text(model_label or 'research use')}"]
+              f"{INTENDED_USE}: {sr_text(model_label or 'research use')}",
+              # "inside", or "outside (digitised film)": a score computed on request
+              f"{VALIDATED_DOMAIN}: " + (f"outside ({sr_text(score['domain'])})"
+                                         if score.get("domain") else "inside")]
+    if score.get("view_mapping"):
+        params.append(f"{VIEW_MAPPING}: {sr_text(score['view_mapping'])}")
     if score.get("device"):
         params.append(f"{DEVICE}: {score['device']}")
     algorithm = hd.sr.AlgorithmIdentification(
@@ -118,9 +125,12 @@ def build_exam_sr(score: dict, evidence: Sequence[Dataset], *, model_name: str,
         model_name=sr_text(model_name)[:64])
     context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
         observer_type=codes.DCM.Device, observer_identifying_attributes=device))
+    # the Image Library (optional in TID 1500) lists the images its descriptors can be made
+    # of: a digitised film has no ImagerPixelSpacing (it stays a source image all the same)
+    described = [ds for ds in evidence if _describable(ds)]
     report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=PROCEDURE,
                                      imaging_measurements=[group],
-                                     referenced_images=list(evidence))
+                                     referenced_images=described or None)
     sr = hd.sr.ComprehensiveSR(
         evidence=list(evidence), content=report[0],
         series_instance_uid=make_uid(seed + ["series"], uid_root),
@@ -140,6 +150,18 @@ def build_exam_sr(score: dict, evidence: Sequence[Dataset], *, model_name: str,
     scheme.CodingSchemeResponsibleOrganization = "mamview project"
     sr.CodingSchemeIdentificationSequence = [scheme]
     return sr
+
+
+_PROJECTION_MODALITIES = ("CR", "DX", "IO", "MG", "PX", "RF", "RG", "XA")
+
+
+def _describable(ds: Dataset) -> bool:
+    """Whether highdicom can write an Image Library entry (TID 1603) for the image: a
+    projection image needs ImagerPixelSpacing and a two-valued PatientOrientation."""
+    if ds.get("Modality") not in _PROJECTION_MODALITIES:
+        return True
+    orientation = ds.get("PatientOrientation") or ()
+    return len(ds.get("ImagerPixelSpacing") or ()) == 2 and len(orientation) == 2
 
 
 def _content_datetime(computed_at: str, sr: Dataset) -> tuple[str, str]:

@@ -9,7 +9,11 @@ silently in the thread.
 
 Images are decoded through the guarded boundary (`dicom.pixels`): a decoder failure, a native
 panic included, makes that exam unscorable with the reason. So does an image that is not
-plausibly a mammogram (`check_plausible`). If the worker thread ends anyway, a ServiceError
+plausibly a mammogram (`check_plausible`), and one whose images are outside the model's
+validated domain (digitised film, CR, lossy, For Processing, synthetic 2D) unless the service
+or the request includes them: such a score then records the domain, and its cache key says
+so. An ML stands in for a missing MLO, as in Mirai's own code; the score records the mapping.
+If the worker thread ends anyway, a ServiceError
 event says so (after a ScoreFailed for each exam it was scoring), `next_event` never waits on
 a dead worker, and the next `submit` starts a new worker (a few times at most; then every
 later request is told with a ServiceError, as after a model that cannot be loaded).
@@ -32,7 +36,7 @@ import numpy as np
 from mamview.core.cache import keys, reads, writes
 from mamview.core.cache.db import connect
 from mamview.core.dicom.pixels import PixelDecodeError, describe as _describe
-from mamview.core.domain import STANDARD_VIEWS, view_label
+from mamview.core.domain import STANDARD_VIEWS, domain_reason, join_domain, view_label
 from mamview.core.services.generations import next_generation
 
 PRIORITY_ON_SCREEN = 0
@@ -42,6 +46,10 @@ PRIORITY_BACKGROUND = 10
 MIN_SIDE = 256
 # How often a worker thread that died is replaced before the service gives up.
 MAX_RESTARTS = 3
+# Suffix of the unscorable key of an exam refused for its domain (so that including the domain
+# later finds no refusal), and the mark of a score computed from out-of-domain inputs.
+OUT_OF_DOMAIN_KEY = ":outside-domain"
+DOMAIN_KEY_MARK = ":domain="
 # Exceptions that stop the worker instead of being reported per exam.
 _PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
@@ -57,6 +65,8 @@ class ExamScored:
     model_id: str
     model_label: str
     cached: bool
+    domain: str = ""  # inputs outside the model's validated domain (scored on request)
+    view_mapping: str = ""  # e.g. 'RML→RMLO'
 
 
 @dataclass(frozen=True)
@@ -102,22 +112,44 @@ class Unscorable(Exception):
     """An exam that cannot be scored; the message is the reason shown to the user."""
 
 
-def exam_inputs(db, exam_key: str) -> list[dict]:
-    """The four standard For Presentation images of an exam in RCC, LCC, RMLO, LMLO order.
+def exam_inputs(db, exam_key: str, include_out_of_domain: bool = False) -> list[dict]:
+    """The four images a model reads, in RCC, LCC, RMLO, LMLO order (`slot` names the one each
+    fills; an ML may fill an MLO's, see `reads.slot_candidates`).
 
-    Raises Unscorable with the reason when a view is missing, unusable or duplicated.
+    Raises Unscorable with the reason when a view is missing or unusable, or, unless
+    `include_out_of_domain`, outside the model's validated domain.
     """
     images = reads.exam_images(db, exam_key)
-    ok, reason = reads.exam_status(images)
+    ok, reason = reads.exam_status(images, include_out_of_domain)
     if not ok:
         raise Unscorable(reason)
     chosen = []
     for side, view in STANDARD_VIEWS:
-        label = view_label(side.value, view.value)
-        cands = [im for im in images if im["label"] == label and reads.is_scorable_view(im)]
+        cands, _ = reads.slot_candidates(images, side.value, view.value, include_out_of_domain)
         # several images of one view (a repeat): the last one acquired is the one read
-        chosen.append(max(cands, key=reads.acquisition_order))
+        row = dict(max(cands, key=reads.acquisition_order))
+        row["slot"] = view_label(side.value, view.value)
+        chosen.append(row)
     return chosen
+
+
+def inputs_domain(rows: Sequence[dict]) -> str:
+    """The domain categories of a model's inputs ('' when all are inside)."""
+    return join_domain(reads.image_domain(r) for r in rows)
+
+
+def view_mapping(rows: Sequence[dict]) -> str:
+    """Views used for others among the inputs: 'RML→RMLO, LML→LMLO' ('' when none)."""
+    return ", ".join(f"{r['label']}→{r['slot']}" for r in rows
+                     if r.get("slot") and r["label"] != r["slot"])
+
+
+def score_key(ident, rows: Sequence[dict]) -> str:
+    """The cache key of a score of these inputs: a score of out-of-domain inputs has its own
+    (it never collides with, nor is taken for, one of inputs inside the domain)."""
+    key = keys.cache_key(ident, input_signature(rows))
+    domain = inputs_domain(rows)
+    return key + DOMAIN_KEY_MARK + domain if domain else key
 
 
 def load_view(row: dict, min_height: int | None):
@@ -181,15 +213,21 @@ def input_signature(rows: Sequence[dict]) -> list[tuple[str, int, int]]:
 
 
 def _score_row(ident, key: str, exam_key: str, device: str, uids: list[str], status: str,
-               reason: str, risk: list[float]) -> dict:
-    """A scores-table row with the model's full provenance."""
+               reason: str, risk: list[float], domain: str = "", mapping: str = "") -> dict:
+    """A scores-table row with the model's full provenance, the domain of its inputs and the
+    views used for others."""
     return {
         "cache_key": key, "exam_key": exam_key, "model_id": ident.model_id,
         "model_version": ident.version, "weights_sha256": ident.weights_sha256,
         "calibrator": f"{ident.calibrator_id}:{ident.calibrator_sha256}",
         "preprocessing_version": ident.preprocessing_version, "device": device,
         "input_uids": uids, "status": status, "reason": reason, "risk": risk,
+        "domain": domain, "view_mapping": mapping,
     }
+
+
+class OutsideDomain(Unscorable):
+    """The exam's inputs are outside the model's validated domain and were not asked for."""
 
 
 # ---------------------------------------------------------------- the service
@@ -201,6 +239,10 @@ class InferenceService:
     `model_loader(device)` builds the RiskModel on the worker thread (so a slow load never
     blocks the caller). Events go to `on_event` (called on the worker thread: a GUI must hop
     to its own thread) or, without a callback, to the `events` queue.
+
+    `include_out_of_domain` scores exams whose images are outside the model's validated domain
+    (each request may say otherwise, see `submit`); without it they are unscorable, with the
+    reason stored.
 
     Generation ids come from the process-wide counter. After `cancel(gen)` returns no event
     with that id is delivered (a batch already running is still saved to the cache); its
@@ -216,8 +258,11 @@ class InferenceService:
         batch_size: int = 4,
         cpu_threads: int | None = None,
         on_event: Callable[[Event], None] | None = None,
+        include_out_of_domain: bool = False,
     ):
         self.database = Path(database)
+        self.include_out_of_domain = bool(include_out_of_domain)
+        self._include: dict[int, bool] = {}  # generation → its own include_out_of_domain
         self._loader = model_loader
         self._device_pref = device
         self.batch_size = max(1, batch_size)
@@ -290,12 +335,16 @@ class InferenceService:
                 if timeout is not None and waited >= timeout:
                     raise
 
-    def submit(self, exam_keys: Sequence[str], priority: int = PRIORITY_BACKGROUND) -> int:
+    def submit(self, exam_keys: Sequence[str], priority: int = PRIORITY_BACKGROUND,
+               include_out_of_domain: bool | None = None) -> int:
         """Queue exams for scoring; returns the request's generation id (unique in this
-        process). After `shutdown` nothing is queued."""
+        process). `include_out_of_domain` (None: the service's) scores images outside the
+        model's validated domain. After `shutdown` nothing is queued."""
         gen = next_generation()
         with self._cv:
             stopped, failure = self._stop, self._failure
+            if include_out_of_domain is not None:
+                self._include[gen] = bool(include_out_of_domain)
             if not stopped:
                 if exam_keys:
                     self._pending[gen] = [0, len(exam_keys)]
@@ -326,6 +375,7 @@ class InferenceService:
     def _drop(self, generation: int) -> None:
         """Forget a request's queued exams (with _cv held)."""
         self._pending.pop(generation, None)
+        self._include.pop(generation, None)
         self._heap = [item for item in self._heap if item[2] != generation]
         heapq.heapify(self._heap)
 
@@ -454,6 +504,7 @@ class InferenceService:
             done, total = counts
             if done >= total:
                 del self._pending[gen]
+                self._include.pop(gen, None)
         self._deliver(ScoreProgress(gen, done, total))
         if done >= total:
             self._deliver(GenerationDone(gen))
@@ -469,18 +520,24 @@ class InferenceService:
                 self._answered.add(i)  # nobody waits for it
                 continue
             try:
-                rows = exam_inputs(db, ek)
-                key = keys.cache_key(ident, input_signature(rows))
+                include = self._include.get(gen, self.include_out_of_domain)
+                rows = exam_inputs(db, ek, include_out_of_domain=True)
+                domain = inputs_domain(rows)
+                if domain and not include:
+                    raise OutsideDomain(domain_reason(domain))
+                key = score_key(ident, rows)
                 hit = reads.score_by_key(db, key)
                 if hit and hit["status"] == "ok":
                     self._answer(i, gen, ExamScored(gen, ek, tuple(hit["risk"]), ident.model_id,
-                                                    ident.label, True))
+                                                    ident.label, True, hit.get("domain") or "",
+                                                    hit.get("view_mapping") or ""))
                     continue
                 views = [load_view(r, getattr(model, "decode_min_height", None)) for r in rows]
                 todo.append((i, gen, ek, key, rows, model.preprocess(views)))
             except (Unscorable, PixelDecodeError) as exc:
                 reason = exc.message if isinstance(exc, PixelDecodeError) else str(exc)
-                self._save_unscorable(db, ident, ek, reason)
+                self._save_unscorable(db, ident, ek, reason,
+                                      OUT_OF_DOMAIN_KEY if isinstance(exc, OutsideDomain) else "")
                 self._answer(i, gen, ExamUnscorable(gen, ek, reason))
             except _PASS_THROUGH:
                 raise
@@ -492,16 +549,18 @@ class InferenceService:
         risks = round_risks(risks)
         writes.save_scores(db, [
             _score_row(ident, key, ek, self.device_label,
-                       [r["sop_instance_uid"] for r in rows], "ok", "", list(risk))
+                       [r["sop_instance_uid"] for r in rows], "ok", "", list(risk),
+                       inputs_domain(rows), view_mapping(rows))
             for (_, gen, ek, key, rows, _), risk in zip(todo, risks)
         ])
-        for (i, gen, ek, *_), risk in zip(todo, risks):
+        for (i, gen, ek, _, rows, _), risk in zip(todo, risks):
             self._answer(i, gen, ExamScored(gen, ek, tuple(float(x) for x in risk),
-                                            ident.model_id, ident.label, False))
+                                            ident.model_id, ident.label, False,
+                                            inputs_domain(rows), view_mapping(rows)))
 
-    def _save_unscorable(self, db, ident, exam_key: str, reason: str) -> None:
+    def _save_unscorable(self, db, ident, exam_key: str, reason: str, suffix: str = "") -> None:
         images = reads.exam_images(db, exam_key)
         uids = sorted(r["sop_instance_uid"] for r in images)
         key = keys.unscorable_key(
-            ident, [(r["sop_instance_uid"], r["size"], r["mtime_ns"]) for r in images])
+            ident, [(r["sop_instance_uid"], r["size"], r["mtime_ns"]) for r in images]) + suffix
         writes.save_scores(db, [_score_row(ident, key, exam_key, "", uids, "unscorable", reason, [])])

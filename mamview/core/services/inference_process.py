@@ -29,7 +29,7 @@ _READY = "ready"
 
 
 def _child(database: str, home: str, model_id: str, device: str, cpu_threads: int | None,
-           commands, events) -> None:
+           commands, events, include_out_of_domain: bool = False) -> None:
     """Child process: run an InferenceService and translate generation ids both ways."""
     from pathlib import Path
 
@@ -60,7 +60,7 @@ def _child(database: str, home: str, model_id: str, device: str, cpu_threads: in
         return model
 
     svc = InferenceService(database, loader, device=device, cpu_threads=cpu_threads,
-                           on_event=on_event).start()
+                           on_event=on_event, include_out_of_domain=include_out_of_domain).start()
 
     def announce() -> None:  # tell the parent the device once the model is in memory
         while svc.model is None and not svc._stop and svc.alive():
@@ -79,10 +79,10 @@ def _child(database: str, home: str, model_id: str, device: str, cpu_threads: in
             else:
                 continue
         if cmd[0] == "submit":
-            _, pgen, keys, priority = cmd
+            _, pgen, keys, priority, include = cmd
             if not keys:  # the parent answers empty requests itself
                 continue
-            cgen = svc.submit(keys, priority)
+            cgen = svc.submit(keys, priority, include)
             with lock:
                 to_parent[cgen], to_child[pgen] = pgen, cgen
                 for ev in early.pop(cgen, ()):
@@ -102,7 +102,8 @@ class InferenceProcess:
     """Drop-in for InferenceService as the window uses it, running in a spawned process."""
 
     def __init__(self, database, home, model_id: str, *, device: str = "auto",
-                 cpu_threads: int | None = None, on_event: Callable[[object], None]):
+                 cpu_threads: int | None = None, on_event: Callable[[object], None],
+                 include_out_of_domain: bool = False):
         ctx = multiprocessing.get_context("spawn")  # never fork a process that runs Qt
         self._commands = ctx.Queue()
         self._events = ctx.Queue()
@@ -110,7 +111,8 @@ class InferenceProcess:
         self._proc = ctx.Process(
             target=_child, name="mamview-inference",
             args=(str(database), str(home), model_id, device, self.cpu_threads, self._commands,
-                  self._events), daemon=True)
+                  self._events, bool(include_out_of_domain)), daemon=True)
+        self.include_out_of_domain = bool(include_out_of_domain)
         self._emit = on_event
         self._open: set[int] = set()
         self._cancelled: set[int] = set()
@@ -131,9 +133,11 @@ class InferenceProcess:
             self._relay.start()
         return self
 
-    def submit(self, exam_keys: Sequence[str], priority: int = 10) -> int:
+    def submit(self, exam_keys: Sequence[str], priority: int = 10,
+               include_out_of_domain: bool | None = None) -> int:
         """Queue exams; returns this process's generation id (events carry it). An empty
-        request gets its GenerationDone at once, as in InferenceService."""
+        request gets its GenerationDone at once, as in InferenceService; `include_out_of_domain`
+        as there (None: the process's)."""
         from mamview.core.services.inference import GenerationDone, ServiceError
 
         self.start()
@@ -145,7 +149,7 @@ class InferenceProcess:
         elif not self._stopped:
             with self._lock:
                 self._open.add(gen)
-            self._commands.put(("submit", gen, list(exam_keys), priority))
+            self._commands.put(("submit", gen, list(exam_keys), priority, include_out_of_domain))
         return gen
 
     def alive(self) -> bool:
