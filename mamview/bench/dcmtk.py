@@ -68,16 +68,34 @@ def storescu_command(host: str, port: int, called_ae: str, paths: Iterable[str |
 
 def write_dcmqrscp_config(path: str | Path, port: int, storage: str | Path,
                           pacs_ae: str = "PACS",
-                          destinations: dict[str, tuple[str, int]] | None = None) -> Path:
+                          destinations: dict[str, tuple[str, int]] | None = None,
+                          callers: Iterable[tuple[str, str]] | None = None,
+                          max_associations: int = 16) -> Path:
     """A dcmqrscp.cfg for a small PACS: one AE with its storage area (index + files) at
-    `storage`, open to any caller, able to C-MOVE to `destinations` {AE: (host, port)}."""
-    hosts = "\n".join(f"dest{i} = ({ae}, {h}, {p})"
-                      for i, (ae, (h, p)) in enumerate((destinations or {}).items()))
+    `storage`, able to C-MOVE to `destinations` {AE: (host, port)}, and open to any caller
+    unless `callers` lists the (AE title, host) pairs it accepts. dcmqrscp compares the host
+    name it resolves for the caller (127.0.0.1 is "localhost"), so list both forms.
+    `max_associations`: how many it serves at once (more are rejected)."""
+    dests = list((destinations or {}).items())
+    lines = [f"dest{i} = ({ae}, {h}, {p})" for i, (ae, (h, p)) in enumerate(dests)]
+    peers = "ANY"
+    if callers is not None:
+        known = dict(destinations or {})
+        names = []
+        for i, (ae, host) in enumerate(callers):
+            # the port of a caller is not checked; a destination's is kept for its C-MOVEs
+            lines.append(f"caller{i} = ({ae}, {host}, {known.get(ae, (host, 104))[1]})")
+            names.append(f"caller{i}")
+        if not names:
+            raise ValueError("callers: list at least one (AE title, host), or None for any")
+        lines.append(f"callers = {', '.join(names)}")
+        peers = "callers"
+    hosts = "\n".join(lines)
     Path(storage).mkdir(parents=True, exist_ok=True)
     text = f"""\
 NetworkTCPPort  = {port}
 MaxPDUSize      = 65536
-MaxAssociations = 16
+MaxAssociations = {max_associations}
 
 HostTable BEGIN
 {hosts}
@@ -87,7 +105,7 @@ VendorTable BEGIN
 VendorTable END
 
 AETable BEGIN
-{pacs_ae}  {Path(storage).resolve()}  RW  (200, 1024mb)  ANY
+{pacs_ae}  {Path(storage).resolve()}  RW  (200, 1024mb)  {peers}
 AETable END
 """
     path = Path(path)

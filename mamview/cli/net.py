@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 
-from mamview.cli.common import CliError, open_db, print_json
+from mamview.cli.common import EXIT_INTERRUPTED, CliError, open_db, print_json
 from mamview.core.paths import Library
 
 DEFAULT_PORT = 11112
@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_echo)
 
     s = sub.add_parser("fetch-priors", help="bring a woman's earlier studies from a PACS "
-                                            "(C-FIND, C-MOVE to our node)")
+                                            "(C-FIND, C-MOVE to our node; Ctrl-C cancels)")
     s.add_argument("patient", metavar="PATIENT", help="PatientID")
     s.add_argument("--pacs", required=True, metavar="AE@HOST:PORT",
                    help="the PACS, or the name of a PACS in the settings")
@@ -63,6 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"none runs (default {DEFAULT_PORT})")
     s.add_argument("--host", default="0.0.0.0", help="address the temporary node listens on")
     s.add_argument("--move-destination", metavar="AE", help="send to this AE instead of ours")
+    s.add_argument("--all", dest="all_studies", action="store_true",
+                   help="every study the library lacks, also those dated on or after her "
+                        "latest exam here (default: only her priors, the earlier ones)")
+    s.add_argument("--issuer", default=None, metavar="ISSUER",
+                   help="IssuerOfPatientID to query with (default: the library's for her, "
+                        "when it knows one; '' sends none)")
     s.add_argument("--all-modalities", action="store_true", help="not only MG studies")
     s.add_argument("--score", action="store_true", help="score the fetched exams on arrival")
     s.add_argument("--timeout", type=float, default=30.0,
@@ -198,7 +204,10 @@ def cmd_echo(args, lib: Library) -> int:
 
 
 def cmd_fetch_priors(args, lib: Library) -> int:
-    """C-FIND + C-MOVE a woman's earlier studies into the library; 1 when some failed."""
+    """C-FIND + C-MOVE a woman's earlier studies into the library; 1 when some failed, 130
+    when Ctrl-C cancelled it (C-CANCEL sent; what arrived is kept and indexed)."""
+    import threading
+
     from tqdm import tqdm
 
     from mamview.core.net.nodes import NetError
@@ -229,18 +238,46 @@ def cmd_fetch_priors(args, lib: Library) -> int:
                              unit="study", file=sys.stderr, disable=args.json or not total))
         bars[0].update(done - bars[0].n)
 
+    cancel, finished = threading.Event(), threading.Event()
+    outcome: dict = {}
+
+    def work():
+        try:
+            outcome["summary"] = fetch_priors(
+                lib, args.patient, pacs, args.our_ae, move_destination=args.move_destination,
+                progress=progress, modality=None if args.all_modalities else "MG",
+                timeout=args.timeout, all_studies=args.all_studies, issuer=args.issuer,
+                cancel=cancel)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread below
+            outcome["error"] = exc
+        finally:
+            finished.set()
+
+    # the request runs on a worker so that Ctrl-C reaches us here and becomes a C-CANCEL
+    worker = threading.Thread(target=work, name="mamview-fetch-priors", daemon=True)
+    interrupted = False
     try:
-        summary = fetch_priors(lib, args.patient, pacs, args.our_ae,
-                               move_destination=args.move_destination, progress=progress,
-                               modality=None if args.all_modalities else "MG",
-                               timeout=args.timeout)
+        worker.start()
+        # an Event, not join(): a join interrupted by Ctrl-C can think the thread has ended
+        while not finished.is_set():
+            try:
+                finished.wait(0.2)
+            except KeyboardInterrupt:
+                if interrupted:
+                    raise  # a second Ctrl-C: stop waiting for the PACS
+                interrupted = True
+                cancel.set()
+                print("\nCancelling: asking the PACS to stop (Ctrl-C again to quit now) …",
+                      file=sys.stderr, flush=True)
+        error = outcome.get("error")
+        if isinstance(error, (NetError, ValueError)):
+            raise CliError(str(error)) from error
+        if error is not None:
+            raise error
+        summary = outcome["summary"]
         if own and not node.wait_idle(timeout=max(60.0, args.timeout * 4)):
             print("Indexing is still running; the files are in the inbox and will be indexed "
                   "at the next start.", file=sys.stderr)
-    except NetError as exc:
-        raise CliError(str(exc)) from exc
-    except ValueError as exc:
-        raise CliError(str(exc)) from exc
     finally:
         for bar in bars:
             bar.close()
@@ -251,14 +288,14 @@ def cmd_fetch_priors(args, lib: Library) -> int:
         d["ok"] = summary.ok
         print_json(d)
     else:
-        print(f"{pacs}: {summary.studies_found} studies of {args.patient}; "
-              f"{summary.already_in_library} already in the library, "
-              f"{summary.studies_fetched} fetched ({summary.instances_moved} images) "
-              f"in {summary.seconds:.1f} s.")
-        for msg in summary.failures:
-            print(f"  failed: {msg}")
+        lines = summary.lines()
+        print(lines[0])
+        for line in lines[1:]:
+            print(f"  {line}")
         if own and summary.instances_moved:
             s = node.stats
             print(f"Stored {s.received} new images ({s.duplicates} already held, "
                   f"{s.failed} refused).")
+    if interrupted or summary.cancelled:
+        return EXIT_INTERRUPTED
     return 0 if summary.ok else 1

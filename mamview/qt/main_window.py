@@ -397,15 +397,18 @@ class MainWindow(QMainWindow):
             QMessageBox.warning(self, "Fetch priors", error)
 
     def _on_fetch_done(self, summary, error) -> None:
-        from mamview.qt.dicom_node import summary_text
-
         if self._closed:
             return
         self.last_fetch = (summary, error)
         if error:
             self.status_text.setText(f"Fetch priors failed: {error}")
             return
-        self.status_text.setText(summary_text(summary).splitlines()[0])
+        # the counts, the newer studies left, a cancel, and the first failure with its cause
+        text = " ".join(x for x in summary.lines(all_hint="") if not x.startswith("failed: "))
+        if summary.failures:
+            more = len(summary.failures) - 1
+            text += f" Failed: {summary.failures[0]}" + (f" (and {more} more)" if more else "")
+        self.status_text.setText(text)
         self._on_received_images()
 
     # ---------------------------------------------------------------- first-run checks

@@ -104,33 +104,58 @@ def priors(tmp_path_factory) -> Path:
     return out
 
 
+class Pacs:
+    """A running dcmqrscp: `port`, `node_port` (where MAMVIEW is expected), `address`,
+    `storage`, `files` it holds, `log` (its output file)."""
+
+
+def start_dcmqrscp(tmp_path: Path, procs: Processes, files, *, flags=(), callers=None,
+                   name: str = "pacs", max_associations: int = 16) -> Pacs:
+    """dcmqrscp as a small PACS 'PACS' holding `files`, knowing MAMVIEW as a move destination
+    at a free port; `flags` go on its command line (-QS: Patient Root only), `callers` limit
+    whom it accepts (see `dcmtk.write_dcmqrscp_config`)."""
+    node_port = free_port()
+    port = free_port()
+    storage = tmp_path / f"{name}-db"
+    cfg = dcmtk.write_dcmqrscp_config(tmp_path / f"{name}.cfg", port, storage, "PACS",
+                                      {"MAMVIEW": (LOOPBACK, node_port)}, callers=callers,
+                                      max_associations=max_associations)
+    files = sorted(str(p) for p in files)
+    r = run(["dcmqridx", str(storage), *files], timeout=60)
+    assert r.returncode == 0, r.stderr
+    log_path = tmp_path / f"{name}.log"
+    # fork mode (the default): dcmtk 3.6.7's --single-process crashed after a C-ECHO here;
+    # -xv: offer JPEG 2000 lossless when sending C-MOVE sub-operations, as a J2K archive would;
+    # -d: the log shows the requests it received (a test waits there for the C-CANCEL)
+    with open(log_path, "w") as log:
+        procs.start(["dcmqrscp", "-d", "-xv", *flags, "-c", str(cfg), str(port)], stdout=log,
+                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    wait_for_port(port)
+    p = Pacs()
+    p.port, p.node_port, p.address, p.storage, p.files, p.log = (
+        port, node_port, f"PACS@{LOOPBACK}:{port}", storage, files, log_path)
+    return p
+
+
 @pytest.fixture
 def pacs(tmp_path, procs, priors):
     """dcmqrscp as a small PACS 'PACS' holding the priors; it knows MAMVIEW as a move
     destination at a free port (`pacs.node_port`), where the test starts our node."""
-    node_port = free_port()
-    port = free_port()
-    storage = tmp_path / "pacs-db"
-    cfg = dcmtk.write_dcmqrscp_config(tmp_path / "dcmqrscp.cfg", port, storage, "PACS",
-                                      {"MAMVIEW": (LOOPBACK, node_port)})
-    files = sorted(str(p) for p in priors.rglob("*.dcm"))
-    r = run(["dcmqridx", str(storage), *files], timeout=60)
-    assert r.returncode == 0, r.stderr
-    log = open(tmp_path / "dcmqrscp.log", "w")
-    # fork mode (the default): dcmtk 3.6.7's --single-process crashed after a C-ECHO here;
-    # -xv: offer JPEG 2000 lossless when sending C-MOVE sub-operations, as a J2K archive would
-    procs.start(["dcmqrscp", "-xv", "-c", str(cfg), str(port)], stdout=log,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    wait_for_port(port)
+    return start_dcmqrscp(tmp_path, procs, priors.rglob("*.dcm"))
 
-    class Pacs:
-        pass
 
-    p = Pacs()
-    p.port, p.node_port, p.address, p.storage, p.files = (
-        port, node_port, f"PACS@{LOOPBACK}:{port}", storage, files)
-    yield p
-    log.close()
+@pytest.fixture
+def patient_root_pacs(tmp_path, procs, priors):
+    """The same PACS offering only the Patient Root query/retrieve models (dcmqrscp -QS)."""
+    return start_dcmqrscp(tmp_path, procs, priors.rglob("*.dcm"), flags=["-QS"],
+                          name="pacs-patient-root")
+
+
+@pytest.fixture
+def strict_pacs(tmp_path, procs, priors):
+    """The same PACS accepting only MAMVIEW from loopback as a caller."""
+    return start_dcmqrscp(tmp_path, procs, priors.rglob("*.dcm"), name="pacs-strict",
+                          callers=[("MAMVIEW", LOOPBACK), ("MAMVIEW", "localhost")])
 
 
 def have(tool: str) -> bool:

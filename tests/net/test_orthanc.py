@@ -138,3 +138,119 @@ def test_fetch_priors_from_orthanc_of_studies_that_hold_non_image_objects(home, 
         assert len(stored) == len(images) + len(extra)
     finally:
         pacs.stop()
+
+
+# ---------------------------------------------------------------- query/retrieve as an administrator sees it
+
+
+def test_orthanc_refusals_name_their_cause(home, tmp_path, procs, priors, capsys):
+    """A calling AE Orthanc does not list, a move destination it does not know, and a known
+    destination nothing answers at: each message says what to fix, never just 0xC000."""
+    from mamview.core.net.nodes import NetError, PacsNode
+    from mamview.core.net.qr import fetch_priors, find_studies
+    from mamview.core.paths import library
+
+    pacs = Orthanc(tmp_path / "orthanc", {"MAMVIEW": (LOOPBACK, free_port())}, procs=procs)
+    try:
+        pacs.upload(sorted(priors.rglob("*.dcm")))
+        node = PacsNode.parse(pacs.address)
+        words = ("the PACS does not know our AE title STRANGER (association rejected: calling "
+                 "AE not recognized)")
+        with pytest.raises(NetError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            find_studies(node, "BENCH0001", "STRANGER")
+        assert main(["--home", str(home), "echo", pacs.address, "--our-ae", "STRANGER"]) == 2
+        assert words in capsys.readouterr().err
+        assert main(["--home", str(home), "echo", pacs.address]) == 0
+        lib = library(home)
+        summary = fetch_priors(lib, "BENCH0001", node, "MAMVIEW", move_destination="NOWHERE")
+        assert summary.studies_fetched == 0 and len(summary.failures) == 3
+        assert all("the PACS does not know the move destination NOWHERE: add it to its "
+                   "modalities" in f and "0xC000" in f for f in summary.failures), summary.failures
+        # MAMVIEW is listed, but nothing listens at its port: the same fix, in its modalities
+        summary = fetch_priors(lib, "BENCH0001", node, "MAMVIEW")
+        assert summary.studies_fetched == 0 and summary.failures
+        assert all("correct the host and port it has for MAMVIEW" in f
+                   for f in summary.failures), summary.failures
+    finally:
+        pacs.stop()
+
+
+def test_fetch_priors_from_orthanc_sends_her_issuer_and_leaves_newer_studies(home, tmp_path,
+                                                                            procs, priors):
+    """Orthanc holds her three exams (issuer HOSP_A) and another woman's under the same
+    PatientID (HOSP_B); her middle exam is here. Only her older exam comes; the newer is left."""
+    from mamview.core.net.nodes import PacsNode
+    from mamview.core.net.qr import fetch_priors, library_study_uids
+    from mamview.core.net.scp import StorageNode
+    from mamview.core.paths import library
+    from tests.net.test_net_qr import _by_date, _with_issuer, study_uids
+
+    dates = _by_date(sorted(str(p) for p in priors.rglob("*.dcm")))
+    hers = _by_date(_with_issuer([f for d in dates.values() for f in d], "HOSP_A",
+                                 tmp_path / "a"))
+    other = _with_issuer(dates[min(dates)], "HOSP_B", tmp_path / "b", new_uids=True)
+    oldest, middle, newest = hers
+    node_port = free_port()
+    pacs = Orthanc(tmp_path / "orthanc", {"MAMVIEW": (LOOPBACK, node_port)}, procs=procs)
+    try:
+        pacs.upload([f for fs in hers.values() for f in fs] + other)
+        assert main(["--home", str(home), "import", "--no-previews", *hers[middle]]) == 0
+        lib = library(home)
+        with StorageNode(lib, "MAMVIEW", port=node_port, host=LOOPBACK, score=False,
+                         allowed_aes=[pacs.aet]) as sink:
+            summary = fetch_priors(lib, "BENCH0001", PacsNode.parse(pacs.address), "MAMVIEW")
+            assert sink.wait_idle(60)
+        assert summary.ok and summary.issuer == "HOSP_A"
+        assert (summary.studies_found, summary.already_in_library, summary.newer_left,
+                summary.studies_fetched, summary.instances_moved) == (3, 1, 1, 1, 4)
+        assert library_study_uids(lib) == study_uids(hers[oldest] + hers[middle])
+    finally:
+        pacs.stop()
+
+
+def _restart_with_permissions(pacs: Orthanc, procs, node_port: int, **allow) -> None:
+    """Stop `pacs` and start it again (same storage, ports and log folder) with MAMVIEW
+    listed with these permissions (AllowFind=False …); `pacs.stop()` stops the new process."""
+    import json
+
+    from tests.net.conftest import wait_for_port
+
+    pacs.stop()
+    config = json.loads(pacs.config_path.read_text())
+    config["DicomModalities"] = {"mamview": {"AET": "MAMVIEW", "Host": LOOPBACK,
+                                             "Port": node_port, **allow}}
+    pacs.config_path.write_text(json.dumps(config))
+    pacs.log = open(pacs.folder / "orthanc-restarted.log", "a")  # `stop()` closes it
+    pacs.proc = procs.start([pacs.proc.args[0], "--no-jobs", str(pacs.config_path)],
+                            stdout=pacs.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    wait_for_port(pacs.http_port)
+    wait_for_port(pacs.dicom_port)
+
+
+def test_orthanc_permissions_that_refuse_us_are_named_not_timeouts(home, tmp_path, procs,
+                                                                    priors):
+    """Orthanc ends the association on a request its permissions refuse: the message says
+    that, at once, instead of "stopped answering (timeout or aborted)"."""
+    from mamview.core.net.nodes import NetError, PacsNode
+    from mamview.core.net.qr import fetch_priors, find_studies
+    from mamview.core.paths import library
+
+    node_port = free_port()
+    pacs = Orthanc(tmp_path / "orthanc", {"MAMVIEW": (LOOPBACK, node_port)}, procs=procs)
+    try:
+        pacs.upload(sorted(priors.rglob("*.dcm")))
+        node = PacsNode.parse(pacs.address)
+        _restart_with_permissions(pacs, procs, node_port, AllowFind=False)
+        # the words say it came at once: a timeout reads "did not answer … within"
+        with pytest.raises(NetError, match=r"ended the association instead of answering the "
+                                           r"query \(C-FIND\): it may not allow our AE title "
+                                           r"MAMVIEW"):
+            find_studies(node, "BENCH0001", "MAMVIEW", timeout=30)
+        _restart_with_permissions(pacs, procs, node_port, AllowFind=True, AllowMove=False)
+        summary = fetch_priors(library(home), "BENCH0001", node, "MAMVIEW")
+        assert summary.studies_found == 3 and summary.studies_fetched == 0
+        assert summary.failures and all(
+            "ended the association instead of answering the retrieve (C-MOVE)" in f
+            for f in summary.failures), summary.failures
+    finally:
+        pacs.stop()

@@ -111,6 +111,38 @@ def resolve_node(text: str, settings=None) -> PacsNode:
     raise ValueError(f"{text!r} is neither AE@host:port nor the name of a PACS in the settings")
 
 
+# DIMSE statuses shared by every service (PS3.7 C), then those of C-FIND / C-MOVE (PS3.4 C.4)
+_STATUS_WORDS = {
+    0x0105: "no such attribute", 0x0106: "invalid attribute value",
+    0x0110: "processing failure", 0x0112: "no such SOP instance",
+    0x0117: "invalid object instance", 0x0118: "no such SOP class",
+    0x0119: "class-instance conflict", 0x0122: "SOP class not supported",
+    0x0124: "refused: not authorized", 0x0210: "duplicate invocation",
+    0x0211: "unrecognized operation", 0x0212: "mistyped argument",
+    0x0213: "resource limitation",
+    0xA700: "refused: out of resources",
+    0xA701: "refused: out of resources, unable to calculate the number of matches",
+    0xA702: "refused: out of resources, unable to perform sub-operations",
+    0xA801: "refused: move destination unknown",
+    0xA900: "identifier does not match SOP class",
+    0xB000: "sub-operations complete, one or more failures",
+    0xFE00: "sub-operations terminated due to cancel indication",
+}
+
+
+def dimse_status_text(status: int) -> str:
+    """The PS3.4 / PS3.7 meaning of a DIMSE status code, in words."""
+    if status in _STATUS_WORDS:
+        return _STATUS_WORDS[status]
+    if 0xC000 <= status <= 0xCFFF:
+        return "failed: unable to process"
+    if 0xA000 <= status <= 0xAFFF:
+        return "refused"
+    if 0xB000 <= status <= 0xBFFF:
+        return "warning"
+    return "unknown status"
+
+
 @dataclass(frozen=True)
 class EchoResult:
     """The outcome of one C-ECHO."""
@@ -122,46 +154,78 @@ class EchoResult:
     seconds: float
 
 
-def association_failure(assoc, node: PacsNode, our_ae: str, connected: bool = True) -> str:
-    """Why an association attempt failed, for the user (`connected`: the TCP connection opened)."""
+def association_failure(assoc, node: PacsNode, our_ae: str, connected: bool = True,
+                        accepted: bool = False) -> str:
+    """Why an association attempt failed, in words naming the cause (`connected`: the TCP
+    connection opened; `accepted`: the peer accepted the association, before we found none of
+    the services we asked for among what it accepted)."""
     if not connected:
-        return (f"could not reach {node}: nothing accepts connections at {node.host} port "
-                f"{node.port} (wrong address or port, PACS down, or a firewall)")
+        return (f"could not reach {node}: nothing answers at {node.host}:{node.port} (wrong "
+                f"address or port, the PACS is down, or a firewall is in the way)")
     if getattr(assoc, "is_rejected", False):
-        rsd = _reject_reason(assoc)
-        return (f"{node} rejected the association from {our_ae!r}{rsd}; check that the PACS "
-                f"knows our AE title and address")
+        return _rejection(assoc, node, our_ae)
+    if accepted:
+        asked = sorted({_uid_name(cx.abstract_syntax)
+                        for cx in getattr(assoc, "rejected_contexts", None) or []})
+        return (f"{node} accepted the association but offers none of the services we asked "
+                f"for ({'; '.join(asked) or 'none listed'})")
     if getattr(assoc, "is_aborted", False):
-        return (f"{node} aborted the association (it may not accept the requested service or "
-                f"our AE title {our_ae!r})")
-    return (f"could not reach {node}: no DICOM answer from {node.host} port {node.port} "
-            f"(wrong address or port, PACS down, or a firewall)")
+        return (f"{node} aborted the association as it was being made (some PACS do this when "
+                f"they do not accept our AE title {our_ae} or the services asked for)")
+    return (f"{node} took the connection at {node.host}:{node.port} but gave no DICOM answer "
+            f"in time (is it a DICOM port? is the PACS overloaded?)")
 
 
-def _reject_reason(assoc) -> str:
+# the causes a PACS administrator acts on, by (result source, diagnostic) of the A-ASSOCIATE-RJ
+_REJECT_HINTS = {
+    (1, 3): "the PACS does not know our AE title {our} (association rejected: calling AE not "
+            "recognized); add {our} with our address to the PACS's modalities",
+    (1, 7): "the PACS does not answer to the AE title {called} (association rejected: called "
+            "AE title not recognised); check the PACS's AE title (dcmtk's dcmqrscp also says "
+            "this when it does not accept our AE title {our} or our address)",
+    (1, 2): "the PACS does not support the DICOM application context (association rejected: "
+            "application context name not supported)",
+    (2, 2): "the PACS does not support our DICOM protocol version (association rejected)",
+    (3, 1): "the PACS is too busy right now (association rejected: temporary congestion); "
+            "try again later",
+    (3, 2): "the PACS serves as many associations as it allows (association rejected: local "
+            "limit exceeded); try again later",
+}
+
+
+def _rejection(assoc, node: PacsNode, our_ae: str) -> str:
     try:
         rj = assoc.acceptor.primitive
-        diag = {1: "no reason given", 2: "application context not supported",
-                3: "calling AE title not recognised", 7: "called AE title not recognised"}
-        if rj is not None and rj.result_source == 1:
-            return f" ({diag.get(rj.diagnostic, f'reason {rj.diagnostic}')})"
-    except Exception:  # noqa: BLE001 - the reason is a nicety
-        pass
-    return ""
+        key = (int(rj.result_source), int(rj.diagnostic))
+        why = f"{rj.reason_str}; {rj.result_str.lower()}, by the {rj.source_str}"
+    except Exception:  # noqa: BLE001 - an odd or missing reject PDU still gets a message
+        return f"{node} rejected the association from {our_ae} (no reason given)"
+    hint = _REJECT_HINTS.get(key)
+    if hint:
+        return f"{node}: " + hint.format(our=our_ae, called=node.ae_title)
+    return f"{node} rejected the association from {our_ae} ({why})"
+
+
+def _uid_name(uid: str) -> str:
+    from pydicom.uid import UID
+
+    name = UID(str(uid)).name
+    return name if name and name != str(uid) else str(uid)
 
 
 def associate(ae, node: PacsNode, our_ae: str):
     """Request an association with `node`; returns it established, or raises NetError."""
     from pynetdicom import evt
 
-    opened = []
+    opened, accepted = [], []
     try:
         assoc = ae.associate(node.host, node.port, ae_title=node.ae_title,
-                             evt_handlers=[(evt.EVT_CONN_OPEN, lambda e: opened.append(1))])
+                             evt_handlers=[(evt.EVT_CONN_OPEN, lambda e: opened.append(1)),
+                                           (evt.EVT_ACCEPTED, lambda e: accepted.append(1))])
     except (OSError, ValueError) as exc:  # e.g. a host name that does not resolve
         raise NetError(f"could not reach {node}: {exc}") from None
     if not assoc.is_established:
-        raise NetError(association_failure(assoc, node, our_ae, bool(opened)))
+        raise NetError(association_failure(assoc, node, our_ae, bool(opened), bool(accepted)))
     return assoc
 
 
@@ -189,15 +253,22 @@ def echo(node: PacsNode, our_ae: str = DEFAULT_OUR_AE,
         assoc = associate(ae, node, our_ae)
     except NetError as exc:
         return EchoResult(node, False, None, str(exc), time.perf_counter() - t0)
+    started = time.perf_counter()
     try:
         rsp = assoc.send_c_echo()
     finally:
-        assoc.release()
+        if assoc.is_established:
+            assoc.release()
     seconds = time.perf_counter() - t0
     status = getattr(rsp, "Status", None) if rsp else None
     if status is None:
-        return EchoResult(node, False, None, f"{node} did not answer the C-ECHO in time", seconds)
+        # long before the timeout: the peer ended the association rather than answer
+        why = (f"ended the association instead of answering the C-ECHO: it may not allow our "
+               f"AE title {our_ae} to (check its permissions for {our_ae})"
+               if time.perf_counter() - started < timeout * 0.9 else
+               f"did not answer the C-ECHO within {timeout:g} s")
+        return EchoResult(node, False, None, f"{node} {why}", seconds)
     if status != 0x0000:
         return EchoResult(node, False, int(status), f"{node} answered C-ECHO with status "
-                          f"0x{int(status):04X}", seconds)
+                          f"0x{int(status):04X} ({dimse_status_text(int(status))})", seconds)
     return EchoResult(node, True, 0, f"{node} answered C-ECHO in {seconds * 1000:.0f} ms", seconds)
