@@ -65,6 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "the best installed)")
     s.add_argument("--send", metavar="AE@host:port", help="C-STORE the SRs to this node")
     s.add_argument("--our-ae", default="MAMVIEW", help="our AE title when sending")
+    s.add_argument("--uid-root", metavar="ROOT", default=None,
+                   help="the site's UID root for the SRs, e.g. 1.2.826.0.1.99999. (default: the "
+                   "uid_root setting; empty: 2.25 UUID-derived UIDs, no registration needed)")
     s.set_defaults(func=cmd_sr)
 
 
@@ -185,6 +188,8 @@ def cmd_trajectory(args, lib: Library) -> int:
         else:
             people = [(k, args.patient) for k in patient_keys(db, args.patient)]
         model = reads.choose_model(lib, args.model, db)
+        conflicts = reads.identity_conflicts(db, [k for k, _ in people])
+        conflict_of = {pid: conflicts.get(key, "") for key, pid in people}
         results, states = [], {}
         for key, pid in people:
             points = tj.points_for_patient(db, key, model) if model else []
@@ -207,6 +212,7 @@ def cmd_trajectory(args, lib: Library) -> int:
         for pid, rep in results:
             d = rep.as_dict()
             d["patient_id"] = pid
+            d["identity_conflict"] = conflict_of.get(pid, "")
             d["model_labels"] = {m: labels[m] for m in {p.model_id for p in rep.points}}
             d["model"] = model.identity() if model else None
             d["exams"] = [{"exam_key": s.exam_key, "exam_date": when.isoformat() if when else None,
@@ -216,6 +222,8 @@ def cmd_trajectory(args, lib: Library) -> int:
         return 0
     for pid, rep in results:
         print(f"Patient {term(pid)}")
+        if conflict_of.get(pid):
+            print(term(f"  ⚠ {conflict_of[pid]}"))
         for mid in sorted({p.model_id for p in rep.points}):
             if labels.get(mid):
                 print(term(f"  Model {mid}: {labels[mid]}"))
@@ -231,6 +239,8 @@ def cmd_trajectory(args, lib: Library) -> int:
 
 # ---------------------------------------------------------------- cohort
 
+CONFLICT_EXCLUDED = "women whose patient ID is shared by two people (identity conflict)"
+
 
 def cmd_cohort(args, lib: Library) -> int:
     """Cases vs controls before the index exam, from cached scores or a --scores table."""
@@ -238,6 +248,7 @@ def cmd_cohort(args, lib: Library) -> int:
 
     from mamview.core.analytics import cohort
 
+    excluded_before: dict[str, int] = {}
     try:
         outcomes = cohort.read_outcomes(args.outcomes)
         if args.scores:
@@ -254,6 +265,13 @@ def cmd_cohort(args, lib: Library) -> int:
                 if model_id:
                     with tqdm(desc="Reading scores", unit="exam", file=sys.stderr) as bar:
                         scores = _current_score_table(db, chosen, bar.update)
+                    # two women under one patient ID are not one trajectory: left out, counted
+                    conflicts = reads.identity_conflicts(db)
+                    conflicted = {r["patient_id"] for r in reads.list_patients(db)
+                                  if r["patient_key"] in conflicts}
+                    if conflicted:
+                        excluded_before[CONFLICT_EXCLUDED] = len(conflicted)
+                        scores = scores[~scores["patient_id"].isin(conflicted)]
                 if scores is None or scores.empty:
                     raise CliError("no scores in the library: run `mamview score` first, "
                                        "or pass a table with --scores")
@@ -270,7 +288,8 @@ def cmd_cohort(args, lib: Library) -> int:
                     bar.update(1)
 
             report = cohort.run_cohort(scores, outcomes, args.out, model=model,
-                                       max_women_mixed=args.max_women_mixed, progress=step)
+                                       max_women_mixed=args.max_women_mixed, progress=step,
+                                       excluded_before=excluded_before)
             bar.update(bar.total - bar.n)
     except cohort.CohortError as exc:
         raise CliError(str(exc)) from exc
@@ -351,8 +370,15 @@ def _print_cohort(report) -> None:
 
 def cmd_sr(args, lib: Library) -> int:
     """A Comprehensive SR per scored exam into --out, optionally sent to a PACS."""
+    from mamview.core import settings as user_settings
     from mamview.core.reports import sr
 
+    root = args.uid_root if args.uid_root is not None else (
+        user_settings.load(lib.settings_file).uid_root)
+    try:
+        root = sr.check_uid_root(root or "")
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
     node = None
     if args.send:
         from mamview.core.net.nodes import PacsNode
@@ -380,7 +406,8 @@ def cmd_sr(args, lib: Library) -> int:
                     raise ValueError(f"exam {ek} has no computed score")
                 path = sr.write_exam_sr(db, ek, args.out, model=model,
                                         model_name=model.name or model.model_id,
-                                        model_label=_model_label(lib, model.model_id))
+                                        model_label=_model_label(lib, model.model_id),
+                                        uid_root=root)
             except ValueError as exc:
                 skipped.append(str(exc))
                 continue

@@ -28,6 +28,7 @@ class Bridge(QObject):
     scoreEvent = Signal(object)  # core.inference events the session still wants
     _scoreArrived = Signal(object)  # every score event, on its way to the GUI thread
     nodeEvent = Signal(object)  # core.net.scp node events (on the node's threads)
+    taskProgress = Signal(str)  # one status line from a running task (e.g. fetch-priors)
     taskDone = Signal(object, object, object)  # callback, result, error (run_task)
 
     def __init__(self, parent: QObject | None = None, session=None):
@@ -56,6 +57,10 @@ class Bridge(QObject):
             self.dropped_score_events += 1
             return
         self.scoreEvent.emit(event)
+
+    def post_task_progress(self, text: str) -> None:
+        """A running task's progress line (from any thread), re-emitted in the GUI thread."""
+        self.taskProgress.emit(text)
 
     def post_node_event(self, event) -> None:
         """`on_event` for core.net.StorageNode: re-emit in the GUI thread."""

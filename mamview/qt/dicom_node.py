@@ -12,6 +12,8 @@ True and `openChanged(True, warning)` is emitted so the window can show a lastin
 
 from __future__ import annotations
 
+import threading
+
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from mamview.core.paths import Library
@@ -31,7 +33,9 @@ class DicomNodeController(QObject):
         self.bridge = bridge
         self.node = None
         self.received = 0
+        self._fetch_cancel: threading.Event | None = None
         bridge.nodeEvent.connect(self._on_event)
+        bridge.taskProgress.connect(self.status.emit)
         # many small batches arrive during a C-MOVE: refresh the worklist at most once a second
         self._changed_timer = QTimer(self)
         self._changed_timer.setSingleShot(True)
@@ -84,7 +88,8 @@ class DicomNodeController(QObject):
             if was_open:
                 self.openChanged.emit(False, "")
 
-    def fetch_priors(self, patient_id: str, pacs_text: str, settings) -> str | None:
+    def fetch_priors(self, patient_id: str, pacs_text: str, settings,
+                     all_studies: bool = False) -> str | None:
         """C-FIND + C-MOVE her earlier MG studies from `pacs_text` (address or settings name)
         to our running node, in the background; `fetchDone` reports. Returns an error message
         when the request cannot even start."""
@@ -102,15 +107,44 @@ class DicomNodeController(QObject):
             self.node.allow(pacs.ae_title, pacs.host)  # the PACS we ask must be let in
         except ValueError as exc:
             return str(exc)
+        if self.fetching:
+            return "A fetch is already running (DICOM → Cancel fetch stops it)."
         self.status.emit(f"Fetching priors of {patient_id} from {pacs} …")
+        cancel = self._fetch_cancel = threading.Event()
+
+        def progress(done: int, total: int, study) -> None:  # on the worker thread
+            where = f"Fetching priors of {patient_id} from {pacs}"
+            if not total:
+                text = f"{where}: asking for her studies …"
+            elif done >= total:
+                text = f"{where}: {total} studies moved, indexing …"
+            else:
+                when = getattr(study, "study_date", "") or "undated"
+                text = f"{where}: study {done + 1} of {total} ({when}) …"
+            self.bridge.post_task_progress(text + " (DICOM → Cancel fetch stops it)")
 
         def done(summary, error):
+            self._fetch_cancel = None
             if error is not None and not isinstance(error, NetError):
                 error = f"{type(error).__name__}: {error}"
             self.fetchDone.emit(summary, None if error is None else str(error))
 
-        self.bridge.run_task(lambda: fetch_priors(self.lib, patient_id, pacs, our_ae), done)
+        self.bridge.run_task(lambda: fetch_priors(self.lib, patient_id, pacs, our_ae,
+                                                  progress=progress, all_studies=all_studies,
+                                                  cancel=cancel), done)
         return None
+
+    @property
+    def fetching(self) -> bool:
+        return self._fetch_cancel is not None
+
+    def cancel_fetch(self) -> bool:
+        """Stop the running fetch (the PACS is sent a C-CANCEL); False when none runs."""
+        if self._fetch_cancel is None:
+            return False
+        self._fetch_cancel.set()
+        self.status.emit("Cancelling the fetch …")
+        return True
 
     def _on_event(self, ev) -> None:
         from mamview.core.net import scp

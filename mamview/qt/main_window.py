@@ -255,6 +255,7 @@ class MainWindow(QMainWindow):
         dicom.addAction(a("receive", "&Receive images (DICOM node)", self.set_node_running,
                           checkable=True, checked=False))
         dicom.addAction(a("fetch_priors", "&Fetch priors from PACS…", self.fetch_priors))
+        dicom.addAction(a("cancel_fetch", "&Cancel fetch", self.cancel_fetch))
         file_menu.addSeparator()
         file_menu.addAction(a("quit", "&Quit", self.close))
         self.actions_by_name["quit"].setShortcut(QKeySequence.StandardKey.Quit)
@@ -395,6 +396,11 @@ class MainWindow(QMainWindow):
         if error:
             self.status_text.setText(error)
             QMessageBox.warning(self, "Fetch priors", error)
+
+    def cancel_fetch(self) -> None:
+        """Stop a running fetch-priors (its summary then says what arrived)."""
+        if not self.node_ctl.cancel_fetch():
+            self.status_text.setText("No fetch is running.")
 
     def _on_fetch_done(self, summary, error) -> None:
         if self._closed:

@@ -167,3 +167,23 @@ def test_sr_uids_under_a_site_root_and_names_never_from_headers(scored_library, 
         assert pydicom.dcmread(path).SOPInstanceUID.startswith("1.2.826.0.1.99999.")
     finally:
         db.close()
+
+
+def test_sr_command_takes_the_uid_root_from_the_option_or_the_settings(scored_library, tmp_path,
+                                                                       capsys):
+    from mamview.core import settings as user_settings
+
+    lib, _ = scored_library
+    args = ["--home", str(lib.home), "sr", "P7", "--date", "2023-03-15"]
+    assert cli.main(args + ["--out", str(tmp_path / "a"), "--uid-root", "1.2.826.0.1.424242."]) == 0
+    assert pydicom.dcmread(next((tmp_path / "a").glob("*.dcm"))).SOPInstanceUID.startswith(
+        "1.2.826.0.1.424242.")
+    s = user_settings.load(lib.settings_file)
+    s.uid_root = "1.3.6.1.4.1.99999."
+    user_settings.save(s, lib.settings_file)
+    assert cli.main(args + ["--out", str(tmp_path / "b")]) == 0
+    assert pydicom.dcmread(next((tmp_path / "b").glob("*.dcm"))).SOPInstanceUID.startswith(
+        "1.3.6.1.4.1.99999.")
+    capsys.readouterr()
+    assert cli.main(args + ["--out", str(tmp_path / "c"), "--uid-root", "1.2.x"]) == 2
+    assert "UID root" in capsys.readouterr().err

@@ -79,3 +79,34 @@ def test_the_worklist_and_the_chart_flag_the_conflict(home, tmp_path, qtbot):
         assert not win.chart.identity_banner.isVisibleTo(win.chart)
     finally:
         win.shutdown()
+
+
+def test_trajectory_says_so_and_the_cohort_leaves_her_out(home, tmp_path, capsys):
+    from tests.scoring import save_current_score
+
+    src = tmp_path / "files"
+    _exam(src, "P1", "20200101", "19570430")
+    _exam(src, "P1", "20210101", "19561028")
+    for pid in ("P2", "P3", "P4", "P5"):
+        _exam(src, pid, "20200101", "19600101")
+        _exam(src, pid, "20210101", "19600101")
+    lib = library(home)
+    drain(run_import(lib, [src], make_previews=False))
+    db = connect(lib.database)
+    try:
+        for ex in reads.list_exams(db):
+            save_current_score(db, ex["exam_key"], [0.004 * k for k in range(1, 6)], "demo")
+    finally:
+        db.close()
+    assert main(["--home", str(home), "trajectory", "P1"]) == 0
+    assert "⚠ identity conflict" in capsys.readouterr().out
+    assert main(["--home", str(home), "trajectory", "P1", "--json"]) == 0
+    assert "2 birth dates" in json.loads(capsys.readouterr().out)["identity_conflict"]
+    outcomes = tmp_path / "outcomes.csv"
+    outcomes.write_text("patient_id,case,diagnosis_date\nP1,1,2022-01-01\nP2,1,2022-01-01\n"
+                        "P3,1,2022-01-01\nP4,0,\nP5,0,\n")
+    assert main(["--home", str(home), "cohort", "--outcomes", str(outcomes), "--out",
+                 str(tmp_path / "cohort")]) == 0
+    out = capsys.readouterr().out
+    # P1 is left out and counted, with the reason; the others are analysed
+    assert "identity conflict" in out and "2 cases" in out

@@ -119,11 +119,16 @@ def test_fetch_priors_from_the_window_brings_her_earlier_studies(home, pacs, win
     win = window(lib)
     qtbot.waitUntil(lambda: win.patient_key is not None, timeout=10000)
     assert win.patient_list.rows[win.patient_key].exams == 1
+    lines = []
+    win.node_ctl.status.connect(lines.append)
     win.fetch_priors(pacs.address)
     qtbot.waitUntil(lambda: getattr(win, "last_fetch", None) is not None, timeout=120000)
     summary, error = win.last_fetch
     assert error is None
     assert (summary.studies_found, summary.already_in_library, summary.studies_fetched) == (3, 1, 2)
+    # the status bar followed it study by study (progress through the bridge)
+    assert any("study 1 of 2" in t for t in lines) and any("study 2 of 2" in t for t in lines)
+    assert not win.node_ctl.fetching and not win.node_ctl.cancel_fetch()
     qtbot.waitUntil(lambda: win.patient_list.rows[win.patient_key].exams == 3, timeout=60000)
 
 

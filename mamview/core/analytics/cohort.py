@@ -437,12 +437,15 @@ def _write_rows(path: Path, rows: list[dict], columns: Sequence[str]) -> None:
 
 def run_cohort(scores: pd.DataFrame, outcomes: pd.DataFrame, out_dir: str | Path | None = None,
                *, model: str = "", max_years: int = 10, max_women_mixed: int = 2000,
-               seed: int = 0, progress: Callable[[str], None] | None = None) -> CohortReport:
+               seed: int = 0, progress: Callable[[str], None] | None = None,
+               excluded_before: dict[str, int] | None = None) -> CohortReport:
     """The cohort analysis of per-exam 5-year scores against outcomes; writes the CSVs, the
-    figure and a JSON report into `out_dir` when given. `model` names the scores' model."""
+    figure and a JSON report into `out_dir` when given. `model` names the scores' model;
+    `excluded_before` counts women left out before the scores reached here (and why)."""
     step = progress or (lambda _label: None)
     step("aligning exams to index")
     df, excluded = align(scores, outcomes)
+    excluded = {**(excluded_before or {}), **excluded}
     if df.empty:
         raise CohortError("no scored exam matches a woman in the outcomes file")
     women = women_table(df)

@@ -7,11 +7,12 @@ request is made):
 - `PacsNode.parse("AE@host:port")`, `PacsNode.from_dict`, `nodes_from_settings(settings)`
 - `echo(node, our_ae) -> EchoResult`
 - `StorageNode(lib, ae_title, port, host, allowed_aes, allowed_hosts, score, model, device,
-  on_event, allow_any, limits)` with `start()`, `stop()`, `wait_idle()`, `allow()`,
+  on_event, allow_any, limits, sop_classes)` with `start()`, `stop()`, `wait_idle()`, `allow()`,
   `bound_port`, `is_open`, `stats`; events in `scp`. Without an allow-list it needs
   `allow_any=True` (else `scp.NodeOpenRefused`); `guard.NodeLimits` holds its timeouts and caps
 - `find_studies(node, patient_id, our_ae)`, `fetch_priors(lib, patient_id, pacs, our_ae,
-  move_destination, progress) -> FetchSummary`, `send_files(node, paths, our_ae) -> SendSummary`
+  move_destination, progress, all_studies=False, issuer=None, cancel=None) -> FetchSummary`
+  (Study Root, else Patient Root; priors only unless `all_studies`; `cancel` sends C-CANCEL), `send_files(node, paths, our_ae) -> SendSummary`
 - `NetError`: a network operation failed; its message is for the user
 """
 
