@@ -263,6 +263,24 @@ def test_the_window_and_the_registry_listing_import_without_torch():
     assert out.stdout.strip() == "ok"
 
 
+def test_the_window_imports_neither_pandas_nor_pydicom_and_pandas_still_works_after():
+    """Start-up cost: sqlite-utils would pull in pandas (0.25–0.33 s) and the preview and
+    worklist modules pydicom (0.2 s) before the window is shown; both load when needed."""
+    code = ("import sys\n"
+            "import mamview.qt.main_window, mamview.qt.app\n"
+            "assert 'pandas' not in sys.modules and 'pydicom' not in sys.modules, "
+            "[m for m in ('pandas', 'pydicom') if m in sys.modules]\n"
+            "import pandas, sqlite_utils.db\n"
+            "from mamview.core.analytics import cohort\n"
+            "assert cohort.pd is pandas and sqlite_utils.db.pd is None\n"
+            "print('ok')\n")
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
 def test_the_registry_lists_models_without_torch(tmp_path):
     code = ("import sys\n"
             "from mamview.core.models import registry\n"

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mamview.core.dicom import display, pixels
 from mamview.core.domain import Source
 
 
@@ -44,6 +43,9 @@ def make_preview(path: str | os.PathLike, target_height: int = 1024, reduced: bo
     and a final area-average caps the height. For bad input it raises only PixelDecodeError
     (the caller records a Problem): the whole of it runs inside the decode boundary.
     """
+    # here, not at import: the window loads previews (PNG) long before it decodes DICOM
+    from mamview.core.dicom import display, pixels
+
     with pixels.guarded(path, "cannot make the preview"):
         ds = pixels.read_dataset(path)
         params = display.display_params(ds)
@@ -65,6 +67,8 @@ def make_preview(path: str | os.PathLike, target_height: int = 1024, reduced: bo
 
 def _cap_height(image: np.ndarray, target_height: int) -> np.ndarray:
     """Area-average an 8-bit image down to at most `target_height` rows, keeping the aspect ratio."""
+    from mamview.core.dicom import pixels
+
     rows, cols = image.shape
     if rows <= target_height:
         return image

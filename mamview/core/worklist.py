@@ -13,7 +13,6 @@ from datetime import date
 
 from mamview.core.cache import reads
 from mamview.core.domain import ModelRef, ScoredExam, ScoreState
-from mamview.core.ingest import stored_preview
 from mamview.core.paths import Library
 
 
@@ -115,5 +114,7 @@ def preview_path(lib: Library, db, sop_uid: str):
     if row is None:
         return None
     # the stored name, not one recomputed: previews made before hashed names keep working
+    from mamview.core.ingest import stored_preview  # here: ingest pulls in pydicom (0.2 s)
+
     path = stored_preview(lib, row["file"])
     return path if path is not None and path.is_file() else None
