@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-from mamview.cli.common import CliError, open_db, patient_keys, print_json, term
+from mamview.cli.common import (EXIT_INTERRUPTED, CliError, open_db, patient_keys, print_json,
+                                term)
 from mamview.core.domain import STALE_REASON, ScoreState
 from mamview.core.paths import Library
 
@@ -17,8 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("score", help="compute 1- to 5-year risk for every complete exam")
     s.add_argument("--patient", metavar="ID", help="only this woman's exams")
     s.add_argument("--model", default="auto", help="model id (default: best installed)")
-    s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                   help="inference device (default auto: a GPU when there is one, else the CPU)")
+    s.add_argument("--batch-size", type=int, default=4, metavar="N",
+                   help="exams per forward pass; scores are saved after each batch (default 4)")
     s.add_argument("--include-out-of-domain", action="store_true",
                    help="also score exams whose images are outside the model's validated domain "
                    "(digitised film, CR, lossy, For Processing, synthetic 2D); their scores are "
@@ -73,16 +75,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_score(args, lib: Library) -> int:
     """Score every complete exam (or one woman's); cached scores are kept, stale ones redone."""
-    from tqdm import tqdm
-
-    from mamview.core.cache import reads
-    from mamview.core.services.inference import (ExamScored, ExamUnscorable, GenerationDone,
-                                        InferenceService, ScoreFailed, ServiceError)
+    from mamview.cli.scoring import print_score_run, score_exams
+    from mamview.core import settings as user_settings
     from mamview.core.models import registry
     from mamview.core.models.errors import ModelUnavailable
-
-
-    from mamview.core import settings as user_settings
 
     try:
         entry = registry.resolve(lib, args.model)
@@ -92,70 +88,18 @@ def cmd_score(args, lib: Library) -> int:
                    or user_settings.load(lib.settings_file).score_out_of_domain)
     db = open_db(lib)
     try:
-        exams = [e["exam_key"] for e in reads.list_exams(db, patient_keys(db, args.patient))]
-        # stored scores whose key no longer matches are computed again: say how many
-        stale = sum(s.state == ScoreState.STALE for s in
-                    reads.current_scores(db, exams, reads.model_ref(entry),
-                                         include_out_of_domain=include).values())
+        keys = patient_keys(db, args.patient)  # an unknown PatientID is refused here
     finally:
         db.close()
-    if not exams:
+    run = score_exams(lib, entry, keys, device=args.device, batch_size=args.batch_size,
+                      include_out_of_domain=include)
+    if not run.exams:
         print("No exams to score. Import files first.")
         return 0
-    svc = InferenceService(lib.database, lambda dev: registry.load(entry, dev), device=args.device,
-                           batch_size=args.batch_size, include_out_of_domain=include)
-    # scores are saved per batch, so a killed run loses at most the batch in progress; a rerun
-    # finds the finished exams in the cache (same model and input files) and skips them
-    t0 = time.perf_counter()
-    computed = cached = outside = 0
-    unscorable: dict[str, int] = {}
-    failed = []
-    gen = svc.submit(exams)
-    try:
-        with tqdm(total=len(exams), desc=f"Scoring ({entry.model_id})", unit="exam",
-                  file=sys.stderr) as bar:
-            while True:
-                ev = svc.next_event()  # never waits on a worker that died
-                if isinstance(ev, ServiceError):
-                    raise CliError(ev.message)
-                if isinstance(ev, ExamScored):
-                    cached += ev.cached
-                    computed += not ev.cached
-                    outside += bool(ev.domain)
-                    bar.update(1)
-                elif isinstance(ev, ExamUnscorable):
-                    unscorable[ev.reason] = unscorable.get(ev.reason, 0) + 1
-                    bar.update(1)
-                elif isinstance(ev, ScoreFailed):
-                    failed.append(ev)
-                    bar.update(1)
-                elif isinstance(ev, GenerationDone) and ev.generation == gen:
-                    break
-    except KeyboardInterrupt:
-        print("\nInterrupted; finished exams are kept and will not be computed again.",
-              file=sys.stderr)
-        return 130
-    finally:
-        svc.shutdown()
-    print(term(f"Model: {entry.name}" + (f" — {entry.label}" if entry.label else "")))
-    print(f"Device: {term(svc.device_label)}")
-    print(f"Scored {computed + cached} exams ({computed} computed, {cached} already in the cache).")
-    if stale:
-        print(f"Recomputed {stale} exam(s) whose stored score was stale (model or image changed).")
-    if outside:
-        print(f"{outside} of them from images outside the model's validated domain, on request "
-              "(labelled so wherever they are shown).")
-    seconds = time.perf_counter() - t0
-    if computed:
-        print(f"Throughput: {computed / seconds:.2f} exams/s computed ({seconds:.1f} s in all, "
-              f"model loading included)")
-    for reason, n in sorted(unscorable.items()):
-        print(term(f"Not scored, {reason}: {n}"))
-    if not include and any(r.startswith("outside the model's validated domain") for r in unscorable):
-        print("Use --include-out-of-domain to score those outside the validated domain anyway.")
-    for ev in failed:
-        print(term(f"Failed: {ev.exam_key}: {ev.message}"))
-    return 1 if failed else 0
+    if run.interrupted:
+        return EXIT_INTERRUPTED
+    print_score_run(run, entry, include)
+    return 1 if run.failed else 0
 
 
 # ---------------------------------------------------------------- trajectory
@@ -235,6 +179,59 @@ def cmd_trajectory(args, lib: Library) -> int:
         if not rep.points:
             print("  Run `mamview score` to compute risks.")
     return 0
+
+
+def print_trajectory_tables(lib: Library, model_id: str, label: str = "",
+                            patient_ids: list[str] | None = None) -> None:
+    """Every woman's trajectory under `model_id` as a compact table: one row per exam with
+    its date, 5-year risk, change since the prior scored exam and the flags as of that exam;
+    an exam without a current score says why. `patient_ids`: only these women (None: all).
+    `label` (the demo model's) goes at the top and the bottom, so it cannot scroll out of
+    sight."""
+    from mamview.core import settings as user_settings
+    from mamview.core.analytics import trajectory as tj
+    from mamview.core.cache import reads
+
+    rules = tj.FlagRules.from_thresholds(user_settings.load(lib.settings_file).thresholds_percent)
+    banner = f"── {label} ──" if label else ""
+    if banner:
+        print()
+        print(term(banner))
+    db = open_db(lib, reading=True)
+    try:
+        wanted = None if patient_ids is None else set(patient_ids)
+        for r in sorted(reads.list_patients(db), key=lambda r: r["patient_id"]):
+            if wanted is not None and r["patient_id"] not in wanted:
+                continue
+            states = tj.exam_states(db, r["patient_key"], model_id)
+            points = tj.analyze(tj.points_for_patient(db, r["patient_key"], model_id), rules).points
+            as_of = {p.exam_key: (p, tj.analyze(points[:k + 1], rules))
+                     for k, p in enumerate(points)}
+            print()
+            print(term(f"{r['patient_id']}  {r['name'] or ''}  ({len(states)} exam"
+                       f"{'s' if len(states) != 1 else ''})"))
+            print(f"  {'Exam date':<10}  {'5-yr risk':>9}  {'Change':>9}  "
+                  f"Flags ({rules.label})")
+            for when, s in states:
+                day = when.isoformat() if when else "(no date)"
+                if s.exam_key in as_of:
+                    p, rep = as_of[s.exam_key]
+                    change = (f"{rep.change_since_prior:+.2f} pp"
+                              if rep.change_since_prior is not None else "—")
+                    risk = f"{p.risk_percent:.1f}%"
+                    flags = ", ".join(rep.flags) or "—"
+                    if p.domain:
+                        flags += f" (outside the validated domain: {p.domain})"
+                    print(term(f"  {day:<10}  {risk:>9}  {change:>9}  {flags}"))
+                else:
+                    why = s.reason if s.state in (ScoreState.UNSCORABLE, ScoreState.STALE) \
+                        else s.state.value
+                    print(term(f"  {day:<10}  {'—':>9}  {'':>9}  not scored: {why}"))
+    finally:
+        db.close()
+    if banner:
+        print()
+        print(term(banner))
 
 
 # ---------------------------------------------------------------- cohort

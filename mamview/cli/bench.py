@@ -19,25 +19,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench = s.add_subparsers(dest="bench", metavar="WHAT", required=True)
 
     b = bench.add_parser("import", help="header indexing and preview generation rates")
-    b.add_argument("--patients", type=int, default=6)
-    b.add_argument("--size", choices=("small", "full"), default="full")
+    b.add_argument("--patients", type=int, default=6, metavar="N",
+                   help="women in the generated cohort (default 6)")
+    b.add_argument("--size", choices=("small", "full"), default="full",
+                   help="image size of the generated cohort (default full)")
     b.add_argument("--work", metavar="DIR", help="folder for the generated cohort (kept)")
     _json_option(b)
     b.set_defaults(func=cmd_bench_import)
 
     b = bench.add_parser("infer", help="seconds per exam on CPU (and GPU where present)")
-    b.add_argument("--height", type=int, default=2048)
-    b.add_argument("--width", type=int, default=1664)
+    b.add_argument("--height", type=int, default=2048, metavar="ROWS",
+                   help="model input height in pixels (default 2048, Mirai's)")
+    b.add_argument("--width", type=int, default=1664, metavar="COLUMNS",
+                   help="model input width in pixels (default 1664, Mirai's)")
     b.add_argument("--batch", type=int, nargs="+", default=None,
                    help="batch sizes (default: 1 on CPU; 1 8 32 on GPU)")
-    b.add_argument("--repeats", type=int, default=2)
+    b.add_argument("--repeats", type=int, default=2, metavar="N",
+                   help="timed rounds after one warm-up; the median is reported (default 2)")
     _json_option(b)
     b.set_defaults(func=cmd_bench_infer)
 
     b = bench.add_parser("net", help="instances/s received and indexed from dcmtk storescu on "
                                      "loopback")
-    b.add_argument("--patients", type=int, default=6)
-    b.add_argument("--size", choices=("small", "full"), default="small")
+    b.add_argument("--patients", type=int, default=6, metavar="N",
+                   help="women in the generated cohort that is sent (default 6)")
+    b.add_argument("--size", choices=("small", "full"), default="small",
+                   help="image size of the generated cohort (default small)")
     b.add_argument("--no-previews", action="store_true", help="index headers only")
     b.add_argument("--work", metavar="DIR", help="folder for the cohort and the scratch library (kept)")
     _json_option(b)
@@ -48,7 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--size", choices=("small", "full"), default="full",
                    help="image size of the generated 6-exam woman (default full)")
     b.add_argument("--work", metavar="DIR", help="folder for the generated data (kept)")
-    b.add_argument("--repeats", type=int, default=15)
+    b.add_argument("--repeats", type=int, default=15, metavar="N",
+                   help="patient switches timed per layout, cold and warm (default 15)")
     b.add_argument("--stall-seconds", type=float, default=8.0,
                    help="how long to watch the event loop while inference runs")
     _json_option(b)

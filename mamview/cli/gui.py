@@ -9,10 +9,13 @@ window, is registered with the other benchmarks (`mamview.cli.bench`).
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import sys
+from pathlib import Path
 
-from mamview.cli.common import CliError, drive, ensure_library, print_summary
+from mamview.cli.common import (EXIT_INTERRUPTED, CliError, drive, ensure_library, open_db,
+                                print_summary)
 from mamview.core.paths import Library
 
 
@@ -30,12 +33,20 @@ def register(sub: argparse._SubParsersAction, parser: argparse.ArgumentParser) -
     s.set_defaults(func=cmd_gui)
 
     s = sub.add_parser("demo", help="generate the synthetic demo cohort into the library, "
-                                    "open the window and score it live")
-    s.add_argument("--patients", type=int, default=20)
-    s.add_argument("--size", choices=("small", "full"), default="small")
+                                    "open the window and score it live (no display: the "
+                                    "console demo)")
+    s.add_argument("--patients", type=int, default=20, metavar="N",
+                   help="women in the cohort when it is first written (default 20; an existing "
+                   "demo cohort in the library is reused as it is)")
+    s.add_argument("--size", choices=("small", "full"), default="small",
+                   help="image matrix: small (about 512 rows, fast) or full (detector size); "
+                   "default small")
     s.add_argument("--no-gui", action="store_true",
-                   help="console only: write and import the cohort, print a summary")
-    s.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=None)
+                   help="console only (also what runs without a display): write, import and "
+                   "score the cohort with the demo model, then print each woman's trajectory")
+    s.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=None,
+                   help="inference device (default: from Settings in the window, cpu on the "
+                   "console)")
     s.set_defaults(func=cmd_demo)
 
 
@@ -85,8 +96,15 @@ def cmd_demo(args, lib: Library) -> int:
 
 
 def _demo_console(args, lib: Library) -> int:
+    """Write (once), import and score the demo cohort with the demo model, then print each of
+    its women's trajectory. Resumable like `mamview score`: a rerun skips what is done."""
+    from mamview.cli.analytics import print_trajectory_tables
+    from mamview.cli.scoring import print_score_run, score_exams
+    from mamview.core.cache import reads
     from mamview.core.demo_data import generate_cohort
     from mamview.core.ingest import run_import
+    from mamview.core.models import registry
+    from mamview.core.models.errors import ModelUnavailable
 
     ensure_library(lib)
     out = lib.home / "demo-cohort"
@@ -96,8 +114,37 @@ def _demo_console(args, lib: Library) -> int:
             generate_cohort(out, n_patients=args.patients, size=args.size, seed=0)
         except ValueError as exc:
             raise CliError(str(exc)) from exc
+    else:
+        print(f"Using the demo cohort already in {out}.")
     # the patient folders only: the ground-truth CSVs beside them are not images to report
     summary = drive(run_import(lib, sorted(p for p in out.iterdir() if p.is_dir())))
     print_summary(summary)
-    print("\nSynthetic data, not patients. Try `mamview patients` and `mamview exams DEMO0001`.")
-    return 0
+    print()
+    try:
+        entry = registry.resolve(lib, "demo")
+    except ModelUnavailable as exc:
+        raise CliError(f"{exc}: the cohort is imported but not scored") from exc
+    ids = _cohort_patient_ids(out)
+    db = open_db(lib)
+    try:
+        # the demo women only: a library may hold real women too
+        keys = [k for pid in ids for k in reads.find_patient_keys(db, pid)]
+        shown = reads.choose_model(lib, None, db)
+    finally:
+        db.close()
+    run = score_exams(lib, entry, keys, device=args.device or "cpu")
+    if run.interrupted:
+        return EXIT_INTERRUPTED
+    print_score_run(run, entry, include_out_of_domain=False)
+    print_trajectory_tables(lib, entry.model_id, entry.label or registry.DEMO_LABEL,
+                            patient_ids=ids)
+    model_opt = "" if shown and shown.model_id == entry.model_id else f" --model {entry.model_id}"
+    print(f"\nSynthetic data, not patients. Try `mamview trajectory {ids[0]}{model_opt}` "
+          "and `mamview patients`.")
+    return 1 if run.failed else 0
+
+
+def _cohort_patient_ids(out: Path) -> list[str]:
+    """The PatientIDs of the demo cohort in `out` (from its outcomes.csv, one row a woman)."""
+    with open(out / "outcomes.csv", newline="", encoding="utf-8") as f:
+        return [row["patient_id"] for row in csv.DictReader(f)]

@@ -18,21 +18,31 @@ from mamview.core.paths import Library
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this area's commands to `sub`."""
     s = sub.add_parser("import", help="index DICOM files, folders or DICOMDIRs into the library")
-    s.add_argument("paths", nargs="+", metavar="PATH")
+    s.add_argument("paths", nargs="+", metavar="PATH",
+                   help="DICOM files, folders (searched recursively) or DICOMDIR files")
     s.add_argument("--no-previews", action="store_true", help="index headers only")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.set_defaults(func=cmd_import)
 
     s = sub.add_parser("demo-data", help="write a synthetic cohort of serial mammograms")
-    s.add_argument("--out", required=True, metavar="DIR")
-    s.add_argument("--patients", type=int, default=20)
-    s.add_argument("--size", choices=("small", "full"), default="small")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--out", required=True, metavar="DIR",
+                   help="folder to write to: empty, new, or an earlier demo cohort (not the "
+                   "library; import it with `mamview import DIR`)")
+    s.add_argument("--patients", type=int, default=20, metavar="N",
+                   help="number of women (default 20)")
+    s.add_argument("--size", choices=("small", "full"), default="small",
+                   help="image matrix: small (about 512 rows, fast) or full (detector size, "
+                   "e.g. 3328×2560); default small")
+    s.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="random seed, 0 to 4294967295 (default 0): the same seed writes the same "
+                   "cohort. PatientIDs are DEMO0001, DEMO0002 … for seed 0 and D<seed>-0001 … "
+                   "(e.g. D7-0001) for others, so cohorts of different seeds never merge")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.set_defaults(func=cmd_demo_data)
 
     s = sub.add_parser("patients", help="list the women in the library")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true",
+                   help="print as JSON (with each woman's identity conflict, if any)")
     s.set_defaults(func=cmd_patients)
 
     s = sub.add_parser("exams", help="list exams (of one woman, or all) with their views")
@@ -43,11 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_exams)
 
     s = sub.add_parser("problems", help="list files that were skipped, and why")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print as JSON")
     s.set_defaults(func=cmd_problems)
 
     s = sub.add_parser("check", help="first-run checks: library folder, free disk, GPU or CPU")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print the results as JSON")
     s.set_defaults(func=cmd_check)
 
 

@@ -11,9 +11,12 @@ from mamview.core.paths import Library
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this area's commands to `sub`."""
     s = sub.add_parser("models", help="list, install or describe risk models")
-    s.add_argument("action", choices=("list", "install", "info"))
+    s.add_argument("action", choices=("list", "install", "info"),
+                   help="list: the models and why a missing one is missing; install: convert "
+                   "the official Mirai release at PATH; info: list plus each model's folder and "
+                   "configuration")
     s.add_argument("path", nargs="?", metavar="PATH", help="release folder or zip (install)")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print the model list as JSON")
     s.set_defaults(func=cmd_models)
 
 

@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                       f"{d.max_instance_bytes >> 20}); a larger one is aborted")
     s.add_argument("--no-score", action="store_true", help="do not score complete exams")
     s.add_argument("--model", default=None, help="model id (default: the settings' model)")
-    s.add_argument("--device", default=None, choices=("auto", "cpu", "cuda", "mps"))
+    s.add_argument("--device", default=None, choices=("auto", "cpu", "cuda", "mps"),
+                   help="inference device for scoring on arrival (default: from Settings)")
     s.add_argument("--quiet", action="store_true", help="log to the log file only")
     s.set_defaults(func=cmd_listen)
 

@@ -8,7 +8,8 @@ years, as in the cohort study our users follow (risk-science.md §1.4). The risk
 the pixels as calcification-like bright specks and a faint density whose number and contrast
 grow with log(risk) (`risk_features`), so a model can learn it; a lead marker pins every image's
 brightest value, so the speck contrast survives a per-image min-max window. The truth goes into
-sidecar CSVs, never into the DICOM files.
+sidecar CSVs, never into the DICOM files. PatientIDs are DEMO0001… for seed 0 and
+D{seed}-0001… for other seeds (`demo_patient_id`), so two cohorts never merge.
 
 The files vary the way real archives do: three transfer syntaxes, two matrix sizes, a
 MONOCHROME1 vendor, a SIGMOID VOI vendor, images stored mirrored with a matching
@@ -103,8 +104,22 @@ def tissue_density(w: Woman, when: date) -> float:
     return float(np.clip(w.density - 0.01 * (age - 50), 0.02, 1.0))
 
 
+#: Seeds are kept below 2**32 so that a PatientID (`D{seed}-0001`, VR LO) stays short.
+MAX_SEED = 2**32 - 1
+
+
+def demo_patient_id(index: int, seed: int) -> str:
+    """The PatientID of woman `index` (from 0) of the cohort of `seed`: DEMO0001… for seed 0
+    (what the docs, the tests and the bundled model's training use), D{seed}-0001… for any
+    other seed, so cohorts of different seeds imported into one library stay different
+    women instead of merging into one woman's exams."""
+    return f"DEMO{index + 1:04d}" if seed == 0 else f"D{seed}-{index + 1:04d}"
+
+
 def make_women(n: int, seed: int) -> list[Woman]:
-    """The cohort's women, deterministic for a seed."""
+    """The cohort's women, deterministic for a seed (0 ≤ seed ≤ MAX_SEED)."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"the seed must be between 0 and {MAX_SEED}")
     rng = np.random.default_rng(seed)
     women = []
     for i in range(n):
@@ -119,7 +134,7 @@ def make_women(n: int, seed: int) -> list[Woman]:
         diagnosis = last + timedelta(days=int(rng.integers(60, 330))) if case else None
         vendor = "GEN" if i % 4 == 3 else ("FUJ" if i % 6 == 4 else "HOLO")
         women.append(Woman(
-            index=i, patient_id=f"DEMO{i + 1:04d}",
+            index=i, patient_id=demo_patient_id(i, seed),
             name=f"DEMO^{FIRST_NAMES[i % len(FIRST_NAMES)]}{'' if i < 26 else i // 26}",
             birth=birth, case=case, density=float(rng.beta(2.2, 2.5)),
             baseline_risk=float(rng.uniform(1.8, 2.3)), exam_dates=tuple(dates),
@@ -376,11 +391,11 @@ def generate_cohort(out_dir, n_patients: int = 20, size: str = "small", seed: in
         raise ValueError("size must be 'small' or 'full'")
     if n_patients < 1:
         raise ValueError("the cohort needs at least one woman")
+    women = women if women is not None else make_women(n_patients, seed)  # checks the seed
     out = Path(out_dir)
     _check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("synthetic data written by mamview demo-data\n")
-    women = women if women is not None else make_women(n_patients, seed)
     plan = []
     for w in women:
         for k, when in enumerate(w.exam_dates):

@@ -224,7 +224,7 @@ def test_an_exam_is_complete_when_its_fourth_view_arrives(home, cohort, scu_conf
     lib = library(home)
     rec = Recorder()
     rows = [r for r in csv.DictReader(open(cohort / "images.csv"))
-            if r["patient_id"] == "DEMO0001"]
+            if r["patient_id"] == "D1-0001"]
     date = rows[0]["exam_date"]
     views = [cohort / r["path"] for r in rows if r["exam_date"] == date]
     assert len(views) == 4
@@ -236,7 +236,7 @@ def test_an_exam_is_complete_when_its_fourth_view_arrives(home, cohort, scu_conf
         assert push(node, views[3:], scu_config).returncode == 0
         assert node.wait_idle(60)
     assert [e.exam_date for e in rec.of(scp.ExamComplete)] == [date]
-    assert [e.patient_id for e in rec.of(scp.ExamComplete)] == ["DEMO0001"]
+    assert [e.patient_id for e in rec.of(scp.ExamComplete)] == ["D1-0001"]
 
 
 def test_files_in_the_old_inbox_layout_still_import_and_count_as_duplicates(

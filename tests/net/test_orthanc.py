@@ -118,7 +118,8 @@ def test_fetch_priors_from_orthanc_of_studies_that_hold_non_image_objects(home, 
             extra += write_study_objects(sorted(study.glob("*.dcm")), tmp_path / "objs" / study.name)
         pacs.upload(images + extra)
         args = ["--home", str(home), "fetch-priors", "BENCH0001", "--pacs", pacs.address,
-                "--our-ae", "MAMVIEW", "--port", str(node_port), "--host", LOOPBACK]
+                "--our-ae", "MAMVIEW", "--port", str(node_port), "--host", LOOPBACK, "--all",
+                "--score"]
         rc = main(args)
         assert rc == 0
         db = connect_read_only(home / "cache.sqlite")
@@ -136,6 +137,19 @@ def test_fetch_priors_from_orthanc_of_studies_that_hold_non_image_objects(home, 
             "CAD SR": 1, "key objects": 1, "presentation state": 1} for ek in exams), members
         stored = sorted((home / "inbox").rglob("*.dcm"))
         assert len(stored) == len(images) + len(extra)
+        # the images are previewed and scored (on arrival, with --score); the members are not
+        from mamview.core.paths import library
+
+        db = connect_read_only(home / "cache.sqlite")
+        try:
+            model = reads.choose_model(library(home), None, db)
+            states = reads.current_scores(db, exams, model)
+            previewed = {im["sop_instance_uid"] for ek in exams for im in reads.exam_images(db, ek)
+                         if reads.preview_row(db, im["sop_instance_uid"]) is not None}
+        finally:
+            db.close()
+        assert {s.state.value for s in states.values()} == {"current"}, states
+        assert previewed == got
     finally:
         pacs.stop()
 

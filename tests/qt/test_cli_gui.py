@@ -3,6 +3,8 @@ demo, and `mamview gui --patient` options."""
 
 from __future__ import annotations
 
+import re
+
 from mamview.cli import bench as cli_bench
 from mamview.cli import gui as cli_gui
 from mamview.cli import build_parser, main
@@ -26,11 +28,16 @@ def test_gui_without_a_display_says_so(home, monkeypatch, capsys):
     assert "no display" in capsys.readouterr().err
 
 
-def test_demo_no_gui_writes_and_imports(home, capsys):
+def test_demo_no_gui_writes_imports_and_scores(home, capsys):
     assert main(["--home", str(home), "demo", "--no-gui", "--patients", "1"]) == 0
     out = capsys.readouterr().out
     assert "Imported" in out and "Synthetic data" in out
     assert (home / "demo-cohort" / "images.csv").is_file()
+    # scored with the demo model, her trajectory printed under its label
+    assert "computed, 0 already in the cache" in out and "not for clinical use" in out
+    assert re.search(r"^  \d{4}-\d\d-\d\d +\d+\.\d%", out, re.M)
+    assert main(["--home", str(home), "trajectory", "DEMO0001"]) == 0
+    assert "Latest 5-year risk" in capsys.readouterr().out
 
 
 def test_gui_on_an_unusable_library_says_why_and_exits_2(tmp_path, capsys, monkeypatch):
