@@ -61,6 +61,11 @@ class Library:
     def settings_file(self) -> Path:
         return self.home / "settings.json"
 
+    @property
+    def pseudonym_key(self) -> Path:
+        """The library's secret for export pseudonyms (random, made once, mode 600)."""
+        return self.home / "pseudonym.key"
+
     def ensure(self) -> "Library":
         """Create the folders, private to the user (700; files 600 through the umask).
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QFontMetrics
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from mamview.core import reference
@@ -61,6 +62,10 @@ BAND_LABEL = reference.CANCER_FREE_BAND.label
 NCCN_SHORT, HIGH_SHORT = reference.NCCN_INCREASED_RISK.short, reference.HIGH_RISK.short
 
 _SECONDS_PER_YEAR = 365.25 * 86400
+# the 'current' label's height along its line (fraction of the plot height, from the bottom)
+LABEL_TOP = 0.97
+# the banner's phrases: it breaks between them when the panel is narrow, never inside one
+DEMO_BANNER = "DEMO — " + DEMO_LABEL
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,33 @@ class _RelativeYearsAxis(pg.AxisItem):
         return [(step * _SECONDS_PER_YEAR, vals)]
 
 
+class _YearAxis(pg.AxisItem):
+    """Bottom axis with a tick and a label at 1 January of every year in view (none skipped).
+
+    The labels shorten to '’19' when a year is narrower than a four-digit label needs.
+    """
+
+    def tickValues(self, minVal, maxVal, size):  # noqa: N802 (pyqtgraph API)
+        first = datetime.datetime.fromtimestamp(minVal, datetime.timezone.utc).year
+        last = datetime.datetime.fromtimestamp(maxVal, datetime.timezone.utc).year
+        vals = [x for x in (date_to_x(datetime.date(y, 1, 1)) for y in range(first, last + 2))
+                if minVal <= x <= maxVal]
+        return [(_SECONDS_PER_YEAR, vals)]
+
+    def tickStrings(self, values, scale, spacing):  # noqa: N802 (pyqtgraph API)
+        years = [datetime.datetime.fromtimestamp(v, datetime.timezone.utc).year for v in values]
+        lo, hi = self.range
+        px_per_year = self.width() * _SECONDS_PER_YEAR / (hi - lo) if hi > lo else 100.0
+        font = self.style.get("tickFont") or self.font()
+        wide = QFontMetrics(font).horizontalAdvance("2000") + 8
+        return [str(y) if px_per_year >= wide else f"’{y % 100:02d}" for y in years]
+
+
+def first_of_year_x(d: datetime.date) -> float:
+    """The x coordinate of 1 January of `d`'s year."""
+    return date_to_x(datetime.date(d.year, 1, 1))
+
+
 class TrajectoryChart(QWidget):
     """5-year risk over exam dates, with reference lines, the cancer-free band and live points.
 
@@ -163,9 +195,11 @@ class TrajectoryChart(QWidget):
         self.title_label.setStyleSheet(f"color: {FOREGROUND}; font-weight: 600; padding: 2px 4px;")
         lay.addWidget(self.title_label)
 
-        self.demo_banner = QLabel("DEMO — " + DEMO_LABEL)
+        # broken only between its phrases ("— not for clinical use" never wraps word by word)
+        self.demo_banner = QLabel(DEMO_BANNER)
         self.demo_banner.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.demo_banner.setWordWrap(True)
+        self.demo_banner.setWordWrap(False)
+        self.demo_banner.setMinimumWidth(1)  # its one-line text must not widen the panel
         self.demo_banner.setStyleSheet(
             "background: #5a3d00; color: #ffd27a; font-weight: 700; padding: 3px 6px;"
             "border: 1px solid #b07a10; border-radius: 3px;")
@@ -185,7 +219,8 @@ class TrajectoryChart(QWidget):
         left = _PercentLogAxis(pen=FOREGROUND, textPen=FOREGROUND)
         bottom = (_RelativeYearsAxis("bottom", pen=FOREGROUND, textPen=FOREGROUND)
                   if self.relative_years
-                  else pg.DateAxisItem("bottom", utcOffset=0, pen=FOREGROUND, textPen=FOREGROUND))
+                  else _YearAxis("bottom", pen=FOREGROUND, textPen=FOREGROUND))
+        bottom.enableAutoSIPrefix(False)  # seconds since 1970 are not '×1e+09'
         self.plot_widget = pg.PlotWidget(background=BACKGROUND,
                                          axisItems={"left": left, "bottom": bottom})
         lay.addWidget(self.plot_widget, 1)
@@ -205,6 +240,9 @@ class TrajectoryChart(QWidget):
         vb = pi.getViewBox()
         vb.setMouseEnabled(x=False, y=False)  # a reading aid, not a data explorer
         vb.setYRange(math.log10(Y_MIN_PERCENT), math.log10(Y_MAX_PERCENT), padding=0)
+        vb.sigResized.connect(self._fit_x_range)
+        vb.sigResized.connect(self._place_labels)
+        vb.sigXRangeChanged.connect(self._place_labels)
 
         # cancer-free band (drawn first, behind everything)
         self.band = pg.LinearRegionItem(
@@ -238,6 +276,7 @@ class TrajectoryChart(QWidget):
             pi.addItem(item)
         for item in (self.scored_scatter, self.pending_scatter, self.unscorable_scatter):
             item.sigClicked.connect(self._on_clicked)
+            item.sigHovered.connect(self._on_hovered)
         self.highlight_scatter.setZValue(5)
         self.scored_scatter.setZValue(10)
 
@@ -247,9 +286,10 @@ class TrajectoryChart(QWidget):
         self._redraw(rescale=True)  # an empty chart still shows dates around today, not 0..1
 
     def _vline(self, color: str, label: str) -> pg.InfiniteLine:
+        # which side of its line the label sits on is decided in _place_labels
         line = pg.InfiniteLine(angle=90, movable=False,
                                pen=pg.mkPen(color, width=1, style=Qt.PenStyle.DashLine),
-                               label=label, labelOpts={"position": 0.97, "color": color,
+                               label=label, labelOpts={"position": LABEL_TOP, "color": color,
                                                        "anchors": [(1, 0), (1, 0)]})
         line.setVisible(False)
         line.setZValue(-5)
@@ -297,6 +337,30 @@ class TrajectoryChart(QWidget):
             name = name.replace(f"({DEMO_LABEL})", "").replace(DEMO_LABEL, "").strip(" —-")
         self.title_label.setText("5-year risk" + (f" — {name}" if name else ""))
         self._redraw(rescale=True)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        super().resizeEvent(event)
+        self._fit_banner()
+
+    def _fit_banner(self) -> None:
+        """Break the demo banner between its phrases, as few lines as the width allows."""
+        banner = self.demo_banner
+        banner.ensurePolished()
+        room = self.width() - 8 - 14  # layout margins, the banner's padding and border
+        metrics = banner.fontMetrics()
+        lines: list[str] = []
+        for phrase in DEMO_BANNER.split(" — "):
+            joined = f"{lines[-1]} — {phrase}" if lines else phrase
+            if lines and metrics.horizontalAdvance(joined) <= room:
+                lines[-1] = joined
+            else:
+                lines.append(phrase)
+        # a line break, not a wrap: the next line starts with its own phrase, no dangling dash
+        banner.setText("\n".join(lines))
+
+    def banner_lines(self) -> list[str]:
+        """The demo banner's lines as shown (tests)."""
+        return self.demo_banner.text().split("\n")
 
     def set_identity_warning(self, text: str) -> None:
         """Say above the chart that these exams may not be one woman's ('' hides it)."""
@@ -378,11 +442,32 @@ class TrajectoryChart(QWidget):
             lo, hi = min(xs), max(xs)
         else:
             lo = hi = 0.0 if self.relative_years else date_to_x(datetime.date.today())
-        span = max(hi - lo, _SECONDS_PER_YEAR)
-        # room on the left for the reference labels, a little on the right for the last point
-        lo, hi = lo - 0.12 * span, hi + 0.08 * span
-        vb.setXRange(lo, hi, padding=0)
+        first = min(pts, key=lambda p: p.exam_date).exam_date if pts else None
+        self._x_data = (lo, hi, first)
+        self._fit_x_range()
         vb.setYRange(math.log10(Y_MIN_PERCENT), math.log10(Y_MAX_PERCENT), padding=0)
+
+    def _fit_x_range(self, *_args) -> None:
+        """The x range for the exams shown, at the plot's present width (again on resize).
+
+        Room on the left for the reference labels, a little on the right for the last point,
+        and 1 January of the first exam's year far enough inside that its year label is drawn
+        whole (pyqtgraph drops a label that would overhang the axis).
+        """
+        lo, hi, first = getattr(self, "_x_data", (0.0, 0.0, None))
+        span = max(hi - lo, _SECONDS_PER_YEAR)
+        lo, hi = lo - 0.12 * span, hi + 0.08 * span
+        if first is not None and not self.relative_years:
+            jan1 = first_of_year_x(first)
+            axis = self.plot_item.getAxis("bottom")
+            font = axis.style.get("tickFont") or axis.font()
+            half = QFontMetrics(font).horizontalAdvance("2000") / 2 + 4  # pixels
+            width = max(self.plot_item.getViewBox().width(), 50.0)
+            if jan1 - lo < half * (hi - lo) / width:
+                # solve jan1 − lo = half · (hi − lo) / width for lo
+                lo = (jan1 * width - half * hi) / (width - half)
+        vb = self.plot_item.getViewBox()
+        vb.setXRange(lo, hi, padding=0)
         self.empty_text.setPos((lo + hi) / 2, math.log10(8.0))  # clear of the reference lines
 
     def _draw_highlights(self) -> None:
@@ -399,10 +484,40 @@ class TrajectoryChart(QWidget):
                  else math.log10(LANE_PERCENT))
             spots.append({"pos": (x, y), "pen": pg.mkPen(color, width=2.5), "data": key})
         self.highlight_scatter.setData(spots)
+        self._place_labels()
+
+    def _place_labels(self, *_args) -> None:
+        """Keep the 'current' and 'prior' labels inside the plot and clear of each other.
+
+        Each label sits on the side of its line with more room (so 'current' at the left edge
+        is not cut to 'urrent'); 'prior' sits one text line below 'current', so two adjacent
+        exams' labels cannot overlap whichever sides they take.
+        """
+        vb = self.plot_item.getViewBox()
+        (x_lo, x_hi), height = vb.viewRange()[0], vb.height()
+        for line, position in ((self.current_line, LABEL_TOP), (self.prior_line, None)):
+            if not line.isVisible():
+                continue
+            label = line.label
+            if position is None:  # one text line (and a little) below the current's label
+                text_h = label.boundingRect().height()
+                position = LABEL_TOP - (1.25 * text_h / height if height > 0 else 0.07)
+            middle = (x_lo + x_hi) / 2
+            anchor = (1, 0) if line.value() > middle else (0, 0)  # text away from the edge
+            label.anchors = [anchor, anchor]
+            label.setPosition(max(position, 0.05))
+            label.updatePosition()
 
     def _tip(self, x, y, data):
         p = self._points.get(data)
         return tooltip_text(p, self._anchor if self.relative_years else None) if p else ""
+
+    def _on_hovered(self, item, spots, _ev=None) -> None:
+        # The scatter (drawn above the band and the threshold lines) carries its exam's
+        # tooltip while a point is under the mouse, so Qt shows the exam's, not the band's.
+        # Off every point it carries none, and the band's or the line's shows again.
+        tips = [self._tip(0, 0, s.data()) for s in spots] if len(spots) else []
+        item.setToolTip("\n\n".join(t for t in tips if t))
 
     def _on_clicked(self, _item, spots, _ev=None) -> None:
         if len(spots):

@@ -8,7 +8,8 @@ import pytest
 from scipy import stats
 
 from mamview.core.analytics.trajectory import (FlagRules, ScorePoint, analyze, ols_slope,
-                                               stratum, theil_sen_slope)
+                                               quadratic_acceleration, stratum,
+                                               theil_sen_slope)
 
 D = dt.date
 
@@ -75,10 +76,8 @@ def test_slopes_match_independent_implementations():
     t = np.array([years(dates[0], d) for d in dates])
     assert rep.slope_ols == pytest.approx(np.polyfit(t, r, 1)[0])
     assert rep.slope_theil_sen == pytest.approx(stats.theilslopes(r, t)[0])
-    # acceleration from the last three exams: (v_n − v_{n−1}) / ((t_n − t_{n−2}) / 2)
-    v1 = (3.3 - 3.9) / (t[4] - t[3])
-    v0 = (3.9 - 2.1) / (t[3] - t[2])
-    assert rep.acceleration == pytest.approx((v1 - v0) / ((t[4] - t[2]) / 2))
+    # acceleration: 2c of the least-squares quadratic over all exams (numpy's fit agrees)
+    assert rep.acceleration == pytest.approx(2 * np.polyfit(t, r, 2)[0])
     # ratio to the median of her earlier exams: 3.3 / median(2.0, 2.4, 2.1, 3.9) = 3.3 / 2.25
     assert rep.ratio_to_baseline == pytest.approx(3.3 / 2.25)
 
@@ -178,3 +177,70 @@ def test_rules_from_user_thresholds():
     assert FlagRules.from_thresholds([2.5]).thresholds_percent == (2.5,)
     assert FlagRules.from_thresholds(["x", -1, float("nan"), 150]) == FlagRules()
     assert FlagRules.from_thresholds(None) == FlagRules()
+
+
+def test_three_exams_acceleration_is_the_three_point_second_difference():
+    d = [D(2016, 1, 1), D(2017, 3, 1), D(2019, 1, 1)]
+    t = [years(d[0], x) for x in d]
+    r = [2.0, 2.3, 3.5]
+    v1, v0 = (r[2] - r[1]) / (t[2] - t[1]), (r[1] - r[0]) / (t[1] - t[0])
+    assert analyze(pts(*zip(d, r))).acceleration == pytest.approx((v1 - v0) / ((t[2] - t[0]) / 2))
+
+
+def test_a_curve_that_bends_upward_has_a_positive_acceleration():
+    # the demo cohort's DEMO0012: flat near 2.2 %, then rising; the last interval is a little
+    # slower than the one before (so the last three exams alone bend down, −0.55 pp/yr²),
+    # but the curve as drawn bends upward, and the acceleration must say so
+    d = [D(2019, 5, 18), D(2020, 4, 29), D(2021, 5, 14), D(2022, 6, 3), D(2023, 5, 20),
+         D(2024, 5, 10), D(2025, 5, 9)]
+    r = [2.13, 2.30, 2.16, 2.49, 2.79, 4.48, 5.67]
+    rep = analyze(pts(*zip(d, r)))
+    assert rep.acceleration > 0
+    assert "(bends up)" in dict(rep.display_rows())["Acceleration (quadratic fit, exploratory)"]
+    # a convex series: r = 2 + 0.3·t² exactly → 2c = 0.6 pp/yr² on irregular dates
+    d2 = [D(2015, 1, 1), D(2016, 7, 1), D(2017, 2, 1), D(2019, 9, 1), D(2020, 1, 1)]
+    t = [years(d2[0], x) for x in d2]
+    convex = analyze(pts(*zip(d2, [2 + 0.3 * x * x for x in t])))
+    assert convex.acceleration == pytest.approx(0.6)
+    concave = analyze(pts(*zip(d2, [8 - 0.3 * x * x for x in t])))
+    assert concave.acceleration == pytest.approx(-0.6)
+    assert "(bends down)" in dict(concave.display_rows())[
+        "Acceleration (quadratic fit, exploratory)"]
+    assert quadratic_acceleration([0.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None  # 2 distinct dates
+
+
+def test_rising_follows_the_trend_slope_and_says_so():
+    # DEMO0012 again: rate since prior +1.19 pp/yr is above the 1.1 cut-off, but with 7 exams
+    # over 6 years the OLS slope (+0.55 pp/yr) decides, and she is not flagged rising
+    d = [D(2019, 5, 18), D(2020, 4, 29), D(2021, 5, 14), D(2022, 6, 3), D(2023, 5, 20),
+         D(2024, 5, 10), D(2025, 5, 9)]
+    rep = analyze(pts(*zip(d, [2.13, 2.30, 2.16, 2.49, 2.79, 4.48, 5.67])))
+    assert rep.rate_per_year == pytest.approx(1.19, abs=0.01)
+    assert rep.slope_ols == pytest.approx(0.55, abs=0.01)
+    assert not rep.rising and "rising" not in rep.flags
+    assert rep.rising_basis == ("trend slope (OLS)", rep.slope_ols)
+    key, _detail = rep.display_sections()
+    labels = [a for a, _ in key]
+    # the rule sits right after the flags, among the rows a panel shows first
+    assert labels.index("Rising?") == labels.index("Flags (research use, not validated)") + 1
+    rule = dict(key)["Rising?"]
+    assert rule.startswith("no: trend slope (OLS) +0.55 < 1.1 pp/yr cut-off")
+    assert "the slope decides, not the rate since prior, +1.19" in rule
+    assert rep.as_dict()["rising_basis"] == "trend slope (OLS)"
+    # two exams: no slope, so the rate since prior decides, and the rule says that instead
+    two = analyze(pts((D(2020, 1, 1), 2.0), (D(2021, 1, 1), 3.3)))
+    assert two.rising and two.rising_basis[0] == "rate since prior"
+    assert dict(two.display_rows())["Rising?"].startswith(
+        "yes: rate since prior +1.30 ≥ 1.1 pp/yr")
+    one = analyze(pts((D(2020, 1, 1), 2.0)))
+    assert dict(one.display_rows())["Rising?"].startswith("not assessed: needs 2 dated exams")
+
+
+def test_key_rows_come_first():
+    rep = analyze(pts((D(2016, 1, 1), 2.0), (D(2018, 1, 1), 3.5), (D(2019, 1, 1), 4.0)))
+    key, detail = rep.display_sections()
+    assert [a for a, _ in key] == [
+        "Latest 5-year risk", "Change since prior", "Rate per year", "First crossing of 1.7%",
+        "First crossing of 3%", "Flags (research use, not validated)", "Rising?"]
+    assert rep.display_rows() == key + detail
+    assert "Trend slope (OLS)" in dict(detail) and "Scored exams" in dict(detail)

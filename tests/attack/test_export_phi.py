@@ -287,3 +287,93 @@ def test_unreadable_headers_count_as_unknown_and_never_hang(tmp_path):
     assert report.header_burned_in(deflated) == (None, mg)
     assert report.header_burned_in(cut)[0] is None
     assert time.monotonic() - start < 2.0
+
+
+# ---------------------------------------------------------------- pseudonym and dates (issue 14)
+
+_CALENDAR_DATE = re.compile(r"\b(19|20)\d\d-\d\d-\d\d\b|\b(19|20)\d\d(0[1-9]|1[0-2])[0-3]\d\b")
+
+
+def test_pseudonym_is_stable_per_woman_and_secret_per_library(woman, tmp_path):
+    lib, db, pkey, keys, _paths = woman
+    first = report.stable_pseudonym(lib, pkey)
+    assert re.fullmatch(r"Case [A-Z2-9]{6}", first)
+    assert report.stable_pseudonym(lib, pkey) == first  # every export, every dialog
+    assert report.stable_pseudonym(lib, pkey + "x") != first  # another woman, another ID
+    for part in (PID, "77001", NAME.split("^")[0]):
+        assert part.lower() not in first.lower()
+    # the secret: created once in the library folder, private, 32 random bytes
+    secret = lib.pseudonym_key
+    mode = stat.S_IMODE(secret.stat().st_mode)
+    assert mode == 0o600, oct(mode)
+    assert len(secret.read_bytes()) == 32 and PID.encode() not in secret.read_bytes()
+    before = secret.read_bytes()
+    report.stable_pseudonym(lib, pkey)
+    assert secret.read_bytes() == before  # read, not remade
+    # another library holds another secret: the same woman gets an unrelated case ID there
+    other = library(tmp_path / "other-home").ensure()
+    assert report.stable_pseudonym(other, pkey) != first
+    # a library whose secret was damaged makes a new one (and says so) rather than failing
+    secret.write_bytes(b"short")
+    again = report.stable_pseudonym(lib, pkey)
+    assert len(secret.read_bytes()) == 32 and re.fullmatch(r"Case [A-Z2-9]{6}", again)
+
+
+def test_pseudonym_secret_is_never_read_through_a_link(woman, tmp_path):
+    lib, _db, pkey, _keys, _paths = woman
+    target = tmp_path / "elsewhere.key"
+    target.write_bytes(b"x" * 32)
+    lib.pseudonym_key.symlink_to(target)
+    with pytest.raises(OSError):
+        report.stable_pseudonym(lib, pkey)
+    assert target.read_bytes() == b"x" * 32  # the file the link names is left alone
+
+
+def test_png_and_pdf_of_one_woman_carry_one_case_id(qtbot, woman, tmp_path):
+    lib, db, pkey, keys, _paths = woman
+    from tests.qt.test_export import pdf_streams_text, png_text_chunks
+
+    def build(deid, pseudonym):
+        return report.build_export_content(db, pkey, keys[-1], keys[0], "4up", deid, lib=lib,
+                                           pseudonym=pseudonym)
+
+    case_id = report.stable_pseudonym(lib, pkey)
+    found = []
+    for fmt in ("png", "pdf"):  # a fresh dialog each time, as a reader opens it twice
+        dlg = export.ExportDialog(build, [], default_dir=tmp_path,
+                                  pseudonym=report.stable_pseudonym(lib, pkey))
+        qtbot.addWidget(dlg)
+        assert dlg.pseudonym_edit.text() == case_id
+        out = dlg.save_to(tmp_path / f"board.{fmt}")
+        data = out.read_bytes()
+        found.append(png_text_chunks(data)["Title"] if fmt == "png" else pdf_streams_text(data))
+    assert found[0].endswith(case_id) and case_id in found[1]
+
+
+def test_deidentified_footer_and_metadata_print_no_calendar_date(qtbot, woman, tmp_path):
+    import datetime
+
+    from tests.qt.test_export import png_non_pixel_bytes, png_text_chunks
+    from tests.scoring import save_current_score
+
+    lib, db, pkey, keys, _paths = woman
+    # scored on two days; exported three days after the later one
+    for k, when in zip(keys, ("2026-11-20T09:00:00+00:00", "2026-11-28T09:00:00+00:00")):
+        save_current_score(db, k, [0.004, 0.008, 0.012, 0.016, 0.02], when=when)
+    now = datetime.datetime(2026, 12, 1, 12, 0, tzinfo=datetime.timezone.utc)
+    c = report.build_export_content(db, pkey, keys[-1], keys[0], "4up", True, lib=lib,
+                                    pseudonym="Case 1", now=now)
+    text = "\n".join([*c.drawn_text(), *c.provenance, *c.metadata.values()])
+    assert not _CALENDAR_DATE.search(text), _CALENDAR_DATE.search(text).group(0)
+    assert any("computed 3–11 days before export" in line for line in c.provenance)
+    assert any(line.startswith("Exported by mamview") and "left out" in line
+               for line in c.provenance)
+    out = export.export_figure(c, [], tmp_path / "board.png")
+    data = out.read_bytes()
+    chunks = "\n".join([*png_text_chunks(data).values(), png_non_pixel_bytes(data)])
+    assert not _CALENDAR_DATE.search(chunks)
+    # identified, the provenance keeps its calendar dates, as today
+    named = report.build_export_content(db, pkey, keys[-1], keys[0], "4up", False, lib=lib,
+                                        now=now)
+    assert "Exported 2026-12-01 12:00 UTC by mamview" in "\n".join(named.provenance)
+    assert any("computed 2026-11-20 to 2026-11-28" in line for line in named.provenance)

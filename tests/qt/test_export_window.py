@@ -103,3 +103,67 @@ def test_window_withholds_a_burned_in_image_from_the_deidentified_png(
                        _count(img, cell, export.SCALE, _accent))
     assert found[True][0] == 0 and found[True][1] > 1000  # withheld, with its note
     assert found[False][0] > 10000 and found[False][1] == 0  # shown as today
+
+
+def test_window_png_pdf_and_dialog_share_one_stable_case_id(reader_copy, open_window, qtbot,
+                                                             tmp_path):
+    from tests.qt.test_export import pdf_streams_text
+
+    _score_p1(reader_copy)
+    win = open_window(reader_copy)
+    _select_p1(win, qtbot)
+    png = win.export_figure(str(tmp_path / "a.png"), deidentify=True)
+    pdf = win.export_figure(str(tmp_path / "a.pdf"), deidentify=True)
+    title = png_text_chunks(png.read_bytes())["Title"]
+    case_id = title.rsplit("— ", 1)[1]
+    assert case_id.startswith("Case ") and case_id in pdf_streams_text(pdf.read_bytes())
+    assert export.content_for_window(win, True).title_lines[1].startswith(case_id)
+    # the dialog opens with the same case ID, however often it is opened
+    for _ in range(2):
+        dlg = export.ExportDialog(lambda d, p: export.content_for_window(win, d, p), [],
+                                  pseudonym=export.window_pseudonym(win))
+        qtbot.addWidget(dlg)
+        assert dlg.pseudonym_edit.text() == case_id
+    # derived from the library's own secret, not from her ID
+    assert "P1" not in case_id and reader_copy.pseudonym_key.is_file()
+
+
+def _luminance(img, rect) -> float:
+    import numpy as np
+
+    sub = img.copy(rect).convertToFormat(QImage.Format.Format_RGB888)
+    a = np.frombuffer(sub.constBits(), np.uint8).reshape(sub.height(), sub.bytesPerLine())
+    a = a[:, :sub.width() * 3].reshape(sub.height(), sub.width(), 3).astype(float)
+    return float((0.299 * a[..., 0] + 0.587 * a[..., 1] + 0.114 * a[..., 2]).mean())
+
+
+def test_deidentify_box_is_plain_to_see_checked_and_unchecked(qtbot, tmp_path):
+    from PySide6.QtWidgets import QStyle, QStyleOptionButton
+
+    from mamview.qt.app import application
+
+    application()  # the dark theme
+    dlg = export.ExportDialog(lambda d, p: None, [], pseudonym="Case ABCDEF")
+    qtbot.addWidget(dlg)
+    dlg.show()
+    qtbot.waitExposed(dlg)
+    box = dlg.deidentify_box
+    opt = QStyleOptionButton()
+    box.initStyleOption(opt)
+    ind = box.style().subElementRect(QStyle.SubElement.SE_CheckBoxIndicator, opt, box)
+    assert ind.width() >= 16 and ind.height() >= 16
+    inner = ind.adjusted(3, 3, -3, -3)
+    shots = {}
+    for checked in (True, False):
+        box.setChecked(checked)
+        qtbot.wait(10)
+        img = box.grab().toImage()
+        img.save(str(tmp_path / f"box_{checked}.png"))
+        shots[checked] = img
+        square = _luminance(img, ind.adjusted(1, 1, -1, -1))
+        page = _luminance(dlg.grab().toImage(), dlg.rect().adjusted(0, 0, 0, 0))
+        assert square - page > 120, (checked, square, page)  # a light square on a dark page
+        assert dlg.identified_warning.isVisible() is (not checked)
+    # the tick shows: the checked square is clearly darker inside than the unchecked one
+    assert _luminance(shots[False], inner) - _luminance(shots[True], inner) > 25
+    assert "Not de-identified" in dlg.identified_warning.text()

@@ -6,7 +6,14 @@ years), risks r_k in percent.
 - change since prior  Δ = r_n − r_{n−1} (percentage points, pp)
 - rate per year       v = Δ / (t_n − t_{n−1}) (pp/yr); on the log scale g = Δln r / Δt (1/yr)
 - trend slope         OLS and Theil–Sen of r on t, only when n ≥ 3 and the exams span ≥ 2 years
-- acceleration        (v_n − v_{n−1}) / ((t_n − t_{n−2}) / 2) (pp/yr², exploratory)
+- acceleration        2c of the least-squares quadratic r = a + b·t + c·t² over all her exams
+                      (pp/yr², exploratory): positive when the curve bends upward. With three
+                      exams it equals (v_n − v_{n−1}) / ((t_n − t_{n−2}) / 2); with more it reads
+                      the whole curve, so one slower last interval after a steep rise does not
+                      turn an upward-bending trajectory's sign negative.
+- rising flag         the trend slope (OLS) ≥ `FlagRules.rising_rate_per_year` when the slope
+                      is defined (≥ 3 exams over ≥ 2 years), else the rate since prior: the
+                      number that decides is named next to the flag (`rising_rule`).
 - ratio to baseline   r_n / median(r_1 … r_{n−1})
 - first crossing of each threshold, stratum transitions, screening gaps, vendor/model changes.
 
@@ -118,7 +125,7 @@ class TrajectoryReport:
     log_rate_per_year: float | None  # 1/yr (×100 ≈ % per year)
     slope_ols: float | None  # pp/yr; only when >= 3 exams over >= 2 years
     slope_theil_sen: float | None
-    acceleration: float | None  # pp/yr², exploratory
+    acceleration: float | None  # pp/yr², exploratory: 2c of a quadratic fit over all exams
     ratio_to_baseline: float | None
     crossings: dict[float, datetime.date | None]  # first upward crossing per threshold
     stratum_transitions: tuple[StratumTransition, ...]
@@ -130,32 +137,68 @@ class TrajectoryReport:
     rules: FlagRules = field(default_factory=FlagRules)
 
     @property
+    def rising_basis(self) -> tuple[str, float | None]:
+        """(name, value) of the number the "rising" flag compares with the cut-off: the trend
+        slope (OLS) when it is defined, else the rate since prior."""
+        if self.slope_ols is not None:
+            return ("trend slope (OLS)", self.slope_ols)
+        return ("rate since prior", self.rate_per_year)
+
+    def rising_rule(self) -> str:
+        """The rising rule as applied to her, e.g. 'no: trend slope (OLS) +0.55 < 1.1 pp/yr
+        cut-off (the slope decides, not the rate since prior, +1.19)'."""
+        name, value = self.rising_basis
+        cut = self.rules.rising_rate_per_year
+        if value is None:
+            return f"not assessed: needs 2 dated exams (cut-off {cut:g} pp/yr)"
+        text = (f"{'yes' if self.rising else 'no'}: {name} {value:+.2f} "
+                f"{'≥' if self.rising else '<'} {cut:g} pp/yr cut-off")
+        if self.slope_ols is not None and self.rate_per_year is not None:
+            text += f" (the slope decides, not the rate since prior, {self.rate_per_year:+.2f})"
+        return text
+
+    @property
     def latest(self) -> ScorePoint | None:
         """The newest scored exam."""
         return self.points[-1] if self.points else None
 
     def display_rows(self) -> list[tuple[str, str]]:
-        """(label, value text) pairs for a side panel; every number with its unit."""
+        """(label, value text) pairs for a side panel; every number with its unit. The rows
+        that matter come first (`display_sections`)."""
+        key, detail = self.display_sections()
+        return key + detail
+
+    def display_sections(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """(key rows, detail rows): latest risk, change, rate, crossings, flags and the rising
+        rule first (a panel shows them without scrolling), then slopes, acceleration, ratio,
+        strata, gaps and notes."""
         rows: list[tuple[str, str]] = []
         last = self.latest
         if last is None:
-            return [("5-year risk", "no scored exam")]
+            return [("5-year risk", "no scored exam")], []
         rows.append(("Latest 5-year risk",
                      f"{last.risk_percent:.1f}% ({last.exam_date.isoformat()}, model {last.model_id})"))
-        rows.append(("Scored exams", str(len(self.points))))
         rows.append(("Change since prior", _fmt(self.change_since_prior, "{:+.2f} pp")))
         rate = _fmt(self.rate_per_year, "{:+.2f} pp/yr")
         if self.log_rate_per_year is not None:
-            rate += f" ({self.log_rate_per_year * 100:+.0f}%/yr on the log scale)"
+            rate += f" ({self.log_rate_per_year * 100:+.0f}%/yr log)"
         rows.append(("Rate per year", rate))
+        for thr, when in self.crossings.items():
+            rows.append((f"First crossing of {thr:g}%", when.isoformat() if when else "—"))
+        rows.append((f"Flags ({self.rules.label})", ", ".join(self.flags) if self.flags else "none"))
+        rows.append(("Rising?", self.rising_rule()))
+        key, rows = rows, []
+        rows.append(("Scored exams", str(len(self.points))))
         rows.append(("Trend slope (OLS)", _fmt(self.slope_ols, "{:+.2f} pp/yr",
                                                "needs ≥3 exams over ≥2 years")))
         rows.append(("Trend slope (Theil–Sen)", _fmt(self.slope_theil_sen, "{:+.2f} pp/yr",
                                                      "needs ≥3 exams over ≥2 years")))
-        rows.append(("Acceleration (exploratory)", _fmt(self.acceleration, "{:+.2f} pp/yr²")))
+        rows.append(("Acceleration (quadratic fit, exploratory)",
+                     _fmt(self.acceleration, "{:+.2f} pp/yr²", "needs ≥3 exams")
+                     + ("" if self.acceleration is None else
+                        " (bends up)" if self.acceleration > 0 else
+                        " (bends down)" if self.acceleration < 0 else "")))
         rows.append(("Ratio to own baseline", _fmt(self.ratio_to_baseline, "{:.2f}×")))
-        for thr, when in self.crossings.items():
-            rows.append((f"First crossing of {thr:g}%", when.isoformat() if when else "—"))
         if self.stratum_transitions:
             rows.append(("Stratum changes", "; ".join(
                 f"{t.exam_date.isoformat()}: {t.from_stratum} → {t.to_stratum}"
@@ -165,8 +208,7 @@ class TrajectoryReport:
                 f"{g.start.isoformat()} – {g.end.isoformat()} ({g.years:.1f} y)" for g in self.gaps)))
         for note in self.notes:
             rows.append(("Note", note))
-        rows.append((f"Flags ({self.rules.label})", ", ".join(self.flags) if self.flags else "none"))
-        return rows
+        return key, rows
 
     def as_dict(self) -> dict:
         """A JSON-serialisable copy (dates as ISO strings)."""
@@ -198,6 +240,8 @@ class TrajectoryReport:
             "flags": list(self.flags),
             "flags_label": self.rules.label,
             "rising": self.rising,
+            "rising_basis": self.rising_basis[0],
+            "rising_rule": self.rising_rule(),
             "crossed_any": self.crossed_any,
         }
 
@@ -237,6 +281,30 @@ def theil_sen_slope(t: Sequence[float], r: Sequence[float]) -> float | None:
     slopes = [(r[j] - r[i]) / (t[j] - t[i])
               for i in range(len(t)) for j in range(i + 1, len(t)) if t[j] != t[i]]
     return statistics.median(slopes) if slopes else None
+
+
+def quadratic_acceleration(t: Sequence[float], r: Sequence[float]) -> float | None:
+    """2c of the least-squares fit r = a + b·t + c·t² (pp/yr²); None with fewer than three
+    distinct dates. Through exactly three points it is the three-point second difference."""
+    if len(set(t)) < 3 or len(t) != len(r):
+        return None
+    # centred times keep the normal equations well conditioned (dates are decimal years)
+    tm = sum(t) / len(t)
+    x = [v - tm for v in t]
+    s = [sum(v ** k for v in x) for k in range(5)]
+    y = [sum((v ** k) * w for v, w in zip(x, r)) for k in range(3)]
+    m = [[s[0], s[1], s[2]], [s[1], s[2], s[3]], [s[2], s[3], s[4]]]
+
+    def det(a):
+        return (a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
+                - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
+                + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0]))
+
+    d = det(m)
+    if abs(d) < 1e-12:
+        return None
+    mc = [row[:2] + [y[i]] for i, row in enumerate(m)]  # Cramer's rule for c
+    return 2 * det(mc) / d
 
 
 def stratum(risk_percent: float, thresholds: Sequence[float]) -> str:
@@ -288,10 +356,7 @@ def analyze(points: Sequence[ScorePoint], rules: FlagRules = FlagRules()) -> Tra
         slope = ols_slope(t, r)
         ts = theil_sen_slope(t, r)
     if n >= 3:
-        dt1, dt2 = t[-1] - t[-2], t[-2] - t[-3]
-        if dt1 > 0 and dt2 > 0:
-            v1, v0 = (r[-1] - r[-2]) / dt1, (r[-2] - r[-3]) / dt2
-            accel = (v1 - v0) / ((t[-1] - t[-3]) / 2)
+        accel = quadratic_acceleration(t, r)
 
     crossings: dict[float, datetime.date | None] = {}
     for thr in thresholds:

@@ -18,7 +18,10 @@ so a de-identified figure withholds the pixels of every image that has, or may h
 from __future__ import annotations
 
 import datetime
+import hashlib
+import hmac
 import io
+import logging
 import os
 import re
 import secrets
@@ -31,6 +34,7 @@ from mamview.core.domain import (STANDARD_VIEWS, ScoreState, domain_label, join_
                                  risk_percent, view_label)
 from mamview.core.hanging import Cell, Hanging
 
+_log = logging.getLogger(__name__)
 SCORED, PENDING, UNSCORABLE = ScoreState.CURRENT, ScoreState.PENDING, ScoreState.UNSCORABLE
 DISCLAIMER = ("This score is not a diagnosis. It estimates 5-year breast-cancer risk from the "
               "images alone and must be read with the radiologist's interpretation.")
@@ -168,10 +172,60 @@ def age_years(birth: datetime.date | None, on: datetime.date | None) -> str:
     return "90+" if age > 89 else str(age)
 
 
+_PSEUDONYM_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # 32 letters: no 0/O, 1/I
+_SECRET_BYTES = 32
+
+
 def new_pseudonym() -> str:
     """A random case label, not derived from any identifier (so it cannot be reversed)."""
-    alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
-    return "Case " + "".join(secrets.choice(alphabet) for _ in range(5))
+    return "Case " + "".join(secrets.choice(_PSEUDONYM_ALPHABET) for _ in range(5))
+
+
+def library_secret(lib) -> bytes:
+    """The library's pseudonym secret: 32 random bytes in `lib.pseudonym_key`, created once
+    (mode 600, never through a link). A file of the wrong size is replaced by a new secret,
+    which changes every pseudonym of that library (logged). Raises OSError."""
+    path = lib.pseudonym_key
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_RDONLY | nofollow)
+        except FileNotFoundError:
+            pass
+        else:
+            with os.fdopen(fd, "rb") as f:
+                data = f.read(_SECRET_BYTES + 1)
+            if len(data) == _SECRET_BYTES:
+                return data
+            _log.warning("%s is not a pseudonym secret (%d bytes): making a new one, so "
+                         "export pseudonyms of this library change", path, len(data))
+            os.unlink(path)
+        try:  # O_EXCL: two exports at once agree on the first secret written
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | nofollow, 0o600)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            secret = secrets.token_bytes(_SECRET_BYTES)
+            f.write(secret)
+            f.flush()
+            os.fsync(f.fileno())
+        return secret
+    raise OSError(f"could not read or create the pseudonym secret {path}")
+
+
+def stable_pseudonym(lib, patient_key: str) -> str:
+    """'Case XXXXXX': the same for one woman every time within one library (her PNG and PDF
+    carry the same case ID), different in another library. An HMAC-SHA256 of her patient key
+    under the library's secret, so it reveals nothing about her ID without the secret."""
+    digest = hmac.new(library_secret(lib), patient_key.encode("utf-8"), hashlib.sha256).digest()
+    number = int.from_bytes(digest[:8], "big")
+    letters = []
+    for _ in range(6):  # 30 bits: collisions stay rare in a library of thousands of women
+        number, k = divmod(number, len(_PSEUDONYM_ALPHABET))
+        letters.append(_PSEUDONYM_ALPHABET[k])
+    return "Case " + "".join(letters)
 
 
 def identifier_strings(patient: dict, common_words: str = "") -> list[str]:
@@ -482,7 +536,7 @@ def build_export_content(db, patient_key: str, current_key: str | None, prior_ke
     flags = tuple(str(f) for f in getattr(report, "flags", ()) or ())
 
     # provenance of the scores drawn
-    provenance = _provenance(score_rows, model_id, model_name, now)
+    provenance = _provenance(score_rows, model_id, model_name, now, deidentify)
 
     ids = identifier_strings(patient, f"{model_id} {model_name} {model_label}") \
         if deidentify else []
@@ -513,8 +567,11 @@ def build_export_content(db, patient_key: str, current_key: str | None, prior_ke
 
 
 def _provenance(score_rows: dict, model_id: str | None, model_name: str,
-                now: datetime.datetime | None) -> tuple[str, ...]:
-    """Lines naming exactly what produced the scores: weights, calibrator, preprocessing."""
+                now: datetime.datetime | None, deidentify: bool = False) -> tuple[str, ...]:
+    """Lines naming exactly what produced the scores: weights, calibrator, preprocessing.
+
+    De-identified, no calendar date is printed: the compute times become days before the
+    export, and the export's own date is left out (a date narrows down who was screened)."""
     now = now or datetime.datetime.now(datetime.timezone.utc)
     ok = [s for s in score_rows.values() if s["status"] == "ok"]
     lines = []
@@ -528,8 +585,12 @@ def _provenance(score_rows: dict, model_id: str | None, model_name: str,
         lines.append(f"Calibrator {distinct('calibrator')}; preprocessing "
                      f"{distinct('preprocessing_version')}; device {distinct('device')}")
         computed = sorted(s["computed_at"][:10] for s in ok)
-        lines.append(f"{len(ok)} exam score(s), computed {computed[0]}"
-                     + (f" to {computed[-1]}" if computed[-1] != computed[0] else "")
+        if deidentify:
+            when = _days_before(computed, now)
+        else:
+            when = (f"computed {computed[0]}"
+                    + (f" to {computed[-1]}" if computed[-1] != computed[0] else ""))
+        lines.append(f"{len(ok)} exam score(s), {when}"
                      + "; input SOP instance UIDs are recorded in the library's scores table")
         outside = [s for s in ok if s.get("domain")]
         if outside:
@@ -540,8 +601,27 @@ def _provenance(score_rows: dict, model_id: str | None, model_name: str,
         if mapped:
             lines.append("Views used for others, as the model's own code does: "
                          + "; ".join(mapped))
-    lines.append(f"Exported {now.strftime('%Y-%m-%d %H:%M UTC')} by mamview {__version__}")
+    if deidentify:
+        lines.append(f"Exported by mamview {__version__} (export date left out: de-identified)")
+    else:
+        lines.append(f"Exported {now.strftime('%Y-%m-%d %H:%M UTC')} by mamview {__version__}")
     return tuple(lines)
+
+
+def _days_before(iso_days: list[str], now: datetime.datetime) -> str:
+    """'computed 0–3 days before export' from sorted ISO dates ('' dates: 'compute time
+    unknown')."""
+    days = []
+    for text in iso_days:
+        d = parse_date(text)
+        if d is not None:
+            days.append(max((now.date() - d).days, 0))
+    if not days:
+        return "compute time unknown"
+    lo, hi = min(days), max(days)
+    unit = "day" if hi == 1 else "days"
+    return (f"computed {lo} {unit} before export" if lo == hi
+            else f"computed {lo}–{hi} {unit} before export")
 
 
 def _scrubbed(c: ExportContent, ids: list[str], anchor) -> ExportContent:
@@ -557,8 +637,8 @@ def _scrubbed(c: ExportContent, ids: list[str], anchor) -> ExportContent:
                            for p in c.chart_points),
         metrics_rows=tuple((s(a), s(b)) for a, b in c.metrics_rows),
         flags=tuple(s(f) for f in c.flags),
-        # provenance and metadata carry only model facts and the export/compute time, which
-        # are not the woman's dates; identifiers are still scrubbed from them
+        # provenance and metadata carry model facts and, de-identified, no calendar date
+        # (_provenance words the compute time relatively); identifiers are still scrubbed
         provenance=tuple(scrub(t, ids, None) for t in c.provenance),
         metadata={k: scrub(v, ids, None) for k, v in c.metadata.items()},
     )
