@@ -132,3 +132,44 @@ def present_views(images: Sequence[dict]) -> set[str]:
     """The view labels an exam can hang: its standard images that are present on disk (the
     rows of `reads.list_exams`, as `ExamInfo.image_for` chooses among them)."""
     return {im["label"] for im in images if im.get("is_standard") and not im.get("missing")}
+
+
+# ---------------------------------------------------------------- additional views
+
+# the standard view whose place an additional view may take: craniocaudal-like or oblique/lateral
+CC_FAMILY = ("CC", "XCCL", "XCCM", "FB")
+
+
+@dataclass(frozen=True)
+class AdditionalView:
+    """An image of the exam that the standard hanging does not show (spot, magnification,
+    implant-displaced, ML/LM/XCCL…, or an earlier repeat of a standard view)."""
+
+    sop_instance_uid: str
+    label: str  # 'RCC', 'RXCCL', 'LML', 'B?' …
+    text: str  # what it is, e.g. 'RCC spot compression' or 'LMLO earlier repeat'
+    slot: str  # the standard view whose cell it is hung in ('RCC' …); '' if none fits
+
+    @property
+    def laterality(self) -> str:
+        return self.label[:1]
+
+
+def additional_views(images: Sequence[dict], shown_uids: Collection[str]) -> list[AdditionalView]:
+    """The exam's present images (`reads.exam_images` rows) that are not among `shown_uids`
+    (the ones its standard cells hang), in the rows' order; each with the standard cell it can
+    be hung in, the same side and view family (an XCCL in the CC's, an ML in the MLO's)."""
+    out = []
+    for im in images:
+        uid = im.get("sop_instance_uid")
+        if not uid or uid in shown_uids or im.get("missing"):
+            continue
+        side, view = im.get("laterality") or "", im.get("view") or ""
+        label = im.get("label") or f"{side or '?'}{view or '?'}"
+        mods = [str(m) for m in im.get("view_modifiers") or []]
+        if im.get("is_standard") and not mods:
+            mods = ["earlier repeat"]
+        family = "CC" if view in CC_FAMILY else "MLO"
+        slot = f"{side}{family}" if side in ("R", "L") and view not in ("", "UNKNOWN") else ""
+        out.append(AdditionalView(uid, label, " ".join([label] + mods), slot))
+    return out

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from mamview.core import settings as settings_mod
 from mamview.core.analytics import trajectory
-from mamview.core.cache import reads
+from mamview.core.cache import reads, writes
 from mamview.core.cache.db import connect
 from mamview.core.domain import ModelRef, ScoredExam, ScoreState
 from mamview.core.paths import Library
@@ -138,7 +138,7 @@ class ReadingSession:
         svc = self.service
         dev = svc.device_label if svc is not None and svc.device_label else (
             f"{self.settings.device} (model not loaded yet)")
-        return f"Model: {self.model_short} · device: {dev}"
+        return f"Model: {self.model_short} · device: {_one_thread(dev)}"
 
     def set_settings(self, new: settings_mod.Settings) -> bool:
         """Use changed settings. A new model or device stops the service (a fresh one starts
@@ -377,14 +377,30 @@ class ReadingSession:
         """Every woman with her exam count, latest current 5-year score and flags."""
         latest = latest_scores(self.db, self.score_model)
         conflicts = reads.identity_conflicts(self.db)
+        newest = reads.latest_exams(self.db)
+        marks = reads.read_marks(self.db)
         rows = []
         for r in reads.list_patients(self.db):
             pk = r["patient_key"]
             pct = latest.get(pk, (None, None))[1]
             flags = row_summary(self.report(pk))[1] if pct is not None else ()
+            last = newest.get(pk, {})
             rows.append(PatientRow(pk, r["patient_id"], r["name"] or "", r["exams"], pct, flags,
-                                   r["birth_date"] or "", conflicts.get(pk, "")))
+                                   r["birth_date"] or "", conflicts.get(pk, ""),
+                                   last.get("exam_date", ""), last.get("accession", ""),
+                                   _is_read(marks.get(pk), last.get("exam_key", ""))))
         return rows
+
+    def set_read(self, patient_key: str, read: bool) -> bool:
+        """Mark a woman read (as of her newest exam) or unread; returns the new mark."""
+        newest = reads.latest_exams(self.db).get(patient_key, {})
+        writes.set_read_mark(self.db, patient_key, read, newest.get("exam_key", ""))
+        return read
+
+    def is_read(self, patient_key: str) -> bool:
+        """Whether she is marked read at her newest exam."""
+        newest = reads.latest_exams(self.db).get(patient_key, {})
+        return _is_read(reads.read_marks(self.db).get(patient_key), newest.get("exam_key", ""))
 
     def identity_conflict(self, patient_key: str | None) -> str:
         """Why her images may belong to two women ('' when they agree)."""
@@ -403,3 +419,13 @@ class ReadingSession:
 
         pts = [trajectory.ScorePoint(date(2020 + i, 1, 1), 2.0 + i, "warm-up") for i in range(4)]
         trajectory.analyze(pts, self.rules())
+
+
+def _is_read(mark: tuple[str, str] | None, newest_exam: str) -> bool:
+    """A read mark counts only at the exam it was made on (a new exam is unread)."""
+    return mark is not None and mark[0] == newest_exam
+
+
+def _one_thread(label: str) -> str:
+    """'CPU (1 threads)' as English; the number is what the scoring process set torch to."""
+    return label.replace("(1 threads)", "(1 thread)")

@@ -36,6 +36,8 @@ class Settings:
     score_out_of_domain: bool = False
     # UID root of the site for the SRs we write ('' = 2.25 UUID-derived UIDs, no registration needed)
     uid_root: str = ""
+    # with two screens or more: images on one, the chart and metrics on another
+    second_screen: bool = True
 
 
 def load(path: str | os.PathLike) -> Settings:

@@ -54,6 +54,9 @@ class PatientRow:
     flags: tuple[str, ...] = ()
     birth_date: str = ""  # YYYYMMDD or ""
     identity_conflict: str = ""  # why her images may be two women's ('' when they agree)
+    last_exam: str = ""  # YYYY-MM-DD of her newest exam ('' when undated or none)
+    accession: str = ""  # the accession number of her newest exam ('' when none)
+    read: bool = False  # marked read at her newest exam (a later exam makes her unread)
 
     @property
     def age(self) -> int | None:

@@ -15,14 +15,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QSize, Qt, QTimer, Signal
+from PySide6.QtGui import QIcon, QPixmap
 from PySide6.QtWidgets import (QGridLayout, QHBoxLayout, QLabel, QScrollArea, QToolButton,
                                QVBoxLayout, QWidget)
 
 from mamview.core import hanging, previews
-from mamview.core.hanging import LAYOUTS, VIEW_ORDER, Hanging
+from mamview.core.hanging import LAYOUTS, VIEW_ORDER, AdditionalView, Hanging
 from mamview.core.services.decode import render_full_elsewhere
-from mamview.qt.image_tile import ImageTile
+from mamview.qt.image_tile import ImageTile, gray_image
 from mamview.core.domain import (STALE_REASON, STANDARD_VIEWS, ScoredExam, ScoreState,
                                  domain_label, domain_parts, join_domain, view_label)
 from mamview.core.worklist import ExamInfo, preview_path
@@ -94,6 +95,17 @@ def exam_domain(ex: ExamInfo) -> str:
     return join_domain(parts + [ex.score.domain if ex.score is not None else ""])
 
 
+def shown_uids(ex: ExamInfo) -> set[str]:
+    """The images an exam's standard cells hang (one per view)."""
+    rows = (ex.image_for(v) for v in VIEW_ORDER)
+    return {r["sop_instance_uid"] for r in rows if r is not None}
+
+
+def exam_extras(ex: ExamInfo) -> list[AdditionalView]:
+    """The exam's additional views: every present image its standard cells do not hang."""
+    return hanging.additional_views(ex.images, shown_uids(ex))
+
+
 def thumb_score_text(score: ScoredExam) -> str:
     """What a thumbnail says about the exam's score (short)."""
     if score.five_year_percent is not None:
@@ -124,6 +136,12 @@ class ExamGrid(QWidget):
         self.sync = True
         self.magnifier = False
         self.preset_index: int | None = None
+        # flicker (X): the current exam's tiles show the prior (and in 8-up the prior's show the
+        # current) with the same zoom, pan and window; any change of exam ends it
+        self.flicker = False
+        # an additional view of the current exam hung in its standard view's cell (None: none)
+        self.extra_uid: str | None = None
+        self._extras_shown: tuple = ()
         # bumps on every patient change: a full-resolution decode (a preview-decode task of
         # this widget, not a score) finishing for the previous woman is dropped. Scores are
         # never filtered here: stale score results are dropped in qt.bridge only.
@@ -140,6 +158,7 @@ class ExamGrid(QWidget):
         self._strip_layout.setSpacing(4)
         self._strip_layout.addStretch(1)
         strip_scroll = QScrollArea()
+        self.strip_scroll = strip_scroll
         strip_scroll.setWidget(self.strip)
         strip_scroll.setWidgetResizable(True)
         strip_scroll.setFixedHeight(52)
@@ -153,16 +172,37 @@ class ExamGrid(QWidget):
         self._grid.setContentsMargins(0, 0, 0, 0)
         self._grid.setSpacing(3)
 
+        # the current exam's additional views, beside the hanging (hidden when it has none)
+        self.extras_bar = QWidget()
+        self._extras_layout = QVBoxLayout(self.extras_bar)
+        self._extras_layout.setContentsMargins(3, 3, 3, 3)
+        self._extras_layout.setSpacing(4)
+        self._extras_layout.addStretch(1)
+        self.extras_scroll = QScrollArea()
+        self.extras_scroll.setWidget(self.extras_bar)
+        self.extras_scroll.setWidgetResizable(True)
+        self.extras_scroll.setFixedWidth(124)
+        self.extras_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.extras_scroll.hide()
+        self._extra_buttons: dict[str, QToolButton] = {}
+        hang_row = QHBoxLayout()
+        hang_row.setContentsMargins(0, 0, 0, 0)
+        hang_row.setSpacing(0)
+        hang_row.addWidget(self.grid_host, 1)
+        hang_row.addWidget(self.extras_scroll)
+
         self.message = QLabel("")
         self.message.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.message.setStyleSheet("color: #999; font-size: 15px; background: black;")
         self.message.setWordWrap(True)
 
+        # the hanging takes the keyboard (digits change the layout, never a search box)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(0)
         lay.addWidget(strip_scroll)
-        lay.addWidget(self.grid_host, 1)
+        lay.addLayout(hang_row, 1)
         lay.addWidget(self.message, 1)
         self.message.hide()
 
@@ -179,6 +219,8 @@ class ExamGrid(QWidget):
         keys = [e.exam_key for e in self.exams]
         cur = current_key if current_key in keys else (keys[-1] if keys else None)
         self.current_key = cur
+        self.flicker = False
+        self.extra_uid = None
         self.prior_key = self._default_prior(cur)
         self._rebuild_strip()
         self._hang()
@@ -188,6 +230,8 @@ class ExamGrid(QWidget):
         """No woman on screen."""
         self._decode_token += 1
         self.exams, self.current_key, self.prior_key = [], None, None
+        self.flicker = False
+        self.extra_uid = None
         self._rebuild_strip()
         self._clear_tiles()
         self.show_message(message)
@@ -196,6 +240,8 @@ class ExamGrid(QWidget):
         self.message.setText(text)
         self.message.setVisible(bool(text))
         self.grid_host.setVisible(not text)
+        if text:
+            self.extras_scroll.hide()
 
     def exam(self, key: str | None) -> ExamInfo | None:
         return next((e for e in self.exams if e.exam_key == key), None)
@@ -241,6 +287,8 @@ class ExamGrid(QWidget):
         if self.exam(key) is None:
             return
         self.current_key = key
+        self.flicker = False
+        self.extra_uid = None
         if prior is True:
             if self.prior_key is None or self._index(self.prior_key) >= self._index(key):
                 self.prior_key = self._default_prior(key)
@@ -254,6 +302,7 @@ class ExamGrid(QWidget):
         if key is not None and (self.exam(key) is None or key == self.current_key):
             return
         self.prior_key = key
+        self.flicker = False
         self._rebuild_strip()
         self._hang()
         self.selectionChanged.emit(self.current_key, self.prior_key)
@@ -272,6 +321,123 @@ class ExamGrid(QWidget):
         if 0 <= j < len(self.exams):
             self.set_prior(self.exams[j].exam_key)
 
+    def step_current(self, older: bool) -> None:
+        """Hang the exam a year before (older) or after the current one as current. The prior
+        keeps its distance to the current exam (the one before the new current when that
+        distance runs off the start)."""
+        i = self._index(self.current_key)
+        j = i + (-1 if older else 1)
+        if i < 0 or not 0 <= j < len(self.exams):
+            return
+        gap = i - self._index(self.prior_key) if self.prior_key is not None else 1
+        gap = gap if gap > 0 else 1
+        k = j - gap
+        prior = self.exams[k].exam_key if k >= 0 else self._default_prior(self.exams[j].exam_key)
+        self.set_current(self.exams[j].exam_key, prior)
+
+    def toggle_flicker(self) -> bool:
+        """Flicker (toggle): the current exam's tiles show the prior exam, the same view with the
+        same zoom, pan and window, and back on the next call. 4-up and 8-up only (8-up swaps
+        the two rows); needs a prior. Returns whether the prior is now shown."""
+        if self.prior_key is None or self.layout_key not in ("4up", "8up") or not self.tiles:
+            self.flicker = False
+            return False
+        self.flicker = not self.flicker
+        views = [(t.normalized_range(), t._fitted) for t in self.tiles]
+        plan = self.plan()
+        self._load_previews(plan)
+        for t, cell, (rng, fitted) in zip(self.tiles, plan.cells, views):
+            self._fill(t, cell)
+            if rng is not None and not fitted:
+                t.set_normalized_range(rng, mirror=False)
+        self.tilesDrawn.emit()
+        return self.flicker
+
+    def shown_exam_key(self, cell: hanging.Cell) -> str | None:
+        """The exam a cell shows now: the plan's, or the other of current/prior in flicker."""
+        if self.flicker and cell.exam_key in (self.current_key, self.prior_key):
+            return self.prior_key if cell.exam_key == self.current_key else self.current_key
+        return cell.exam_key
+
+    # ---------------------------------------------------------------- additional views
+
+    def extras(self) -> list[AdditionalView]:
+        """The current exam's additional views (spot, magnification, ML, repeats …)."""
+        ex = self.exam(self.current_key)
+        return exam_extras(ex) if ex is not None else []
+
+    def hang_extra(self, uid: str | None) -> None:
+        """Hang an additional view of the current exam in its standard view's cell (the same
+        side and view family); the same one again, or None, hangs the standard view back."""
+        extra = next((e for e in self.extras() if e.sop_instance_uid == uid), None)
+        if extra is None or not extra.slot or uid == self.extra_uid:
+            uid = None
+        if self.layout_key == "timeline":
+            uid = None  # the timeline shows one standard view per exam
+        self.extra_uid = uid
+        self.flicker = False
+        self._hang()
+
+    def cycle_extra(self) -> str:
+        """E: the next additional view of the current exam, after the last the standard
+        hanging again. Returns a line for the status bar."""
+        hangable = [e for e in self.extras() if e.slot]
+        if not hangable:
+            return "This exam has no additional views."
+        if self.layout_key == "timeline":
+            return "Additional views hang in 4-up and 8-up (1 or 2)."
+        uids = [e.sop_instance_uid for e in hangable]
+        i = uids.index(self.extra_uid) + 1 if self.extra_uid in uids else 0
+        self.hang_extra(uids[i] if i < len(uids) else None)
+        shown = next((e for e in hangable if e.sop_instance_uid == self.extra_uid), None)
+        return (f"Additional view {i + 1}/{len(uids)}: {shown.text} (in the {shown.slot} cell; "
+                "E: next)") if shown else "Standard views"
+
+    def _extra_in(self, cell: hanging.Cell, key: str | None) -> AdditionalView | None:
+        if (self.extra_uid is None or self.flicker or key != self.current_key
+                or cell.role == hanging.PRIOR):
+            return None
+        e = next((e for e in self.extras() if e.sop_instance_uid == self.extra_uid), None)
+        return e if e is not None and e.slot == cell.view else None
+
+    def _rebuild_extras(self) -> None:
+        extras = self.extras() if self.layout_key != "timeline" else []
+        state = (self.current_key, tuple(e.sop_instance_uid for e in extras), self.extra_uid)
+        if state == self._extras_shown:
+            return
+        self._extras_shown = state
+        for b in self._extra_buttons.values():
+            b.setParent(None)
+            b.deleteLater()
+        self._extra_buttons.clear()
+        ex = self.exam(self.current_key)
+        for e in extras:
+            b = QToolButton()
+            b.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextUnderIcon)
+            b.setFixedWidth(110)
+            b.setText(e.text.replace(" ", "\n", 1))
+            b.setCheckable(True)
+            b.setChecked(e.sop_instance_uid == self.extra_uid)
+            b.setEnabled(bool(e.slot))
+            b.setToolTip(f"{e.text}: additional view of this exam\n"
+                         + (f"Click (or E): hang it in the {e.slot} cell; again: back"
+                            if e.slot else "no standard cell fits it (side or view unknown)"))
+            row = next((im for im in (ex.images if ex else []) if im["sop_instance_uid"]
+                        == e.sop_instance_uid), None)
+            arr = self._preview(row) if row is not None else None
+            if arr is not None:
+                b.setIcon(QIcon(QPixmap.fromImage(gray_image(arr)).scaled(
+                    96, 96, Qt.AspectRatioMode.KeepAspectRatio,
+                    Qt.TransformationMode.SmoothTransformation)))
+                b.setIconSize(QSize(96, 96))
+            b.setStyleSheet("QToolButton { color: #ddd; background: #1b1b1b; border: 1px solid "
+                            "#a07000; border-radius: 3px; font-size: 11px; padding: 2px; } "
+                            "QToolButton:checked { border: 2px solid #2d6cdf; }")
+            b.clicked.connect(lambda _=False, u=e.sop_instance_uid: self.hang_extra(u))
+            self._extras_layout.insertWidget(self._extras_layout.count() - 1, b)
+            self._extra_buttons[e.sop_instance_uid] = b
+        self.extras_scroll.setVisible(bool(extras))
+
     # ---------------------------------------------------------------- strip
 
     def _rebuild_strip(self) -> None:
@@ -289,6 +455,19 @@ class ExamGrid(QWidget):
             self._strip_layout.insertWidget(self._strip_layout.count() - 1, b)
             self._thumbs[ex.exam_key] = b
             self._update_thumb(ex)
+        self._strip_layout.activate()
+        self.show_current_thumb()
+        QTimer.singleShot(0, self.show_current_thumb)  # again once the strip is laid out
+
+    def resizeEvent(self, ev):
+        super().resizeEvent(ev)
+        QTimer.singleShot(0, self.show_current_thumb)  # a narrower window keeps it in view
+
+    def show_current_thumb(self) -> None:
+        """Scroll the strip so the current exam's thumbnail is in view (a narrow screen)."""
+        b = self._thumbs.get(self.current_key) if self.current_key else None
+        if b is not None:
+            self.strip_scroll.ensureWidgetVisible(b, 8, 0)
 
     def _update_thumb(self, ex: ExamInfo) -> None:
         b = self._thumbs.get(ex.exam_key)
@@ -300,8 +479,12 @@ class ExamGrid(QWidget):
         domain = exam_domain(ex)
         # the first category in capitals ('DIGITISED FILM'), the whole label in the tooltip
         mark = f" · ⚠ {domain_parts(domain)[0].upper()}" if domain else ""
-        b.setText(f"{ex.date_text}{mark}\n{val}" + (f" · {role}" if role else ""))
+        extras = exam_extras(ex)
+        more = f" · +{len(extras)}" if extras else ""  # additional views: shown beside the hanging
+        b.setText(f"{ex.date_text}{mark}\n{val}{more}" + (f" · {role}" if role else ""))
         b.setToolTip((domain_label(domain) + "\n" if domain else "")
+                     + ("Additional views: " + ", ".join(e.text for e in extras) + "\n"
+                        if extras else "")
                      + "Click: hang as current exam · right-click: use as prior")
         color = {"current": "#2d6cdf", "prior": "#8a6d1f"}.get(role, "#a07000" if domain else "#333")
         b.setStyleSheet(f"QToolButton {{ color: #ddd; background: #1b1b1b; border: 1px solid {color};"
@@ -312,7 +495,15 @@ class ExamGrid(QWidget):
     def set_layout(self, key: str) -> None:
         if key not in LAYOUTS:
             return
+        if key == "timeline" and self.layout_key != "timeline":
+            # the timeline opens on the view of the tile in use (else the last one used)
+            t = self.active_tile
+            if t is not None and t in self.tiles and t.label in VIEW_ORDER:
+                self.timeline_view = t.label
         self.layout_key = key
+        self.flicker = False
+        if key == "timeline":
+            self.extra_uid = None
         self._hang()
 
     def set_timeline_view(self, label: str) -> None:
@@ -372,17 +563,25 @@ class ExamGrid(QWidget):
             self._fill(t, cell)
         for ex in self.exams:
             self._update_thumb(ex)
+        self._rebuild_extras()
         self.tilesDrawn.emit()
 
     def _fill(self, tile: ImageTile, cell: hanging.Cell) -> None:
-        key, label, lat = cell.exam_key, cell.view, cell.laterality
+        key, label, lat = self.shown_exam_key(cell), cell.view, cell.laterality
         ex = self.exam(key)
         if ex is None:
             tile.set_content(label, lat, "", "", "", None, None, hanging.empty_message(cell, ()))
             return
         role = f"{cell.role} · " if self.layout_key == "8up" else ""
+        if self.flicker:  # say plainly which exam the tile shows now
+            role = ("PRIOR · " if key == self.prior_key else "CURRENT · ") + "flicker · "
         caption = f"{label}   {role}{ex.date_text}"
         row = ex.image_for(label)
+        extra = self._extra_in(cell, key)
+        if extra is not None:  # an additional view in this cell: say so on the tile
+            row = next((im for im in ex.images
+                        if im["sop_instance_uid"] == extra.sop_instance_uid), row)
+            caption = f"{extra.text} · ADDITIONAL VIEW   {role}{ex.date_text}"
         if row is None:
             tile.set_content(label, lat, key, caption, "", None, None,
                              hanging.empty_message(cell, ()))
@@ -399,7 +598,7 @@ class ExamGrid(QWidget):
         """Read the layout's missing previews in parallel (PNG decoding releases the GIL)."""
         rows = []
         for cell in plan.cells:
-            ex = self.exam(cell.exam_key)
+            ex = self.exam(self.shown_exam_key(cell))
             row = ex.image_for(cell.view) if ex else None
             if row is not None and row["sop_instance_uid"] not in self._preview_cache:
                 rows.append(row)

@@ -22,13 +22,14 @@ from pathlib import Path
 
 from PySide6.QtCore import QMarginsF, QPoint, QPointF, QRectF, QSize, QSizeF, Qt
 from PySide6.QtGui import (QColor, QFont, QFontMetricsF, QGuiApplication, QImage, QPageLayout,
-                           QPageSize, QPainter, QPdfWriter, QPen)
+                           QPageSize, QPainter, QPalette, QPdfWriter, QPen)
 from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QFileDialog, QHBoxLayout,
                                QLabel, QLineEdit, QMessageBox, QPushButton, QVBoxLayout, QWidget)
 
 from mamview.core import reference
 from mamview.core.domain import domain_label
-from mamview.core.reports.figure import SCORED, WITHHELD_NOTE, ExportContent, new_pseudonym
+from mamview.core.reports.figure import (SCORED, WITHHELD_NOTE, ExportContent, new_pseudonym,
+                                         stable_pseudonym)
 from mamview.qt.trajectory_chart import ChartPoint, TrajectoryChart
 
 # Logical page (landscape, about A4 proportions); PNGs are drawn at SCALE × this size.
@@ -157,7 +158,9 @@ def _paint_tiles(p: QPainter, content: ExportContent, images, area: QRectF) -> l
         if tile.withheld:
             _paint_withheld(p, cell.adjusted(0, 0, 0, -18))
         elif img is not None and not img.isNull():
-            p.drawImage(_image_target(cell.adjusted(0, 0, 0, -18), img, tile), img)
+            target = _image_target(cell.adjusted(0, 0, 0, -18), img, tile)
+            p.drawImage(target, img)
+            _paint_marks(p, img, target, tile)
         else:
             _text(p, cell, tile.message or "image not available", 12, _DIM,
                   flags=Qt.AlignmentFlag.AlignCenter)
@@ -174,6 +177,39 @@ def _paint_tiles(p: QPainter, content: ExportContent, images, area: QRectF) -> l
                                                   box.width())
         p.drawText(box, int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter), text)
     return cells
+
+
+def _paint_marks(p: QPainter, img: QImage, target: QRectF, tile) -> None:
+    """The reader's distances, arrows and key-image badge that the screen's tile handed over
+    with its image (in that image's pixels), drawn where the image went."""
+    import json
+
+    from mamview.qt.image_tile import MARKS_TEXT_KEY, draw_marks
+
+    try:
+        data = json.loads(img.text(MARKS_TEXT_KEY) or "{}")
+    except ValueError:
+        return
+    sx, sy = target.width() / img.width(), target.height() / img.height()
+    p.save()
+    try:
+        p.setClipRect(target)
+        draw_marks(p, data.get("marks") or [],
+                   lambda x, y: QPointF(target.left() + x * sx, target.top() + y * sy), 0.8,
+                   bounds=target)
+    finally:
+        p.restore()
+    if data.get("key"):
+        p.setFont(_font(10.5, bold=True))
+        label = "★ KEY IMAGE"
+        w = QFontMetricsF(p.font()).horizontalAdvance(label) + 8
+        # the outer corner, away from the chest wall as on screen
+        right_breast = tile.cell is not None and tile.cell.chest_wall == "right"
+        x = target.left() + 4 if right_breast or tile.cell is None else target.right() - w - 4
+        badge = QRectF(x, target.top() + 20, w, 16)
+        p.fillRect(badge, QColor("#ffd24a"))
+        p.setPen(QColor("#111111"))
+        p.drawText(badge, int(Qt.AlignmentFlag.AlignCenter), label)
 
 
 def _paint_domain(p: QPainter, band: QRectF, domain: str) -> None:
@@ -350,6 +386,34 @@ def copy_to_clipboard(content, tile_images=(), *, deidentify: bool = True) -> QI
     return img
 
 
+_WARN = "#ffb454"
+
+
+def _style_checkbox(box: QCheckBox) -> None:
+    """A check box that reads on the dark theme in both states: a light square with a dark
+    tick (the theme's dark square with a dark rim all but vanished when unchecked)."""
+    pal = box.palette()
+    for group in (QPalette.ColorGroup.Active, QPalette.ColorGroup.Inactive):
+        pal.setColor(group, QPalette.ColorRole.Base, QColor("#e8e8e8"))  # the square
+        pal.setColor(group, QPalette.ColorRole.Text, QColor("#0b3d91"))  # the tick
+        pal.setColor(group, QPalette.ColorRole.Window, QColor("#5a5a5a"))  # rim (Fusion)
+    box.setPalette(pal)
+    box.setStyleSheet("QCheckBox { font-weight: 600; spacing: 8px; }"
+                      "QCheckBox::indicator { width: 18px; height: 18px; }")
+
+
+def window_pseudonym(window) -> str | None:
+    """The window's woman's stable pseudonym in its library (None without a library or
+    patient, or when the secret cannot be read or made: the dialog then uses a random one)."""
+    lib, key = getattr(window, "lib", None), getattr(window, "patient_key", None)
+    if lib is None or not key:
+        return None
+    try:
+        return stable_pseudonym(lib, key)
+    except OSError:
+        return None
+
+
 class ExportDialog(QDialog):
     """File → Export figure: de-identify option (with pseudonym), PNG/PDF file, or clipboard.
 
@@ -358,7 +422,7 @@ class ExportDialog(QDialog):
     """
 
     def __init__(self, build, tile_images, parent: QWidget | None = None,
-                 default_dir: str | os.PathLike | None = None):
+                 default_dir: str | os.PathLike | None = None, pseudonym: str | None = None):
         super().__init__(parent)
         self.setWindowTitle("Export figure")
         self._build, self._tiles = build, tile_images
@@ -371,13 +435,24 @@ class ExportDialog(QDialog):
         self.deidentify_box = QCheckBox("De-identify (pseudonym, age instead of birth date, "
                                         "years relative to the latest exam)")
         self.deidentify_box.setChecked(True)  # the safe default for a tumour board
+        _style_checkbox(self.deidentify_box)
         lay.addWidget(self.deidentify_box)
+        # says what unchecking means, in words that cannot be missed on the dark theme
+        self.identified_warning = QLabel("⚠ Not de-identified: the figure will show her name, "
+                                         "patient ID, birth date and exam dates.")
+        self.identified_warning.setStyleSheet(f"color: {_WARN}; font-weight: 600;")
+        self.identified_warning.setWordWrap(True)
+        self.identified_warning.setVisible(False)
+        lay.addWidget(self.identified_warning)
+        self.deidentify_box.toggled.connect(
+            lambda on: self.identified_warning.setVisible(not on))
         # said before saving, so a blank tile in the figure is no surprise
         lay.addWidget(QLabel("Images whose header says text is burned into the pixels "
                              "(BurnedInAnnotation) are withheld from a de-identified figure."))
         row = QHBoxLayout()
         row.addWidget(QLabel("Pseudonym:"))
-        self.pseudonym_edit = QLineEdit(new_pseudonym())
+        # the library's pseudonym for her (one case ID for all her exports), else a random one
+        self.pseudonym_edit = QLineEdit(pseudonym or new_pseudonym())
         row.addWidget(self.pseudonym_edit)
         lay.addLayout(row)
         self.deidentify_box.toggled.connect(self.pseudonym_edit.setEnabled)
@@ -435,6 +510,8 @@ def content_for_window(window, deidentify: bool, pseudonym: str | None = None) -
     patient_key = getattr(window, "patient_key", None)
     if not patient_key:
         raise ValueError("select a patient before exporting a figure")
+    if deidentify and pseudonym is None:
+        pseudonym = window_pseudonym(window)  # her PNG, PDF and clipboard share one case ID
     grid = window.grid
     layout = grid.plan()  # the screen's own hanging, cell for cell
     settings = getattr(window, "settings", None)
@@ -463,6 +540,6 @@ def export_dialog(window) -> Path | None:
         return None
     dlg = ExportDialog(lambda deid, pseudonym: content_for_window(window, deid, pseudonym),
                        window_tile_images(window), window,
-                       default_dir=Path.home())
+                       default_dir=Path.home(), pseudonym=window_pseudonym(window))
     dlg.exec()
     return dlg.written

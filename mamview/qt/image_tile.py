@@ -1,6 +1,13 @@
 """One mammogram on screen: a pyqtgraph ViewBox with the image, chest wall justified to the
-inner edge, unobtrusive labels in the outer top corner, and the reading tools (zoom/pan,
-window/level by right-drag, invert, magnifier, fit, 1:1).
+inner edge, text overlays in the outer corners (away from the chest wall, where there is air),
+and the reading tools (zoom/pan, window/level by right-drag, invert, magnifier, fit, 1:1,
+distance and arrow marks by left-drag in a tool mode, a key-image badge).
+
+Marks live in image pixels of the full-resolution image as hung (x along its columns, y along
+its rows); the tile draws them over the preview or the full-resolution render alike, and
+`tile_image()` hands them to the export with the picture (`MARKS_TEXT_KEY`). The tile stores
+nothing: it says `markDrawn` and its owner (mamview.qt.reading_tools) writes the cache and hands
+the image's marks back with `set_marks`.
 
 The tile holds the image already in hanging orientation (the cache's preview, later the
 full-resolution render); it never decodes anything itself: it asks its owner through
@@ -9,14 +16,18 @@ full-resolution render); it never decodes anything itself: it asks its owner thr
 
 from __future__ import annotations
 
+import json
+import math
 import time
+from typing import Callable
 
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
-from PySide6.QtGui import QImage, QPixmap
+from PySide6.QtGui import QBrush, QColor, QFont, QFontMetricsF, QImage, QPainter, QPen, QPixmap, QPolygonF
 from PySide6.QtWidgets import QLabel
 
+from mamview.core import measure
 from mamview.core.domain import domain_label
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
@@ -25,8 +36,15 @@ BACKGROUND = "#000000"
 # an image outside the model's validated domain: readable on any image, never mistaken for a score
 DOMAIN_STYLE = ("color: #ffcf66; background: rgba(90, 60, 0, 200); font-size: 11px; "
                 "font-weight: bold; padding: 1px 4px; border-radius: 2px;")
-LABEL_STYLE = ("color: rgba(200, 200, 200, 190); background: transparent; "
-               "font-size: 11px; font-family: sans-serif;")
+# a faint dark backing: invisible on air, keeps the text readable where zoom puts it on tissue
+LABEL_STYLE = ("color: rgba(210, 210, 210, 210); background: rgba(0, 0, 0, 140); "
+               "font-size: 11px; font-family: sans-serif; padding: 0px 3px; border-radius: 2px;")
+KEY_STYLE = ("color: #111; background: #ffd24a; font-size: 11px; font-weight: bold; "
+             "padding: 1px 4px; border-radius: 2px;")
+MARK_COLOR = QColor("#4fd6ff")
+ARROW_COLOR = QColor("#ffd24a")
+# the text key under which `tile_image()` hands the marks (JSON, in that image's pixels) over
+MARKS_TEXT_KEY = "mamview-marks"
 LOUPE_SIZE = 240
 LOUPE_ZOOM = 3.0
 # zoomed in past this many screen pixels per preview pixel, the preview is too coarse
@@ -49,6 +67,12 @@ class _ReadingViewBox(pg.ViewBox):
         self._wl_start: tuple[float, float] | None = None
 
     def mouseDragEvent(self, ev, axis=None):
+        if ev.button() == Qt.MouseButton.LeftButton and self._tile.tool:
+            ev.accept()  # a tool mode: left drag draws the mark instead of panning
+            p0 = self.mapSceneToView(ev.buttonDownScenePos())
+            p1 = self.mapSceneToView(ev.scenePos())
+            self._tile._drag_mark((p0.x(), p0.y()), (p1.x(), p1.y()), ev.isFinish())
+            return
         if ev.button() == Qt.MouseButton.RightButton:
             ev.accept()
             if ev.isStart():
@@ -78,6 +102,8 @@ class ImageTile(pg.GraphicsView):
     needFullRes = Signal(object)  # this tile: decode the original at full resolution
     windowChanged = Signal(object)  # this tile, after window/level or invert
     activated = Signal(object)  # this tile was clicked
+    # this tile and the new mark: {'kind', 'points' (image px), 'spacing', 'spacing_source'}
+    markDrawn = Signal(object, object)
 
     def __init__(self, parent=None):
         super().__init__(parent, background=BACKGROUND)
@@ -104,14 +130,28 @@ class ImageTile(pg.GraphicsView):
         self.last_paint = 0.0
         self._fitted = True  # refit on resize until the user zooms/pans
         self._setting_range = False
+        self.overlays_visible = True  # the text overlays (H hides them; marks stay)
+        # whether this tile carries its exam's risk caption: one per exam of the hanging, so
+        # whoever lays out the tiles sets it (mamview.qt.reading_tools does for the grid)
+        self.show_score = True
+        self.tool = ""  # '', 'distance' or 'arrow': what a left drag does ('' pans)
+        self.marks: list[dict] = []  # this image's distances and arrows, image pixels
+        self.key_image = False
+        self.hovered = False
+        self._draft: dict | None = None  # the mark being dragged
         self._caption = QLabel(self)
         self._score = QLabel(self)
+        self._readout = QLabel(self)  # 'WC 2048 WW 4096 · 0.42×'
+        self._key = QLabel("★ KEY IMAGE", self)
+        self._key.setStyleSheet(KEY_STYLE)
+        self._key.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+        self._key.hide()
         self._message = QLabel(self)
         self._domain = QLabel(self)  # 'DIGITISED FILM — outside the model's domain'
         self._domain.setStyleSheet(DOMAIN_STYLE)
         self._domain.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
         self._domain.hide()
-        for lab in (self._caption, self._score):
+        for lab in (self._caption, self._score, self._readout):
             lab.setStyleSheet(LABEL_STYLE)
             lab.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
         self._message.setStyleSheet("color: #777; background: transparent; font-size: 13px;")
@@ -122,9 +162,12 @@ class ImageTile(pg.GraphicsView):
         self._loupe.setStyleSheet("border: 1px solid #8aa; background: black;")
         self._loupe.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
         self._loupe.hide()
+        self._marks_item = _MarksItem(self)
+        self.vb.addItem(self._marks_item)
         self.setMouseTracking(True)
         self.vb.sigRangeChangedManually.connect(self._on_user_range)
         self.vb.sigRangeChanged.connect(self._check_resolution)
+        self.vb.sigRangeChanged.connect(self._update_readout)
 
     # ---------------------------------------------------------------- content
 
@@ -133,6 +176,8 @@ class ImageTile(pg.GraphicsView):
                     message: str = "") -> None:
         """Show one image (a hanging-oriented uint8 preview) or, without one, a message."""
         self.label, self.laterality, self.exam_key = label, laterality, exam_key
+        if (image_row or {}).get("sop_instance_uid") != (self.image_row or {}).get("sop_instance_uid"):
+            self.marks, self.key_image, self._draft = [], False, None  # the owner hands them again
         self.image_row = image_row
         self.full_res = self.full_res_requested = False
         self.preset_index = None
@@ -153,6 +198,7 @@ class ImageTile(pg.GraphicsView):
             self.preview_shape = array.shape
             self.image_item.setImage(array, autoLevels=False)
             self.image_item.setRect(QRectF(0, 0, array.shape[1], array.shape[0]))
+        self._marks_item.changed()
         self._apply_window()
         self._place_labels()
         self.fit()
@@ -160,6 +206,24 @@ class ImageTile(pg.GraphicsView):
     def set_score_text(self, text: str) -> None:
         self._score.setText(text)
         self._place_labels()
+
+    def set_show_score(self, on: bool) -> None:
+        """Carry the exam's risk caption on this tile (one tile per exam of a hanging does)."""
+        if self.show_score == bool(on):
+            return  # called for every tile of every hanging: keep switching women cheap
+        self.show_score = bool(on)
+        self._place_labels()
+
+    def set_overlays_visible(self, on: bool) -> None:
+        """Show or hide the text overlays (captions, risk, readout, domain); marks stay."""
+        if self.overlays_visible == bool(on):
+            return
+        self.overlays_visible = bool(on)
+        self._place_labels()
+
+    @property
+    def sop_uid(self) -> str:
+        return (self.image_row or {}).get("sop_instance_uid") or ""
 
     def set_full_res(self, array: np.ndarray, preset_index: int | None) -> None:
         """Replace the preview by the full-resolution render, in the same scene coordinates."""
@@ -266,6 +330,29 @@ class ImageTile(pg.GraphicsView):
         vw, _ = self._viewport_size()
         return vw / max(1e-6, x1 - x0)
 
+    def _transposed(self) -> bool:
+        """Whether the image was hung with rows and columns swapped (from the shapes: the
+        preview keeps the hung image's aspect)."""
+        h, w = self.preview_shape
+        row = self.image_row or {}
+        rows, cols = row.get("rows") or 0, row.get("columns") or 0
+        if not (h and w and rows and cols) or rows == cols:
+            return False
+        return abs(w / h - rows / cols) < abs(w / h - cols / rows)
+
+    def image_scale(self) -> float:
+        """Full-resolution image pixels per preview (scene) pixel."""
+        h, w = self.preview_shape
+        if not w:
+            return 1.0
+        row = self.image_row or {}
+        full_w = (row.get("rows") if self._transposed() else row.get("columns")) or w
+        return full_w / w
+
+    def zoom_factor(self) -> float:
+        """Screen pixels per pixel of the original image (1.0 at 1:1)."""
+        return self.pixels_per_preview_pixel() / max(1e-9, self.image_scale())
+
     def _check_resolution(self, *_):
         if (self.array is not None and not self.full_res and not self.full_res_requested
                 and self.image_row is not None and not self._fitted
@@ -275,6 +362,39 @@ class ImageTile(pg.GraphicsView):
             self.needFullRes.emit(self)
 
     # ---------------------------------------------------------------- grey levels
+
+    def window_readout(self) -> str:
+        """Window centre/width in the file's stored values when a linear preset maps the shown
+        grey levels to them (the preview's first preset, or the one rendered), else in percent
+        of the shown grey range."""
+        presets = (self.image_row or {}).get("window_presets") or []
+        base = presets[self.preset_index if self.preset_index is not None else 0] if (
+            presets and (self.preset_index or 0) < len(presets)) else None
+        try:
+            c0, w0 = float(base["center"]), float(base["width"])
+        except (TypeError, KeyError, ValueError):
+            base = None
+        if base is None or not (w0 > 0 and math.isfinite(c0) and math.isfinite(w0)):
+            return (f"WC {self.window_center / 2.55:.0f}% WW {self.window_width / 2.55:.0f}%")
+        frac = self.window_center / 255.0
+        if (self.image_row or {}).get("photometric") == "MONOCHROME1":
+            frac = 1.0 - frac  # shown bright = low stored value
+        center = c0 - w0 / 2 + frac * w0
+        return f"WC {center:.0f} WW {self.window_width / 255.0 * w0:.0f}"
+
+    def readout_text(self) -> str:
+        """The live readout: window centre/width and zoom (e.g. 'WC 2100 WW 3400 · 1.8×')."""
+        if self.array is None:
+            return ""
+        z = self.zoom_factor()
+        zoom = "1:1" if abs(z - 1.0) < 0.005 else f"{z:.2g}×" if z < 10 else f"{z:.0f}×"
+        return f"{self.window_readout()} · {zoom}"
+
+    def _update_readout(self, *_):
+        text = self.readout_text()
+        if text != self._readout.text():
+            self._readout.setText(text)
+            self._place_labels()
 
     def set_window(self, center: float, width: float) -> None:
         """Window in display units (0..255 of the rendered image)."""
@@ -297,6 +417,8 @@ class ImageTile(pg.GraphicsView):
         if self.array is not None:
             self.image_item.setLevels((lo, hi))
             self.image_item.setLookupTable(self._lut())
+        if hasattr(self, "_readout"):
+            self._update_readout()
 
     def displayed_array(self) -> np.ndarray | None:
         """The image as shown (window and invert applied), uint8, no overlays."""
@@ -308,30 +430,131 @@ class ImageTile(pg.GraphicsView):
         return 255 - out if self.inverted else out
 
     def tile_image(self) -> QImage | None:
-        """The displayed image at the current window/level, without text overlays."""
+        """The displayed image at the current window/level, without text overlays; its marks
+        (and the key-image flag) ride along as JSON text `MARKS_TEXT_KEY`, in its own pixels."""
         arr = self.displayed_array()
-        return None if arr is None else gray_image(arr)
+        if arr is None:
+            return None
+        img = gray_image(arr)
+        if self.marks or self.key_image:
+            f = arr.shape[1] / (self.preview_shape[1] * self.image_scale())  # image → array px
+            marks = [dict(m, points=[(x * f, y * f) for x, y in m["points"]])
+                     for m in self.marks]
+            img.setText(MARKS_TEXT_KEY, json.dumps({"marks": marks, "key": self.key_image}))
+        return img
+
+    # ---------------------------------------------------------------- marks
+
+    def set_marks(self, marks: list[dict]) -> None:
+        """This image's marks (as `reads.annotations` gives them): distances and arrows are
+        drawn, a 'key' mark shows the key-image badge."""
+        drawn = [m for m in marks if m.get("kind") in ("distance", "arrow")
+                 and len(m.get("points") or ()) >= 2]
+        key = any(m.get("kind") == "key" for m in marks)
+        if drawn == self.marks and key == self.key_image:
+            return
+        self.marks, self.key_image = drawn, key
+        self._marks_item.changed()
+        self._place_labels()
+
+    def set_tool(self, tool: str) -> None:
+        """'distance', 'arrow' or '' (left drag pans again)."""
+        tool = tool if tool in ("distance", "arrow") else ""
+        if tool == self.tool:
+            return
+        self.tool = tool
+        self._draft = None
+        self._marks_item.changed()
+        if self.tool:
+            self.setCursor(Qt.CursorShape.CrossCursor)
+        else:
+            self.unsetCursor()
+
+    def calibration(self) -> measure.Calibration | None:
+        """mm per pixel of the image as hung, read once from the file's header (None: pixels)."""
+        uid = self.sop_uid
+        if not uid or not (self.image_row or {}).get("path"):
+            return None
+        if uid not in _CALIBRATIONS:
+            if len(_CALIBRATIONS) > 4096:
+                _CALIBRATIONS.clear()
+            _CALIBRATIONS[uid] = measure.read_calibration(self.image_row["path"])
+        return measure.oriented(_CALIBRATIONS[uid], self._transposed())
+
+    def new_mark(self, kind: str, p0, p1) -> dict:
+        """A mark from p0 to p1 (image pixels); a distance carries its calibration."""
+        mark = {"kind": kind, "points": [tuple(map(float, p0)), tuple(map(float, p1))],
+                "spacing": None, "spacing_source": ""}
+        if kind == "distance":
+            cal = self.calibration()
+            mark["spacing"] = (cal.row_mm, cal.col_mm) if cal else None
+            mark["spacing_source"] = cal.source if cal else measure.UNCALIBRATED
+        return mark
+
+    def draw_mark(self, kind: str, p0, p1) -> dict:
+        """Draw a mark as the mouse would (image pixels) and say `markDrawn`; returns it."""
+        mark = self.new_mark(kind, p0, p1)
+        self.markDrawn.emit(self, mark)
+        return mark
+
+    def _drag_mark(self, p0, p1, finished: bool) -> None:
+        """A tool drag in scene (preview) coordinates, from the view box."""
+        if self.array is None or not self.tool:
+            return
+        f = self.image_scale()
+        a, b = (p0[0] * f, p0[1] * f), (p1[0] * f, p1[1] * f)
+        if self._draft is None or self._draft["kind"] != self.tool:
+            self._draft = self.new_mark(self.tool, a, b)
+        self._draft["points"] = [a, b]
+        if finished:
+            draft, self._draft = self._draft, None
+            # a click without a drag makes no mark
+            if math.hypot(p1[0] - p0[0], p1[1] - p0[1]) * self.pixels_per_preview_pixel() >= 3:
+                self.markDrawn.emit(self, draft)
+        self._marks_item.changed()
+
+    def drawn_marks(self) -> list[dict]:
+        return self.marks + ([self._draft] if self._draft else [])
 
     # ---------------------------------------------------------------- overlays and magnifier
 
     def _place_labels(self) -> None:
-        """Labels in the outer corners (away from the chest wall, where there is air)."""
+        """Text in the two outer corners (away from the chest wall, where there is air): view
+        and date, the domain warning and the key-image badge on top; the risk caption (on the
+        tile that carries it) and the live readout at the bottom."""
+        if not hasattr(self, "_key"):
+            return
         m = 6
-        w = self.width()
+        w, h = self.width(), self.height()
+        shown = self.overlays_visible
         if self.domain_text:  # a narrow tile keeps the category, the rest is elided
             self._domain.ensurePolished()
             self._domain.setText(self._domain.fontMetrics().elidedText(
                 self.domain_text, Qt.TextElideMode.ElideRight, max(40, w - 2 * m - 10)))
-        for lab in (self._caption, self._score, self._domain):
-            lab.adjustSize()
+        self._caption.setVisible(shown and bool(self._caption.text()))
+        self._domain.setVisible(shown and bool(self.domain_text))
+        self._score.setVisible(shown and self.show_score and bool(self._score.text()))
+        self._readout.setVisible(shown and bool(self._readout.text()))
+        self._key.setVisible(self.key_image and self.array is not None)  # a mark, not text
         outer_left = self.chest_wall_right or not self.laterality
-        x_cap = m if outer_left else w - self._caption.width() - m
-        x_score = m if outer_left else w - self._score.width() - m
-        self._caption.move(x_cap, m)
-        x_domain = m if outer_left else w - self._domain.width() - m
-        self._domain.move(x_domain, m + self._caption.height() + 2)
-        self._score.move(x_score, self.height() - self._score.height() - m)
-        self._message.setGeometry(0, 0, w, self.height())
+
+        def put(lab: QLabel, y: int) -> None:
+            lab.adjustSize()
+            lab.move(m if outer_left else w - lab.width() - m, y)
+
+        y = m
+        for lab in (self._caption, self._domain, self._key):
+            if lab.isVisibleTo(self):
+                put(lab, y)
+                y += lab.height() + 2
+        y = h - m
+        for lab in (self._score, self._readout):
+            if lab.isVisibleTo(self):
+                lab.adjustSize()
+                y -= lab.height()
+                put(lab, y)
+                y -= 2
+        self._message.setGeometry(0, 0, w, h)
 
     def paintEvent(self, ev):
         super().paintEvent(ev)
@@ -355,7 +578,12 @@ class ImageTile(pg.GraphicsView):
         if self.magnifier and self.array is not None:
             self._show_loupe(ev.position())
 
+    def enterEvent(self, ev):
+        self.hovered = True
+        super().enterEvent(ev)
+
     def leaveEvent(self, ev):
+        self.hovered = False
         self._loupe.hide()
         super().leaveEvent(ev)
 
@@ -388,3 +616,112 @@ class ImageTile(pg.GraphicsView):
                          min(max(0, p.y() - LOUPE_SIZE // 2), max(0, self.height() - LOUPE_SIZE)))
         self._loupe.show()
         self._loupe.raise_()
+
+
+_CALIBRATIONS: dict[str, measure.Calibration | None] = {}  # SOP UID → from its header
+
+
+class _MarksItem(pg.GraphicsObject):
+    """The tile's marks, over the image in scene coordinates; lines and text in screen pixels."""
+
+    def __init__(self, tile: ImageTile):
+        super().__init__()
+        self._tile = tile
+        self.setZValue(10)
+        # display only: its large bounding box must not take the drags that pan the image
+        self.setAcceptedMouseButtons(Qt.MouseButton.NoButton)
+
+    def changed(self) -> None:
+        self.prepareGeometryChange()
+        self.update()
+
+    def boundingRect(self) -> QRectF:
+        h, w = self._tile.preview_shape
+        return QRectF(-w, -h, 3 * w, 3 * h)  # labels may stand past the image's edge
+
+    def paint(self, p: QPainter, *_):
+        marks = self._tile.drawn_marks()
+        if not marks or self._tile.array is None:
+            return
+        f = self._tile.image_scale()
+        tr = p.transform()
+        p.save()
+        try:
+            p.resetTransform()
+            draw_marks(p, marks, lambda x, y: tr.map(QPointF(x / f, y / f)),
+                       bounds=QRectF(self._tile.viewport().rect()))
+        finally:
+            p.restore()
+
+
+def _mark_font(size: float, bold: bool = False) -> QFont:
+    font = QFont()
+    font.setPixelSize(max(1, round(size)))
+    font.setBold(bold)
+    return font
+
+
+def draw_marks(p: QPainter, marks: list[dict], to_device: Callable[[float, float], QPointF],
+               unit: float = 1.0, bounds: QRectF | None = None) -> None:
+    """Draw distances (line, end ticks, 'mm' and where the spacing came from) and arrows (tip
+    at the second point) on a painter in device coordinates; `to_device` maps image pixels,
+    `unit` scales line widths and text (1 = screen pixels), a distance's label is kept inside
+    `bounds` while its segment shows. Shared by the tile and the export."""
+    p.setRenderHint(QPainter.RenderHint.Antialiasing)
+    halo = QPen(QColor(0, 0, 0, 200), 3.2 * unit)
+    for m in marks:
+        pts = m.get("points") or ()
+        if len(pts) < 2:
+            continue
+        a, b = to_device(*pts[0]), to_device(*pts[1])
+        color = MARK_COLOR if m.get("kind") == "distance" else ARROW_COLOR
+        dx, dy = b.x() - a.x(), b.y() - a.y()
+        length = math.hypot(dx, dy) or 1.0
+        ux, uy = dx / length, dy / length
+        for pen in (halo, QPen(color, 1.4 * unit)):
+            p.setPen(pen)
+            p.drawLine(a, b)
+            if m.get("kind") == "distance":
+                t = 5 * unit  # ticks across both ends
+                for c in (a, b):
+                    p.drawLine(QPointF(c.x() - uy * t, c.y() + ux * t),
+                               QPointF(c.x() + uy * t, c.y() - ux * t))
+        if m.get("kind") == "arrow":
+            head, half = 13 * unit, 5.5 * unit
+            base = QPointF(b.x() - ux * head, b.y() - uy * head)
+            tri = QPolygonF([b, QPointF(base.x() - uy * half, base.y() + ux * half),
+                             QPointF(base.x() + uy * half, base.y() - ux * half)])
+            p.setPen(QPen(QColor(0, 0, 0, 200), 1.0 * unit))
+            p.setBrush(QBrush(color))
+            p.drawPolygon(tri)
+            p.setBrush(Qt.BrushStyle.NoBrush)
+            continue
+        if m.get("kind") != "distance":
+            continue
+        lines = [measure.distance_text(pts[0], pts[1], m.get("spacing")),
+                 m.get("spacing_source") or ""]
+        fonts = [_mark_font(12 * unit, True), _mark_font(9 * unit)]
+        widths = [QFontMetricsF(fn).horizontalAdvance(t) for fn, t in zip(fonts, lines)]
+        heights = [QFontMetricsF(fn).height() for fn in fonts]
+        if bounds is not None and max(widths) + 10 * unit > bounds.width():
+            # a narrow tile: the figure stays whole, the source is elided (its start says which)
+            room = max(20.0, bounds.width() - 10 * unit)
+            lines[1] = QFontMetricsF(fonts[1]).elidedText(lines[1], Qt.TextElideMode.ElideRight, room)
+            widths[1] = QFontMetricsF(fonts[1]).horizontalAdvance(lines[1])
+        bw, bh = max(widths) + 6 * unit, sum(heights) + 3 * unit
+        # beside the segment's middle, off the line on the side of its normal that points up
+        nx, ny = (uy, -ux) if -ux <= 0 else (-uy, ux)
+        mid = QPointF((a.x() + b.x()) / 2 + nx * 10 * unit, (a.y() + b.y()) / 2 + ny * 10 * unit)
+        x = mid.x() - (bw if nx < -0.3 else 0 if nx > 0.3 else bw / 2)
+        y = mid.y() - (bh if ny < -0.3 else 0 if ny > 0.3 else bh / 2)
+        if bounds is not None and bounds.intersects(QRectF(a, b).normalized().adjusted(-1, -1, 1, 1)):
+            x = max(min(x, bounds.right() - bw - 2), bounds.left() + 2)
+            y = min(max(y, bounds.top() + 2), bounds.bottom() - bh - 2)
+        p.fillRect(QRectF(x, y, bw, bh), QColor(0, 0, 0, 170))
+        yy = y + 1.5 * unit
+        for fn, t, hh, col in zip(fonts, lines, heights, (color, QColor("#b9c3cc"))):
+            p.setFont(fn)
+            p.setPen(col)
+            p.drawText(QRectF(x + 3 * unit, yy, bw, hh),
+                       int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter), t)
+            yy += hh

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (QDockWidget, QFileDialog, QHBoxLayout, QLabel, QM
                                QMessageBox, QProgressBar, QPushButton, QSplitter, QStackedWidget,
                                QToolButton, QVBoxLayout, QWidget)
 
+import mamview
 from mamview.core import settings as settings_mod
 from mamview.core.hanging import LAYOUT_NAMES
 from mamview.core.paths import Library
@@ -29,6 +30,8 @@ from mamview.qt.exam_grid import ExamGrid
 from mamview.qt.metrics_panel import MetricsPanel
 from mamview.qt.patient_list import PatientList
 from mamview.qt.problems_panel import ProblemsPanel
+from mamview.qt.reading_tools import TOOL_SHORTCUTS, install_tools
+from mamview.qt.screens import plan_screens
 from mamview.qt.trajectory_chart import ChartPoint, TrajectoryChart
 
 # (action name, key, description) — shown in Help → Shortcuts and bound below
@@ -37,6 +40,12 @@ SHORTCUTS = (
     ("prev_patient", "PgUp", "Previous patient"),
     ("older_prior", "]", "Older prior exam"),
     ("newer_prior", "[", "Newer prior exam"),
+    ("older_current", "{", "Current exam a year back (older)"),
+    ("newer_current", "}", "Current exam a year forward (newer)"),
+    ("flicker", "X", "Flicker: show the prior in the current exam's tiles, same zoom and "
+                     "window (press again to return)"),
+    ("next_extra", "E", "Next additional view of the current exam (spot, magnification, ML, "
+                        "repeat …) in its view's cell; after the last, the standard views"),
     ("layout_4up", "1", "Layout: current exam 4-up (CC over MLO)"),
     ("layout_8up", "2", "Layout: current vs prior 8-up"),
     ("layout_timeline", "3", "Layout: one view across all exams (timeline)"),
@@ -48,11 +57,26 @@ SHORTCUTS = (
     ("reset", "R", "Reset zoom, window and invert"),
     ("magnifier", "M", "Magnifier glass"),
     ("sync", "S", "Synchronise zoom/pan and window across tiles"),
-    ("search", "Ctrl+F", "Search patients"),
+    ("mark_read", "Ctrl+R", "Mark the woman read / unread"),
+    ("search", "Ctrl+F", "Search patients (Enter or ↓ opens the first match, Esc leaves)"),
+    ("hanging", "Ctrl+G", "Keyboard back to the hanging"),
+    ("full_screen", "F11", "Full-screen reading"),
+    ("second_screen", "Ctrl+Shift+S", "Chart and metrics on the second screen (when there is one)"),
+    ("problems", "Ctrl+Shift+P", "Show / hide the problems panel"),
     ("import", "Ctrl+O", "Import a folder"),
+    ("demo", "Ctrl+Shift+L", "Load the demo cohort"),
     ("export", "Ctrl+E", "Export figure"),
+    ("copy", "Ctrl+Shift+C", "Copy the figure to the clipboard"),
+    ("settings", "Ctrl+,", "Settings"),
+    ("receive", "Ctrl+Shift+N", "Receive images (DICOM node on / off)"),
+    ("fetch_priors", "Ctrl+Shift+F", "Fetch priors from PACS"),
+    ("cancel_fetch", "Ctrl+Shift+X", "Cancel a fetch"),
     ("shortcuts", "F1", "This list"),
+    ("about", "Shift+F1", "About mamview"),
+    ("quit", "Ctrl+Q", "Quit"),
 )
+# every key of the window, the reading tools' (measure, arrows, key images, overlays) included
+ALL_SHORTCUTS = tuple(SHORTCUTS) + tuple(TOOL_SHORTCUTS)
 KEYS = {name: key for name, key, _ in SHORTCUTS}
 HELP = {name: text for name, _, text in SHORTCUTS}
 PROGRESS_PHASES = {"generating": "Writing demo cohort", "finding": "Finding files",
@@ -94,8 +118,10 @@ class MainWindow(QMainWindow):
 
         self.setWindowTitle(f"mamview — {lib.home}")
         self.resize(1600, 960)
+        self.chart_window: QWidget | None = None  # the chart + metrics on a second screen
         self._build_widgets()
         self._build_actions()
+        self.reading_tools = install_tools(self, self.grid)
         self._build_status_bar()
         self._start_first_run_checks()
         self._wire_dicom_node()
@@ -106,6 +132,7 @@ class MainWindow(QMainWindow):
             self.stack.setCurrentWidget(self.welcome)
         else:
             self.score_library()
+        self.focus_hanging()  # the keyboard starts on the hanging, not in the search box
 
     # ---------------------------------------------------------------- the session's state
 
@@ -167,6 +194,7 @@ class MainWindow(QMainWindow):
     def _build_widgets(self) -> None:
         self.patient_list = PatientList()
         self.patient_list.patientSelected.connect(self.show_patient)
+        self.patient_list.searchFinished.connect(self.focus_hanging)
         self.grid = ExamGrid(self.bridge.run_task)
         self.grid.selectionChanged.connect(self._on_exam_selection)
         self.grid.statusMessage.connect(lambda text: self.status_text.setText(printable(text)))
@@ -258,7 +286,6 @@ class MainWindow(QMainWindow):
         dicom.addAction(a("cancel_fetch", "&Cancel fetch", self.cancel_fetch))
         file_menu.addSeparator()
         file_menu.addAction(a("quit", "&Quit", self.close))
-        self.actions_by_name["quit"].setShortcut(QKeySequence.StandardKey.Quit)
 
         view = self.menuBar().addMenu("&View")
         group = QActionGroup(self)
@@ -273,6 +300,13 @@ class MainWindow(QMainWindow):
         view.addSeparator()
         for name, text, slot in (("older_prior", "Older prior", lambda: self.grid.step_prior(True)),
                                  ("newer_prior", "Newer prior", lambda: self.grid.step_prior(False)),
+                                 ("older_current", "Current a year back",
+                                  lambda: self.grid.step_current(True)),
+                                 ("newer_current", "Current a year forward",
+                                  lambda: self.grid.step_current(False)),
+                                 ("flicker", "Flicker current / prior", self.toggle_flicker),
+                                 ("next_extra", "Next additional view",
+                                  lambda: self.status_text.setText(self.grid.cycle_extra())),
                                  ("next_patient", "Next patient", lambda: self.patient_list.step(1)),
                                  ("prev_patient", "Previous patient",
                                   lambda: self.patient_list.step(-1))):
@@ -287,8 +321,15 @@ class MainWindow(QMainWindow):
         view.addAction(a("one_to_one", "1:1 pixels", self.grid.one_to_one))
         view.addAction(a("reset", "Reset", self.grid.reset_all))
         view.addSeparator()
-        view.addAction(self.problems_dock.toggleViewAction())
+        view.addAction(a("full_screen", "Full screen", self.set_full_screen, checkable=True))
+        view.addAction(a("second_screen", "Chart on the second screen", self.set_second_screen,
+                         checkable=True, checked=bool(self.settings.second_screen)))
+        view.addSeparator()
+        view.addAction(a("problems", "Problems panel", lambda: self.problems_dock.setVisible(
+            not self.problems_dock.isVisible())))
         view.addAction(a("search", "Search patients", self._focus_search))
+        view.addAction(a("hanging", "Keyboard to the hanging", self.focus_hanging))
+        view.addAction(a("mark_read", "Mark read / unread", self.toggle_read))
 
         help_menu = self.menuBar().addMenu("&Help")
         help_menu.addAction(a("shortcuts", "Keyboard &shortcuts", self.show_shortcuts))
@@ -552,7 +593,9 @@ class MainWindow(QMainWindow):
         self._refresh_metrics()
         row = self.patient_list.rows.get(patient_key)
         if row:
-            self.status_text.setText(f"{row.patient_id} · {row.display_name} · {len(exams)} exams")
+            n = len(exams)
+            self.status_text.setText(f"{row.patient_id} · {row.display_name} · {n} "
+                                     f"exam{'' if n == 1 else 's'}")
         self.session.score_on_screen()
         QTimer.singleShot(0, self._prefetch_next)
 
@@ -602,6 +645,130 @@ class MainWindow(QMainWindow):
     def _focus_search(self) -> None:
         self.patient_list.search.setFocus()
         self.patient_list.search.selectAll()
+
+    def focus_hanging(self) -> None:
+        """Give the keyboard to the hanging: digits change the layout, letters are tools."""
+        self.grid.setFocus(Qt.FocusReason.ShortcutFocusReason)
+
+    def hanging_has_focus(self) -> bool:
+        w = self.focusWidget()
+        return w is not None and (w is self.grid or self.grid.isAncestorOf(w))
+
+    def toggle_flicker(self) -> None:
+        """X: the prior in the current exam's tiles and back (same zoom, pan and window)."""
+        if not self.grid.tiles:
+            return
+        if self.grid.layout_key == "timeline":
+            self.status_text.setText("Flicker works in 4-up and 8-up (1 or 2).")
+            return
+        if self.grid.prior_key is None:
+            self.status_text.setText("Flicker needs a prior exam.")
+            return
+        on = self.grid.toggle_flicker()
+        ex = self.grid.exam(self.grid.prior_key if on else self.grid.current_key)
+        what = "prior" if on else "current"
+        self.status_text.setText(f"Flicker: showing the {what} exam"
+                                 + (f" ({ex.date_text})" if ex is not None else "")
+                                 + (" · X returns" if on else ""))
+
+    def toggle_read(self) -> None:
+        """Ctrl+R: mark the woman on screen read (at her newest exam) or unread again."""
+        pk = self.patient_key
+        row = self.patient_list.rows.get(pk) if pk else None
+        if row is None:
+            return
+        row.read = self.session.set_read(pk, not self.session.is_read(pk))
+        self.patient_list.update_row(row)
+        self.status_text.setText(f"{row.patient_id} marked {'read' if row.read else 'unread'}.")
+
+    # ---------------------------------------------------------------- screens
+
+    def set_full_screen(self, on: bool) -> None:
+        """F11: the reading window fills its screen, without frame (F11 again returns)."""
+        if on and not self.isFullScreen():
+            self._was_maximized = self.isMaximized()
+            self.showFullScreen()
+        elif not on and self.isFullScreen():
+            self.showMaximized() if getattr(self, "_was_maximized", False) else self.showNormal()
+        act = self.actions_by_name["full_screen"]
+        act.blockSignals(True)
+        act.setChecked(self.isFullScreen())
+        act.blockSignals(False)
+
+    def set_second_screen(self, on: bool) -> None:
+        """The chart and metrics on a second screen when there is one (a saved setting)."""
+        if bool(self.settings.second_screen) != bool(on):
+            self.settings.second_screen = bool(on)
+            settings_mod.save(self.settings, self.lib.settings_file)
+        self.apply_screens()
+
+    def apply_screens(self, screens=None) -> None:
+        """Place the images and the chart + metrics on the screens (`plan_screens`): with two
+        screens and the setting on, the chart and metrics get their own window on the other
+        screen; else they sit to the right of the images."""
+        from PySide6.QtGui import QGuiApplication
+
+        screens = list(QGuiApplication.screens()) if screens is None else list(screens)
+        primary = QGuiApplication.primaryScreen()
+        here = self.screen() if self.isVisible() else primary
+        start = screens.index(here) if here in screens else (
+            screens.index(primary) if primary in screens else 0)
+        plan = plan_screens([s.geometry() for s in screens], start,
+                            bool(self.settings.second_screen))
+        if plan.chart is None:
+            self._dock_chart()
+            return
+        if self.chart_window is None:
+            self.chart_window = QWidget(None, Qt.WindowType.Window)
+            self.chart_window.setWindowTitle("mamview — risk trajectory and change metrics")
+            lay = QVBoxLayout(self.chart_window)
+            lay.setContentsMargins(0, 0, 0, 0)
+            # the window's shortcuts work from the chart's screen too
+            for act in self.actions_by_name.values():
+                self.chart_window.addAction(act)
+        if self.right_panel.parent() is not self.chart_window:
+            self.chart_window.layout().addWidget(self.right_panel)
+        self.right_panel.show()
+        target = screens[plan.chart]
+        self.chart_window.setScreen(target)
+        self.chart_window.setGeometry(target.availableGeometry())
+        self.chart_window.show()
+        self._size_panes()
+
+    def _dock_chart(self) -> None:
+        if self.right_panel.parent() is not self.splitter:
+            self.splitter.addWidget(self.right_panel)
+            self.right_panel.show()
+        if self.chart_window is not None:
+            self.chart_window.hide()
+        self._size_panes()
+
+    def _size_panes(self) -> None:
+        """Worklist, hanging and chart widths from the window's; the hanging gets the most."""
+        w = max(800, self.width())
+        side = min(560, int(w * 0.3))
+        if self.right_panel.parent() is self.splitter:
+            right = min(440, int(w * 0.23))
+            self.splitter.setSizes([side, w - side - right, right])
+        else:  # the chart is on its own screen
+            self.splitter.setSizes([side, w - side])
+        # the metrics get about half the column: latest risk, change, rate, crossings, flags
+        h = max(400, self.right_panel.height() or self.height())
+        self.right_panel.setSizes([int(h * 0.55), h - int(h * 0.55)])
+
+    def resizeEvent(self, ev):
+        super().resizeEvent(ev)
+        # a narrower window (1366 px) would squeeze the hanging: give it its share back
+        sizes = self.splitter.sizes()
+        if getattr(self, "_placed", False) and sum(sizes) and sizes[1] < 0.5 * sum(sizes):
+            self._size_panes()
+
+    def showEvent(self, ev):
+        super().showEvent(ev)
+        if not getattr(self, "_placed", False):
+            self._placed = True
+            self.apply_screens()
+            self.focus_hanging()
 
     # ---------------------------------------------------------------- import
 
@@ -696,6 +863,8 @@ class MainWindow(QMainWindow):
         exams, changed = self.session.refresh_screen()
         if changed:
             self.grid.refresh_exams(exams)
+            self._set_chart()  # her new exam on the chart and in the metrics too
+            self._refresh_metrics()
             return
         redraw = False
         for e in exams:
@@ -710,7 +879,9 @@ class MainWindow(QMainWindow):
     def refresh_problems(self) -> None:
         rows = self.session.problems()
         self.problems.set_problems(rows)
-        self.problems_button.setText(f"⚠ {len(rows)} problems" if rows else "No problems")
+        n = len(rows)
+        self.problems_button.setText(f"⚠ {n} problem{'' if n == 1 else 's'}" if rows
+                                     else "No problems")
 
     def dragEnterEvent(self, ev):
         if ev.mimeData().hasUrls():
@@ -774,18 +945,27 @@ class MainWindow(QMainWindow):
             self.show_patient(self.patient_key)
 
     def shortcuts_text(self) -> str:
-        rows = "".join(f"<tr><td><b>{k}</b></td><td>{t}</td></tr>" for _, k, t in SHORTCUTS)
-        return ("<table cellspacing=4>" + rows + "</table><p>Mouse: left-drag pans, wheel zooms, "
+        """Every key of the window (F1), in two columns so that the list fits on a screen."""
+        cells = [f"<td><b>{k}</b></td><td>{t}</td>" for _, k, t in ALL_SHORTCUTS]
+        half = (len(cells) + 1) // 2
+        rows = "".join(f"<tr>{cells[i]}<td width=24></td>"
+                       f"{cells[i + half] if i + half < len(cells) else ''}</tr>"
+                       for i in range(half))
+        return ("<table cellspacing=3>" + rows + "</table><p>Mouse: left-drag pans, wheel zooms, "
                 "right-drag sets window/level (horizontal: width, vertical: level). Thumbnails: "
                 "click = current exam, right-click = prior. Chart: click a point to hang that "
                 "exam.</p>")
 
     def show_shortcuts(self) -> None:
-        QMessageBox.information(self, "Keyboard shortcuts", self.shortcuts_text())
+        box = QMessageBox(QMessageBox.Icon.NoIcon, "Keyboard shortcuts", self.shortcuts_text(),
+                          QMessageBox.StandardButton.Ok, self)
+        box.setStyleSheet("QLabel { min-width: 740px; }")  # two columns side by side
+        box.exec()
 
     def show_about(self) -> None:
         QMessageBox.about(self, "About mamview", (
-            "<p><b>mamview</b>: serial screening mammograms with an AI risk trajectory.</p>"
+            f"<p><b>mamview {mamview.__version__}</b>: serial screening mammograms with an AI "
+            "risk trajectory.</p>"
             f"<p>Model: {self.model_label}.</p><p>Risk scores and change metrics are for research "
             "use, are not validated for clinical decisions and are not a diagnosis.</p>"))
 
@@ -801,6 +981,8 @@ class MainWindow(QMainWindow):
             return
         self._closed = True
         self._score_timer.stop()
+        if self.chart_window is not None:
+            self.chart_window.close()
         self.node_ctl.stop()
         self.session.stop_service()
         self.bridge.shutdown()

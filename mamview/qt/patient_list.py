@@ -1,17 +1,29 @@
-"""The worklist: every woman in the library with her exam count, latest 5-year score and a
-flag when the trajectory crossed a threshold or rises (core.analytics.trajectory decides)."""
+"""The worklist: every woman in the library with her age, exam count, newest exam's date and
+accession, latest 5-year score, a read mark, and a flag when the trajectory crossed a threshold
+or rises (core.analytics.trajectory decides).
+
+Keyboard: in the search box Enter or Down opens the first match and Escape clears the search;
+both hand the keyboard back (`searchFinished`) so the next key reaches the hanging."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QColor
+from PySide6.QtCore import QEvent, QObject, Qt, Signal
+from PySide6.QtGui import QColor, QFont
 from PySide6.QtWidgets import (QAbstractItemView, QHeaderView, QLineEdit, QTableWidget,
                                QTableWidgetItem, QVBoxLayout, QWidget)
 
 # the row is core vocabulary (the reading session builds the rows); re-exported for callers
 from mamview.core.worklist import PatientRow
 
-COLUMNS = ("", "Patient ID", "Name", "Age", "Exams", "5-yr")
+# the risk and read mark before the dates: on a narrow screen the last columns scroll away
+COLUMNS = ("", "Patient ID", "Name", "Age", "#", "5-yr", "✓", "Latest", "Accession")
+NAME_COLUMN = 2
+# short headers keep the list narrow; the tooltips say them in full
+HEADER_TIPS = {"#": "Number of exams", "Latest": "Date of her newest exam",
+               "Accession": "Accession number of her newest exam",
+               "5-yr": "Latest current 5-year risk", "✓": "Read (at her newest exam); Ctrl+R"}
+READ_COLUMN = COLUMNS.index("✓")
+READ_MARK = "✓"
 FLAG_COLOR = QColor("#e0a030")
 CONFLICT_COLOR = QColor("#ff6b5a")
 __all__ = ["PatientList", "PatientRow"]
@@ -36,15 +48,20 @@ class PatientList(QWidget):
     """Search box over a sortable table; emits the chosen woman's key."""
 
     patientSelected = Signal(str)
+    searchFinished = Signal()  # Enter/Down opened a match, or Escape left the search
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self.search = QLineEdit()
-        self.search.setPlaceholderText("Search name or patient ID…")
+        self.search.setPlaceholderText("Search name, patient ID or accession…")
         self.search.setClearButtonEnabled(True)
         self.search.textChanged.connect(self._apply_filter)
+        self.search.installEventFilter(self)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
+        for col, name in enumerate(COLUMNS):
+            if name in HEADER_TIPS:
+                self.table.horizontalHeaderItem(col).setToolTip(HEADER_TIPS[name])
         self.table.verticalHeader().hide()
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
@@ -53,10 +70,12 @@ class PatientList(QWidget):
         self.table.setAlternatingRowColors(True)
         self.table.setWordWrap(False)
         hdr = self.table.horizontalHeader()
-        hdr.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        hdr.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        # widths from the contents (_fit_columns), not from the header's sort-indicator room
+        hdr.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        hdr.setStretchLastSection(False)
         hdr.setMinimumSectionSize(18)
-        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        # a narrow screen scrolls sideways rather than cutting columns off
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         self.table.verticalHeader().setDefaultSectionSize(22)
         self.table.itemSelectionChanged.connect(self._on_selection)
         lay = QVBoxLayout(self)
@@ -67,6 +86,29 @@ class PatientList(QWidget):
         self.rows: dict[str, PatientRow] = {}
         self._current: str | None = None
         self._sorted_once = False
+
+    def eventFilter(self, obj: QObject, ev: QEvent) -> bool:
+        if obj is self.search and ev.type() == QEvent.Type.KeyPress:
+            key = ev.key()
+            if key in (Qt.Key.Key_Return, Qt.Key.Key_Enter, Qt.Key.Key_Down):
+                self.open_first_match()
+                return True
+            if key == Qt.Key.Key_Escape:
+                self.leave_search()
+                return True
+        return super().eventFilter(obj, ev)
+
+    def open_first_match(self) -> None:
+        """Open the first woman the search shows (if any) and leave the search box."""
+        keys = self.visible_keys()
+        if keys:
+            self.select(keys[0])
+        self.searchFinished.emit()
+
+    def leave_search(self) -> None:
+        """Clear the search (every woman shown again) and leave the search box."""
+        self.search.clear()
+        self.searchFinished.emit()
 
     def set_rows(self, rows: list[PatientRow]) -> None:
         """Replace the list; the selected woman stays selected (no new selection signal)."""
@@ -81,6 +123,7 @@ class PatientList(QWidget):
             self.table.sortItems(1, Qt.SortOrder.AscendingOrder)
             self._sorted_once = True
         self.table.blockSignals(False)
+        self._fit_columns()
         self._apply_filter(self.search.text())
         if self._current in self.rows:
             self._select_row_of(self._current, emit=False)
@@ -120,15 +163,42 @@ class PatientList(QWidget):
         age.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if len(r.birth_date) == 8:
             age.setToolTip(f"born {r.birth_date[:4]}-{r.birth_date[4:6]}-{r.birth_date[6:]}")
-        for col, item in enumerate((flag, pid, _Item(r.display_name), age, exams, latest)):
+        last = _Item(r.last_exam, r.last_exam or "~")  # undated last
+        acc = _Item(r.accession)
+        read = _Item(READ_MARK if r.read else "", 0 if r.read else 1)
+        read.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+        read.setToolTip("Read (at her newest exam)" if r.read else "Not read yet")
+        items = (flag, pid, _Item(r.display_name), age, exams, latest, read, last, acc)
+        font = QFont(self.table.font())
+        font.setBold(not r.read)  # unread women stand out, as in a mail reader
+        for col, item in enumerate(items):
+            item.setFont(font)
             self.table.setItem(i, col, item)
+
+    def _fit_columns(self) -> None:
+        """Each column as wide as its contents or its header text; the name takes what is left
+        (at least enough for a short name)."""
+        fm = self.table.horizontalHeader().fontMetrics()
+        for col, name in enumerate(COLUMNS):
+            if col != NAME_COLUMN:
+                self.table.setColumnWidth(col, max(self.table.sizeHintForColumn(col) + 6,
+                                                   fm.horizontalAdvance(name) + 14))
+        self._fit_name()
+
+    def _fit_name(self) -> None:
+        others = sum(self.table.columnWidth(c) for c in range(len(COLUMNS)) if c != NAME_COLUMN)
+        room = self.table.viewport().width() - others
+        self.table.setColumnWidth(NAME_COLUMN, max(100, room))
+
+    def resizeEvent(self, ev):
+        super().resizeEvent(ev)
+        self._fit_name()
 
     def _apply_filter(self, text: str) -> None:
         needle = text.strip().lower()
         for i in range(self.table.rowCount()):
-            pid = self.table.item(i, 1)
-            name = self.table.item(i, 2)
-            hay = f"{pid.text() if pid else ''} {name.text() if name else ''}".lower()
+            cells = (self.table.item(i, c) for c in (1, 2, COLUMNS.index("Accession")))
+            hay = " ".join(c.text() for c in cells if c is not None).lower()
             self.table.setRowHidden(i, bool(needle) and needle not in hay)
 
     def visible_keys(self) -> list[str]:

@@ -275,7 +275,7 @@ def test_problems_panel_lists_skipped_files(reader_library, open_window):
     reasons = [win.problems.table.item(i, 0).text() for i in range(win.problems.count())]
     files = [win.problems.table.item(i, 1).text() for i in range(win.problems.count())]
     assert any(f.endswith("notes.pdf") for f in files) and reasons
-    assert "1 problems" in win.problems_button.text()
+    assert "⚠ 1 problem" == win.problems_button.text()  # one, in English
 
 
 def test_import_in_background_adds_a_woman(reader_copy, open_window, qtbot, tmp_path):

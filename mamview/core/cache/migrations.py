@@ -288,6 +288,41 @@ def m008_patient_identity(db: sqlite_utils.Database) -> None:
     # a stat that can never match: the next import reads each image file again (the row stays)
     db.execute("UPDATE files SET mtime_ns = -1 WHERE outcome = 'image'")
 
+
+@migrations()
+def m009_read_marks(db: sqlite_utils.Database) -> None:
+    """Which women a reader marked as read, and which exam was her latest then: an exam
+    arriving later makes her unread again (reads.read_marks compares)."""
+    _run(db, """
+        CREATE TABLE read_marks (
+            patient_key TEXT PRIMARY KEY,
+            exam_key TEXT NOT NULL DEFAULT '',
+            read_at TEXT NOT NULL
+        )
+    """)
+
+
+@migrations()
+def m010_annotations(db: sqlite_utils.Database) -> None:
+    """The reader's marks on an image (distance, arrow, key image), keyed by SOP Instance UID so
+    they hang with the image in every layout. Points are image pixels of the full-resolution
+    image as hung (after the display flips); a distance keeps the calibration it was measured
+    with. No foreign key: a re-import that replaces an image row must not take its marks."""
+    _run(db, """
+        CREATE TABLE annotations (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            sop_instance_uid TEXT NOT NULL,
+            exam_key TEXT NOT NULL DEFAULT '',
+            kind TEXT NOT NULL,                -- 'distance' | 'arrow' | 'key'
+            points TEXT NOT NULL DEFAULT '[]', -- JSON [[x, y], ...] in image pixels
+            spacing TEXT NOT NULL DEFAULT '',  -- JSON [row mm, column mm] per pixel, '' = none
+            spacing_source TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX annotations_image ON annotations(sop_instance_uid);
+        CREATE INDEX annotations_exam ON annotations(exam_key)
+    """)
+
 def _run(db: sqlite_utils.Database, script: str) -> None:
     # executescript() would COMMIT first and break the migration's transaction
     for statement in script.split(";"):

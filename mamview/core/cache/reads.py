@@ -691,3 +691,52 @@ def women_with_patient_id(db: sqlite_utils.Database, patient_id: str) -> list[di
         "WHERE p.patient_id = ? GROUP BY p.patient_key ORDER BY p.patient_key",
         [patient_id]).fetchall()
     return [{"patient_key": k, "issuer": i or "", "latest_exam": d or ""} for k, i, d in rows]
+
+
+# ---------------------------------------------------------------- worklist: latest exam, read marks
+
+def latest_exams(db: sqlite_utils.Database) -> dict[str, dict]:
+    """patient_key → {'exam_key', 'exam_date' (YYYY-MM-DD or ''), 'accession' (the first
+    accession number of her newest exam, '' if none)} for every woman with an exam."""
+    out: dict[str, dict] = {}
+    for pk, ek, d, acc in db.execute(
+            "SELECT patient_key, exam_key, exam_date, accession_numbers FROM exams "
+            "ORDER BY patient_key, exam_date, exam_key"):
+        try:
+            numbers = [str(a) for a in json.loads(acc or "[]") if str(a).strip()]
+        except (ValueError, TypeError):
+            numbers = []
+        out[pk] = {"exam_key": ek, "exam_date": d or "", "accession": numbers[0] if numbers else ""}
+    return out
+
+
+def read_marks(db: sqlite_utils.Database) -> dict[str, tuple[str, str]]:
+    """patient_key → (exam_key she was read at, when: ISO UTC) of every woman marked read."""
+    return {pk: (ek, at) for pk, ek, at in db.execute(
+        "SELECT patient_key, exam_key, read_at FROM read_marks")}
+
+
+# ---------------------------------------------------------------- reader's marks (annotations)
+
+def annotations(db: sqlite_utils.Database, sop_uids: Iterable[str]) -> dict[str, list[dict]]:
+    """sop_uid → its marks, oldest first: {'id', 'kind', 'points' [[x, y], …] (image pixels),
+    'spacing' (row mm, column mm) or None, 'spacing_source', 'exam_key'}. Images without marks
+    are absent. Rows that do not parse are skipped (the cache is ours, but a file can rot)."""
+    uids = list(dict.fromkeys(u for u in sop_uids if u))
+    out: dict[str, list[dict]] = {}
+    for i in range(0, len(uids), 500):
+        chunk = uids[i:i + 500]
+        marks = ",".join("?" * len(chunk))
+        for rid, uid, ek, kind, pts, spacing, source in db.execute(
+                "SELECT id, sop_instance_uid, exam_key, kind, points, spacing, spacing_source "
+                f"FROM annotations WHERE sop_instance_uid IN ({marks}) ORDER BY id", chunk):
+            try:
+                points = [(float(x), float(y)) for x, y in json.loads(pts or "[]")]
+                sp = json.loads(spacing) if spacing else None
+                sp = (float(sp[0]), float(sp[1])) if sp else None
+            except (ValueError, TypeError, IndexError):
+                continue
+            out.setdefault(uid, []).append({"id": rid, "kind": kind, "points": points,
+                                            "spacing": sp, "spacing_source": source or "",
+                                            "exam_key": ek})
+    return out

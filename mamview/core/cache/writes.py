@@ -344,3 +344,62 @@ def delete_scores(db: sqlite_utils.Database) -> int:
 
 # ---------------------------------------------------------------- storage node
 # (writes the DICOM node needs; keep this heading: helpers add below it)
+
+
+# ---------------------------------------------------------------- read marks (worklist)
+
+def set_read_mark(db: sqlite_utils.Database, patient_key: str, read: bool,
+                  exam_key: str = "") -> None:
+    """Mark a woman as read (as of `exam_key`, her latest exam now) or unread again."""
+    with write_transaction(db):
+        if read:
+            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            db.execute("INSERT OR REPLACE INTO read_marks (patient_key, exam_key, read_at) "
+                       "VALUES (?, ?, ?)", [patient_key, exam_key, now])
+        else:
+            db.execute("DELETE FROM read_marks WHERE patient_key = ?", [patient_key])
+
+
+# ---------------------------------------------------------------- reader's marks (annotations)
+
+ANNOTATION_KINDS = ("distance", "arrow", "key")
+
+
+def add_annotation(db: sqlite_utils.Database, sop_uid: str, exam_key: str, kind: str,
+                   points: Iterable[Iterable[float]] = (),
+                   spacing: tuple[float, float] | None = None, spacing_source: str = "") -> int:
+    """Store one mark on an image (points in image pixels); returns its id."""
+    if kind not in ANNOTATION_KINDS:
+        raise ValueError(f"unknown annotation kind {kind!r}")
+    pts = [[float(x), float(y)] for x, y in points]
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    with write_transaction(db):
+        cur = db.execute(
+            "INSERT INTO annotations (sop_instance_uid, exam_key, kind, points, spacing, "
+            "spacing_source, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [sop_uid, exam_key, kind, json.dumps(pts),
+             json.dumps([float(spacing[0]), float(spacing[1])]) if spacing else "",
+             spacing_source, now])
+        return int(cur.lastrowid)
+
+
+def set_key_image(db: sqlite_utils.Database, sop_uid: str, exam_key: str, on: bool) -> None:
+    """Mark an image as a key image, or unmark it (at most one key mark per image)."""
+    with write_transaction(db):
+        db.execute("DELETE FROM annotations WHERE sop_instance_uid = ? AND kind = 'key'",
+                   [sop_uid])
+        if on:
+            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            db.execute("INSERT INTO annotations (sop_instance_uid, exam_key, kind, created_at) "
+                       "VALUES (?, ?, 'key', ?)", [sop_uid, exam_key, now])
+
+
+def clear_annotations(db: sqlite_utils.Database, *, sop_uid: str | None = None,
+                      exam_key: str | None = None) -> int:
+    """Forget the marks of one image or of one exam (one of the two must be given); returns how
+    many went."""
+    if (sop_uid is None) == (exam_key is None):
+        raise ValueError("give exactly one of sop_uid or exam_key")
+    column, value = ("sop_instance_uid", sop_uid) if sop_uid is not None else ("exam_key", exam_key)
+    with write_transaction(db):
+        return db.execute(f"DELETE FROM annotations WHERE {column} = ?", [value]).rowcount
