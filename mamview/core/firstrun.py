@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mamview.core.paths import ENV_HOME, Library
+from mamview.core.services import default_cpu_threads
 
 OK, WARNING, ERROR = "ok", "warning", "error"
 
@@ -170,7 +171,7 @@ def probe_compute() -> ComputeFacts:
         import torch
     except Exception as exc:  # noqa: BLE001 - a broken torch install must become a message
         return ComputeFacts("not importable", None, False, nvidia_driver=driver,
-                            cpu_threads=os.cpu_count() or 1, torch_error=str(exc))
+                            cpu_threads=default_cpu_threads(), torch_error=str(exc))
     cuda_ok = False
     names: tuple[str, ...] = ()
     try:
@@ -188,7 +189,7 @@ def probe_compute() -> ComputeFacts:
         gpu_names=names,
         mps_available=bool(mps is not None and mps.is_available()),
         nvidia_driver=driver,
-        cpu_threads=torch.get_num_threads(),
+        cpu_threads=default_cpu_threads(),
     )
 
 
@@ -199,7 +200,8 @@ def assess_compute(facts: ComputeFacts, preference: str = "auto") -> CheckResult
     """
     details = {k: getattr(facts, k) for k in facts.__dataclass_fields__}
     details["preference"] = preference
-    cpu = f"the CPU ({facts.cpu_threads} threads)"
+    n = facts.cpu_threads
+    cpu = f"the CPU ({n} thread{'' if n == 1 else 's'})"
     slower = "Scoring works, at a few seconds to a minute per exam instead of under a second."
     pref = (preference or "auto").split(":", 1)[0].lower()
     if facts.torch_error:
@@ -266,7 +268,7 @@ def probe_compute_elsewhere(timeout: float = PROBE_TIMEOUT_S) -> ComputeFacts:
         return ours.recv()
     except Exception as exc:  # noqa: BLE001 - a crashed or hung probe must become a message
         return ComputeFacts("not importable", None, False, nvidia_driver=nvidia_driver_version(),
-                            cpu_threads=os.cpu_count() or 1,
+                            cpu_threads=default_cpu_threads(),
                             torch_error=" ".join(f"the torch probe failed: {type(exc).__name__}: "
                                                  f"{exc}".split())[:300])
     finally:

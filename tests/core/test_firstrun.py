@@ -14,6 +14,7 @@ import pytest
 from mamview.core import firstrun
 from mamview.core.firstrun import ERROR, OK, WARNING, ComputeFacts, assess_compute
 from mamview.core.paths import Library
+from mamview.core.services import default_cpu_threads
 
 
 # ---------------------------------------------------------------- library location
@@ -154,7 +155,7 @@ def test_probe_matches_this_torch():
     assert facts.torch_version == torch.__version__
     assert facts.torch_cuda == torch.version.cuda
     assert facts.cuda_available == torch.cuda.is_available()
-    assert facts.cpu_threads == torch.get_num_threads()
+    assert facts.cpu_threads == default_cpu_threads()  # what scoring sets torch to
     r = firstrun.check_compute()
     assert r.level in (OK, WARNING)
     if not facts.cuda_available and not facts.mps_available:

@@ -34,6 +34,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from mamview.core.cache import keys, reads, writes
+from mamview.core.services import default_cpu_threads
 from mamview.core.cache.db import connect
 from mamview.core.dicom.pixels import PixelDecodeError, describe as _describe
 from mamview.core.domain import STANDARD_VIEWS, domain_reason, join_domain, view_label
@@ -267,7 +268,7 @@ class InferenceService:
         self._device_pref = device
         self.batch_size = max(1, batch_size)
         # leave a core to the GUI thread when running on the CPU
-        self.cpu_threads = cpu_threads or max(1, (os.cpu_count() or 2) - 1)
+        self.cpu_threads = cpu_threads or default_cpu_threads()
         self.events: queue.Queue[Event] = queue.Queue()
         self._emit = on_event or self.events.put
         self._heap: list[tuple[int, int, int, str]] = []
