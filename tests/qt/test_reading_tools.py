@@ -212,6 +212,10 @@ def test_clear_marks_of_an_exam(lib, open_window, qtbot):
     win, tools = open_on(open_window, qtbot, lib)
     for label in ("RCC", "LMLO"):
         tile(win, label).draw_mark("arrow", (10, 10), (60, 60))
+    # K acts on the tile under the mouse, else the last clicked one: no pointer over the tiles here
+    # (the offscreen cursor may rest anywhere when other tests ran before)
+    for t in win.grid.tiles:
+        t.hovered = False
     win.grid.active_tile = tile(win, "LCC")
     qtbot.keyClick(win, Qt.Key.Key_K)
     assert tile(win, "LCC").key_image
