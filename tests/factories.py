@@ -319,6 +319,20 @@ def write_mammogram(
     return _save(ds, path, transfer_syntax, arr)
 
 
+STANDARD_VIEWS = (("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO"))
+
+
+def write_exam(folder: str | os.PathLike, patient_id: str = "P1", study_date: str = "20200101",
+               *, study_uid: str | None = None, views=STANDARD_VIEWS, **kw: Any) -> list[Path]:
+    """One exam as one study: a `write_mammogram` per (laterality, view) in `folder`, named
+    'RCC.dcm' …; the study UID derives from the patient and date unless given. `kw` goes to
+    every image (shape, patient_name, manufacturer, extra, …)."""
+    study = study_uid or generate_uid(entropy_srcs=[patient_id, study_date])
+    return [write_mammogram(Path(folder) / f"{lat}{view}.dcm", patient_id=patient_id,
+                            study_date=study_date, study_uid=study, laterality=lat, view=view, **kw)
+            for lat, view in views]
+
+
 def write_other_modality(path: str | os.PathLike, modality: str = "CT") -> Path:
     """Write a tiny, valid non-mammography image (CT, MR or US)."""
     sop_class = {"CT": CT_IMAGE, "MR": MR_IMAGE, "US": US_IMAGE}[modality]

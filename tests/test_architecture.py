@@ -250,17 +250,22 @@ TORCH_FREE = ("mamview.core.models.registry", "mamview.core.cache.reads", "mamvi
               "mamview.cli")
 
 
+def _run_ok(code: str) -> None:
+    """Run `code` in a fresh interpreter (offscreen Qt); it must exit 0 and print 'ok'."""
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
 def test_the_window_and_the_registry_listing_import_without_torch():
     code = ("import importlib, sys\n"
             f"for name in {TORCH_FREE!r}:\n"
             "    importlib.import_module(name)\n"
             "    assert 'torch' not in sys.modules, name + ' imported torch'\n"
             "print('ok')\n")
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    _run_ok(code)
 
 
 def test_the_window_imports_neither_pandas_nor_pydicom_and_pandas_still_works_after():
@@ -274,11 +279,7 @@ def test_the_window_imports_neither_pandas_nor_pydicom_and_pandas_still_works_af
             "from mamview.core.analytics import cohort\n"
             "assert cohort.pd is pandas and sqlite_utils.db.pd is None\n"
             "print('ok')\n")
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    _run_ok(code)
 
 
 def test_the_registry_lists_models_without_torch(tmp_path):
@@ -289,8 +290,7 @@ def test_the_registry_lists_models_without_torch(tmp_path):
             "assert any(e.model_id == 'demo' and e.available for e in entries), entries\n"
             "assert 'torch' not in sys.modules\n"
             "print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
+    _run_ok(code)
 
 
 WINDOW_START = """

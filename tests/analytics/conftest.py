@@ -4,26 +4,18 @@ run_import, scores saved through the scores table exactly as the inference servi
 from __future__ import annotations
 
 import pytest
-from pydicom.uid import generate_uid
 
 from mamview.core import paths
 from mamview.core.cache import reads
 from mamview.core.cache.db import connect
 from mamview.core.ingest import drain, run_import
-from tests.factories import write_mammogram
+from tests import factories
 from tests.scoring import save_current_score
-
-VIEWS = (("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO"))
-
 
 def write_exam(folder, patient_id, date, manufacturer="ACME"):
     """Four standard views of one exam (one study); returns their paths."""
-    study = generate_uid(entropy_srcs=[patient_id, date])
-    return [write_mammogram(folder / patient_id / date / f"{lat}{view}.dcm",
-                            patient_id=patient_id, study_date=date, laterality=lat, view=view,
-                            study_uid=study,
-                            shape=(64, 52), manufacturer=manufacturer)
-            for lat, view in VIEWS]
+    return factories.write_exam(folder / patient_id / date, patient_id, date, shape=(64, 52),
+                                manufacturer=manufacturer)
 
 
 def save_score(db, exam_key, risk_fractions, model_id="demo", status="ok", when=None):

@@ -10,16 +10,11 @@ from mamview.core.cache import reads
 from mamview.core.cache.db import connect
 from mamview.core.ingest import drain, run_import
 from mamview.core.paths import library
-from tests.factories import write_mammogram
-
-VIEWS = (("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO"))
-
+from tests.factories import write_exam
 
 def _exam(folder, pid, date, birth, name="DOE^JANE"):
-    for lat, view in VIEWS:
-        write_mammogram(folder / pid / date / f"{lat}{view}.dcm", patient_id=pid,
-                        study_date=date, laterality=lat, view=view, shape=(64, 52),
-                        patient_name=name, extra={"PatientBirthDate": birth})
+    write_exam(folder / pid / date, pid, date, shape=(64, 52), patient_name=name,
+               extra={"PatientBirthDate": birth})
 
 
 def test_one_patient_id_with_two_birth_dates_is_an_identity_conflict(home, tmp_path, capsys):

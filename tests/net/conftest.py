@@ -43,6 +43,20 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
     raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
 
 
+def wait_for_text(path, text, proc, timeout=60.0) -> str:
+    """Block until `text` appears in the file `path` (a `mamview listen` log), bounded; fails
+    at once when `proc` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = path.read_text() if path.exists() else ""
+        if text in content:
+            return content
+        if proc.poll() is not None:
+            raise AssertionError(f"mamview listen exited early ({proc.returncode}): {content}")
+        time.sleep(0.1)
+    raise TimeoutError(f"{text!r} did not appear in {path} within {timeout} s")
+
+
 class Processes:
     """Starts subprocesses in their own process group; `kill_all` ends them and their children."""
 

@@ -8,7 +8,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -17,21 +16,9 @@ from mamview.core import settings as settings_mod
 from mamview.bench import dcmtk
 from mamview.core.net.nodes import PacsNode, nodes_from_settings, resolve_node
 from mamview.core.net.scp import LOG_FILE_NAME
-from tests.net.conftest import LOOPBACK, cohort_folders, free_port, needs_dcmtk, run
+from tests.net.conftest import LOOPBACK, cohort_folders, free_port, needs_dcmtk, run, wait_for_text
 
 pytestmark = pytest.mark.timeout(300)  # a hung peer fails the test, never CI
-
-
-def _wait_for_text(path, text, proc, timeout=60.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        content = path.read_text() if path.exists() else ""
-        if text in content:
-            return content
-        if proc.poll() is not None:
-            raise AssertionError(f"mamview listen exited early ({proc.returncode}): {content}")
-        time.sleep(0.1)
-    raise TimeoutError(f"{text!r} did not appear in {path} within {timeout} s")
 
 
 @needs_dcmtk
@@ -45,7 +32,7 @@ def test_listen_receives_headless_and_stops_on_sigterm(home, tmp_path, procs, co
                         "--allow-ae", "MODALITY", "--allow-ae", "MAMVIEW", "--no-score"],
                        stdout=subprocess.DEVNULL, stderr=open(err, "w"),
                        stdin=subprocess.DEVNULL)
-    _wait_for_text(err, "listening on", proc)
+    wait_for_text(err, "listening on", proc)
     assert main(["--home", str(tmp_path / "other"), "echo", f"NODE1@{LOOPBACK}:{port}"]) == 0
     assert "answered C-ECHO" in capsys.readouterr().out
     folder = cohort_folders(cohort)[0]

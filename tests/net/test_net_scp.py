@@ -307,16 +307,14 @@ def test_every_object_of_a_study_is_stored_and_disk_and_network_classify_alike(h
     state, key objects and a CAD SR are filed with their study; a CT of another study is refused
     with a failure status that names why; JPEG Extended is not even offered a context."""
     from pydicom.uid import JPEGExtended12Bit
-    from tests.factories import write_mammogram, write_other_modality
+    from tests.factories import write_exam, write_other_modality
     from tests.study_objects import write_study_objects
 
     lib = library(home)
     src = tmp_path / "study"
     study = generate_uid()
-    images = [write_mammogram(src / f"{lat}{view}.dcm", patient_id="CR1", study_uid=study,
-                              study_date="20240101", laterality=lat, view=view, shape=(64, 52),
-                              extra={"SOPClassUID": "1.2.840.10008.5.1.4.1.1.1"})  # CR Image
-              for lat, view in (("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO"))]
+    images = write_exam(src, "CR1", "20240101", study_uid=study, shape=(64, 52),
+                        extra={"SOPClassUID": "1.2.840.10008.5.1.4.1.1.1"})  # CR Image
     members = write_study_objects(images, src / "objects")
     ct = write_other_modality(tmp_path / "ct.dcm", modality="CT")
     with scp.StorageNode(lib, port=0, host=LOOPBACK, score=False, allow_any=True) as node:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 
 import pydicom
 import pytest
@@ -18,23 +17,11 @@ from mamview.cli import main
 from mamview.core.cache import reads
 from mamview.core.cache.db import connect_read_only
 from mamview.core.reports import sr
-from tests.net.conftest import LOOPBACK, cohort_folders, free_port
+from tests.net.conftest import LOOPBACK, cohort_folders, free_port, wait_for_text
 from tests.analytics.conftest import scored_library  # noqa: F401 - a fixture
 from tests.net.orthanc import Orthanc, needs_orthanc
 
 pytestmark = [needs_orthanc, pytest.mark.timeout(300)]
-
-
-def _wait_for_text(path, text, proc, timeout=60.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        content = path.read_text() if path.exists() else ""
-        if text in content:
-            return content
-        if proc.poll() is not None:
-            raise AssertionError(f"mamview listen exited early ({proc.returncode}): {content}")
-        time.sleep(0.1)
-    raise TimeoutError(f"{text!r} did not appear in {path} within {timeout} s")
 
 
 def test_orthanc_pushes_a_study_to_mamview_listen(home, tmp_path, procs, cohort):
@@ -50,7 +37,7 @@ def test_orthanc_pushes_a_study_to_mamview_listen(home, tmp_path, procs, cohort)
                             "--allow-ae", pacs.aet, "--no-score"],
                            stdout=subprocess.DEVNULL, stderr=open(err, "w"),
                            stdin=subprocess.DEVNULL)
-        _wait_for_text(err, "listening on", proc)
+        wait_for_text(err, "listening on", proc)
         patients = pacs.get("/patients")
         answer = pacs.post("/modalities/mamview/store",
                            {"Resources": patients, "Synchronous": True})
