@@ -26,6 +26,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
 
 from mamview import __version__
 
@@ -81,8 +82,7 @@ def make_uid(seed: Sequence[str], root: str = "") -> str:
     """A UID derived from `seed`: under `root`, else 2.25.<name-based UUID>."""
     name = "\x1f".join(seed)
     if root:
-        digits = str(int(hashlib.sha256(name.encode()).hexdigest(), 16))
-        return (check_uid_root(root) + digits)[:64].rstrip(".")
+        return generate_uid(prefix=check_uid_root(root), entropy_srcs=[name])
     return f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}"
 
 
