@@ -590,6 +590,7 @@ class MainWindow(QMainWindow):
         else:
             self.grid.set_patient(self.lib, self.db, exams, self.model_short)
         self._set_chart()
+        self._set_identity_warning()
         self._refresh_metrics()
         row = self.patient_list.rows.get(patient_key)
         if row:
@@ -615,6 +616,9 @@ class MainWindow(QMainWindow):
                                self.model_label, self.is_demo_model,
                                tuple(self.settings.thresholds_percent))
         self.chart.set_current(self.grid.current_key, self.grid.prior_key)
+
+    def _set_identity_warning(self) -> None:
+        # once per woman shown or import, not per score: her identity does not change with them
         self.chart.set_identity_warning(self.session.identity_conflict(self.patient_key))
 
     def _chart_point(self, ex: ExamInfo) -> ChartPoint:
@@ -861,6 +865,7 @@ class MainWindow(QMainWindow):
         """The woman on screen after an import: new exams re-hang; changed scores (an input
         file changed: stale) are redrawn; previews made since are drawn."""
         exams, changed = self.session.refresh_screen()
+        self._set_identity_warning()  # an import may have brought another woman's images
         if changed:
             self.grid.refresh_exams(exams)
             self._set_chart()  # her new exam on the chart and in the metrics too
