@@ -63,4 +63,5 @@ def describe_device(device: torch.device | str) -> str:
         return f"{props.name} (cuda:{index}, {props.total_memory / 2**30:.0f} GiB)"
     if device.type == "mps":
         return "Apple GPU (MPS)"
-    return f"CPU ({torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"CPU ({n} thread{'s' if n != 1 else ''})"

@@ -35,5 +35,12 @@ def test_unavailable_device_says_why(monkeypatch):
         dev.select_device("tpu")
 
 
-def test_describe_cpu():
-    assert dev.describe_device("cpu") == f"CPU ({torch.get_num_threads()} threads)"
+def test_describe_cpu_counts_threads_in_english():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert dev.describe_device("cpu") == "CPU (1 thread)"  # provenance, status bar, check
+        torch.set_num_threads(3)
+        assert dev.describe_device("cpu") == "CPU (3 threads)"
+    finally:
+        torch.set_num_threads(before)
