@@ -10,12 +10,15 @@ left breast on the right with its chest wall on the left edge, so that a pair me
              without a prior its row stays, empty ('no prior exam'), as on screen
   'timeline' one view (e.g. LMLO) of every exam, oldest to newest: one row up to four exams,
              then two rows
+
+`place_views` then puts additional views in cells: one the reader chose (a spot, an ML …) and,
+in the implant hanging, each exam's implant-displaced ('ID') views in their standard view's cell.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
+from collections.abc import Collection, Mapping, Sequence
 
 LAYOUTS = ("4up", "8up", "timeline")
 LAYOUT_NAMES = {"4up": "Current 4-up", "8up": "Current vs prior", "timeline": "Timeline"}
@@ -23,6 +26,7 @@ VIEW_ORDER = ("RCC", "LCC", "RMLO", "LMLO")
 FOUR_UP = (("RCC", "LCC"), ("RMLO", "LMLO"))
 DEFAULT_TIMELINE_VIEW = "LMLO"
 CURRENT, PRIOR, TIMELINE = "current", "prior", "timeline"
+IMPLANT_DISPLACED = "implant displaced"  # the CID 4015 modifier of an ID (Eklund) view
 
 
 @dataclass(frozen=True)
@@ -35,10 +39,20 @@ class Cell:
     view: str  # 'RCC' …
     role: str  # current | prior | timeline
     chest_wall: str  # 'right' (right breast) or 'left' (left breast): the image is pushed there
+    # an additional view hung here instead of the exam's standard image of `view` (None: the
+    # standard one), what it is ('RCC implant displaced'), and what the tile must say besides
+    image_uid: str | None = None
+    shows: str = ""
+    note: str = ""  # e.g. 'no RCC ID view: standard shown' in the implant hanging
 
     @property
     def laterality(self) -> str:
         return self.view[0]
+
+    @property
+    def implant_displaced(self) -> bool:
+        """The cell hangs an implant-displaced ('ID') view instead of the standard one."""
+        return self.image_uid is not None and IMPLANT_DISPLACED in self.shows
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,7 @@ class Hanging:
     current_key: str | None
     prior_key: str | None
     cells: tuple[Cell, ...] = ()
+    implant: bool = False  # the implant hanging: ID views in place of the standard ones
 
     @property
     def rows(self) -> int:
@@ -149,10 +164,16 @@ class AdditionalView:
     label: str  # 'RCC', 'RXCCL', 'LML', 'B?' …
     text: str  # what it is, e.g. 'RCC spot compression' or 'LMLO earlier repeat'
     slot: str  # the standard view whose cell it is hung in ('RCC' …); '' if none fits
+    modifiers: tuple[str, ...] = ()  # CID 4015 words ('implant displaced' …)
 
     @property
     def laterality(self) -> str:
         return self.label[:1]
+
+    @property
+    def implant_displaced(self) -> bool:
+        """An implant-displaced (Eklund, 'ID') view: hung by the implant hanging."""
+        return IMPLANT_DISPLACED in self.modifiers
 
 
 def additional_views(images: Sequence[dict], shown_uids: Collection[str]) -> list[AdditionalView]:
@@ -171,5 +192,49 @@ def additional_views(images: Sequence[dict], shown_uids: Collection[str]) -> lis
             mods = ["earlier repeat"]
         family = "CC" if view in CC_FAMILY else "MLO"
         slot = f"{side}{family}" if side in ("R", "L") and view not in ("", "UNKNOWN") else ""
-        out.append(AdditionalView(uid, label, " ".join([label] + mods), slot))
+        out.append(AdditionalView(uid, label, " ".join([label] + mods), slot,
+                                  tuple(m for m in mods if m != "earlier repeat")))
     return out
+
+
+# ---------------------------------------------------------------- which image in which cell
+
+
+def implant_views(extras: Sequence[AdditionalView]) -> dict[str, AdditionalView]:
+    """The implant-displaced views of an exam by the standard cell they hang in ('RCC' → the
+    RCC ID); of repeats the last listed (`reads.exam_images` order)."""
+    return {e.slot: e for e in extras if e.implant_displaced and e.slot}
+
+
+def place_views(hang: Hanging, extras_of: Mapping[str, Sequence[AdditionalView]],
+                extra_uid: str | None = None, implant: bool = False) -> Hanging:
+    """The hanging with additional views put in their cells: what the screen shows and the
+    exported figure draws (one decision for both).
+
+    `extras_of` gives each exam's additional views (`additional_views`). With `implant`, every
+    4-up/8-up cell of an exam that has implant-displaced views hangs its ID view of that view
+    instead of the standard image; a view without one keeps the standard image and its cell
+    says so. `extra_uid` (one additional view of the current exam, chosen by the reader) then
+    takes its own cell. The timeline shows standard views only."""
+    if hang.layout == TIMELINE or not (implant or extra_uid):
+        return replace(hang, cells=tuple(replace(c, image_uid=None, shows="", note="")
+                                         for c in hang.cells), implant=False)
+    chosen = next((e for e in extras_of.get(hang.current_key or "", ())
+                   if e.sop_instance_uid == extra_uid and e.slot), None)
+    cells = []
+    for c in hang.cells:
+        uid, shows, note = None, "", ""
+        ids = implant_views(extras_of.get(c.exam_key, ())) if implant and c.exam_key else {}
+        if ids:
+            e = ids.get(c.view)
+            if e is not None:
+                uid, shows = e.sop_instance_uid, e.text
+            else:
+                note = f"no {c.view} ID view: standard shown"
+        elif implant and c.exam_key == hang.current_key:
+            note = "no implant-displaced views in this exam"
+        if (chosen is not None and c.role == CURRENT and c.exam_key == hang.current_key
+                and chosen.slot == c.view):
+            uid, shows, note = chosen.sop_instance_uid, chosen.text, ""
+        cells.append(replace(c, image_uid=uid, shows=shows, note=note))
+    return replace(hang, cells=tuple(cells), implant=bool(implant))

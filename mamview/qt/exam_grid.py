@@ -4,7 +4,8 @@ by a screening hanging protocol.
 The protocols ('4up', '8up', 'timeline') are decided in `mamview.core.hanging`, which the exported
 figure uses too: this widget only puts a tile in each of the plan's cells (right breast on the
 left of the screen, left on the right, chest walls back to back; the previews are already turned
-for this by the display pipeline).
+for this by the display pipeline). Which image a cell hangs when an additional view is chosen
+(E / a click) or in the implant hanging (Shift+I) is decided there too (`place_views`).
 """
 
 from __future__ import annotations
@@ -141,6 +142,9 @@ class ExamGrid(QWidget):
         self.flicker = False
         # an additional view of the current exam hung in its standard view's cell (None: none)
         self.extra_uid: str | None = None
+        # the implant hanging (Shift+I): the exams' implant-displaced views in place of the
+        # standard ones; a new woman, a new current exam or the timeline end it
+        self.implant = False
         self._extras_shown: tuple = ()
         # bumps on every patient change: a full-resolution decode (a preview-decode task of
         # this widget, not a score) finishing for the previous woman is dropped. Scores are
@@ -221,6 +225,7 @@ class ExamGrid(QWidget):
         self.current_key = cur
         self.flicker = False
         self.extra_uid = None
+        self.implant = False
         self.prior_key = self._default_prior(cur)
         self._rebuild_strip()
         self._hang()
@@ -232,6 +237,7 @@ class ExamGrid(QWidget):
         self.exams, self.current_key, self.prior_key = [], None, None
         self.flicker = False
         self.extra_uid = None
+        self.implant = False
         self._rebuild_strip()
         self._clear_tiles()
         self.show_message(message)
@@ -289,6 +295,7 @@ class ExamGrid(QWidget):
         self.current_key = key
         self.flicker = False
         self.extra_uid = None
+        self.implant = False
         if prior is True:
             if self.prior_key is None or self._index(self.prior_key) >= self._index(key):
                 self.prior_key = self._default_prior(key)
@@ -393,16 +400,42 @@ class ExamGrid(QWidget):
         return (f"Additional view {i + 1}/{len(uids)}: {shown.text} (in the {shown.slot} cell; "
                 "E: next)") if shown else "Standard views"
 
-    def _extra_in(self, cell: hanging.Cell, key: str | None) -> AdditionalView | None:
-        if (self.extra_uid is None or self.flicker or key != self.current_key
-                or cell.role == hanging.PRIOR):
-            return None
-        e = next((e for e in self.extras() if e.sop_instance_uid == self.extra_uid), None)
-        return e if e is not None and e.slot == cell.view else None
+    def toggle_implant(self) -> str:
+        """Shift+I: the implant hanging (the implant-displaced views in their standard views'
+        cells) and back. Returns a line for the status bar; an exam without ID views keeps
+        its hanging."""
+        if self.implant:
+            self.implant = False
+            self.extra_uid = None
+            self._hang()
+            return "Standard views (Shift+I: implant-displaced views again)"
+        ids = hanging.implant_views(self.extras())
+        if not ids:
+            return "This exam has no implant-displaced (ID) views."
+        if self.layout_key == "timeline":
+            return "The implant hanging works in 4-up and 8-up (1 or 2)."
+        self.implant = True
+        self.extra_uid = None
+        self.flicker = False
+        self._hang()
+        lacking = [v for v in VIEW_ORDER if v not in ids]
+        return ("Implant hanging: implant-displaced (ID) views of " + ", ".join(
+            v for v in VIEW_ORDER if v in ids)
+            + (f"; no ID view of {', '.join(lacking)} (standard shown)" if lacking else "")
+            + " · Shift+I returns")
+
+    def _cell_row(self, ex: ExamInfo, cell: hanging.Cell) -> dict | None:
+        """The image row a cell hangs: its additional view, else the exam's standard one."""
+        if cell.image_uid and not self.flicker and ex.exam_key == cell.exam_key:
+            row = next((im for im in ex.images if im["sop_instance_uid"] == cell.image_uid), None)
+            if row is not None:
+                return row
+        return ex.image_for(cell.view)
 
     def _rebuild_extras(self) -> None:
         extras = self.extras() if self.layout_key != "timeline" else []
-        state = (self.current_key, tuple(e.sop_instance_uid for e in extras), self.extra_uid)
+        hung = {c.image_uid for c in self.plan().cells if c.image_uid} if not self.flicker else set()
+        state = (self.current_key, tuple(e.sop_instance_uid for e in extras), frozenset(hung))
         if state == self._extras_shown:
             return
         self._extras_shown = state
@@ -415,13 +448,17 @@ class ExamGrid(QWidget):
             b = QToolButton()
             b.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextUnderIcon)
             b.setFixedWidth(110)
-            b.setText(e.text.replace(" ", "\n", 1))
+            # an implant-displaced view is marked 'ID', as its tile is
+            b.setText(f"{e.label} ID\nimplant displaced" if e.implant_displaced
+                      else e.text.replace(" ", "\n", 1))
             b.setCheckable(True)
-            b.setChecked(e.sop_instance_uid == self.extra_uid)
+            b.setChecked(e.sop_instance_uid in hung)
             b.setEnabled(bool(e.slot))
             b.setToolTip(f"{e.text}: additional view of this exam\n"
                          + (f"Click (or E): hang it in the {e.slot} cell; again: back"
-                            if e.slot else "no standard cell fits it (side or view unknown)"))
+                            if e.slot else "no standard cell fits it (side or view unknown)")
+                         + ("\nShift+I: the implant hanging (every ID view in its cell)"
+                            if e.implant_displaced else ""))
             row = next((im for im in (ex.images if ex else []) if im["sop_instance_uid"]
                         == e.sop_instance_uid), None)
             arr = self._preview(row) if row is not None else None
@@ -430,8 +467,9 @@ class ExamGrid(QWidget):
                     96, 96, Qt.AspectRatioMode.KeepAspectRatio,
                     Qt.TransformationMode.SmoothTransformation)))
                 b.setIconSize(QSize(96, 96))
+            rim = "#3fa7a0" if e.implant_displaced else "#a07000"
             b.setStyleSheet("QToolButton { color: #ddd; background: #1b1b1b; border: 1px solid "
-                            "#a07000; border-radius: 3px; font-size: 11px; padding: 2px; } "
+                            f"{rim}; border-radius: 3px; font-size: 11px; padding: 2px; }} "
                             "QToolButton:checked { border: 2px solid #2d6cdf; }")
             b.clicked.connect(lambda _=False, u=e.sop_instance_uid: self.hang_extra(u))
             self._extras_layout.insertWidget(self._extras_layout.count() - 1, b)
@@ -481,6 +519,8 @@ class ExamGrid(QWidget):
         mark = f" · ⚠ {domain_parts(domain)[0].upper()}" if domain else ""
         extras = exam_extras(ex)
         more = f" · +{len(extras)}" if extras else ""  # additional views: shown beside the hanging
+        if any(e.implant_displaced for e in extras):
+            more += " ID"  # implant-displaced views: Shift+I hangs them
         b.setText(f"{ex.date_text}{mark}\n{val}{more}" + (f" · {role}" if role else ""))
         b.setToolTip((domain_label(domain) + "\n" if domain else "")
                      + ("Additional views: " + ", ".join(e.text for e in extras) + "\n"
@@ -504,6 +544,7 @@ class ExamGrid(QWidget):
         self.flicker = False
         if key == "timeline":
             self.extra_uid = None
+            self.implant = False
         self._hang()
 
     def set_timeline_view(self, label: str) -> None:
@@ -517,9 +558,15 @@ class ExamGrid(QWidget):
         self.set_timeline_view(VIEW_ORDER[(i + 1) % len(VIEW_ORDER)])
 
     def plan(self) -> Hanging:
-        """The hanging on screen now (the same plan the exported figure draws)."""
-        return hanging.plan(self.layout_key, [e.exam_key for e in self.exams], self.current_key,
+        """The hanging on screen now, additional views in their cells (the same plan the
+        exported figure draws)."""
+        plan = hanging.plan(self.layout_key, [e.exam_key for e in self.exams], self.current_key,
                             self.prior_key, self.timeline_view)
+        if not (self.implant or self.extra_uid):
+            return plan  # the usual case: nothing more to look up when switching women
+        keys = {c.exam_key for c in plan.cells if c.exam_key}
+        extras_of = {k: exam_extras(ex) for k in keys if (ex := self.exam(k)) is not None}
+        return hanging.place_views(plan, extras_of, self.extra_uid, self.implant)
 
     def _clear_tiles(self) -> None:
         for t in self.tiles:
@@ -576,12 +623,17 @@ class ExamGrid(QWidget):
         if self.flicker:  # say plainly which exam the tile shows now
             role = ("PRIOR · " if key == self.prior_key else "CURRENT · ") + "flicker · "
         caption = f"{label}   {role}{ex.date_text}"
-        row = ex.image_for(label)
-        extra = self._extra_in(cell, key)
-        if extra is not None:  # an additional view in this cell: say so on the tile
-            row = next((im for im in ex.images
-                        if im["sop_instance_uid"] == extra.sop_instance_uid), row)
-            caption = f"{extra.text} · ADDITIONAL VIEW   {role}{ex.date_text}"
+        row = self._cell_row(ex, cell)
+        own = not self.flicker and key == cell.exam_key  # flicker shows the plain views
+        narrow = self.layout_key == "8up"  # four tiles across: short words
+        if own and cell.image_uid and cell.implant_displaced:
+            caption = (f"{label} ID" + ("" if narrow else " · implant displaced")
+                       + f"   {role}{ex.date_text}")
+        elif own and cell.image_uid:  # an additional view in this cell: say so on the tile
+            caption = f"{cell.shows} · ADDITIONAL VIEW   {role}{ex.date_text}"
+        elif own and cell.note:  # the implant hanging lacks this view's ID view
+            caption = (f"{label}" + (" (no ID)" if narrow else " · no ID view: standard")
+                       + f"   {role}{ex.date_text}")
         if row is None:
             tile.set_content(label, lat, key, caption, "", None, None,
                              hanging.empty_message(cell, ()))
@@ -599,7 +651,7 @@ class ExamGrid(QWidget):
         rows = []
         for cell in plan.cells:
             ex = self.exam(self.shown_exam_key(cell))
-            row = ex.image_for(cell.view) if ex else None
+            row = self._cell_row(ex, cell) if ex else None
             if row is not None and row["sop_instance_uid"] not in self._preview_cache:
                 rows.append(row)
         if len(rows) > 1 and self.lib is not None and self.db is not None:

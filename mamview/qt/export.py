@@ -4,7 +4,9 @@ What the figure says is decided by `mamview.core.reports.figure.build_export_con
 draws it. The chart is rendered from the content's data into a fresh, hidden TrajectoryChart (never
 grabbed from the live widget), so a de-identified figure shows years relative to the latest exam
 instead of dates. Tile images come from the window (`window_tile_images`) as
-(tile key, QImage) pairs; a tile key is '<exam_key>|<view label>' (e.g. '|P1|2020-03-16|RCC').
+(tile key, QImage) pairs; a tile key is '<exam_key>|<view label>' (e.g. '|P1|2020-03-16|RCC'),
+followed by '|<SOP UID>' where the cell hangs an additional view (a spot, an implant-displaced
+view: `core.hanging.place_views`), so the figure shows what the screen hangs.
 Their captions are always the content's, never the key, because keys hold the patient ID.
 The tiles hang in the cells of the content's `Hanging` (`mamview.core.hanging`, the screen's own
 plan): same rows and columns, each image pushed against its cell's chest-wall edge as on screen,
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -29,7 +32,7 @@ from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QFileDialog
 from mamview.core import reference
 from mamview.core.domain import domain_label
 from mamview.core.reports.figure import (SCORED, WITHHELD_NOTE, ExportContent, new_pseudonym,
-                                         stable_pseudonym)
+                                         stable_pseudonym, tile_key)
 from mamview.qt.trajectory_chart import ChartPoint, TrajectoryChart
 
 # Logical page (landscape, about A4 proportions); PNGs are drawn at SCALE × this size.
@@ -313,6 +316,9 @@ def _write_pdf(content: ExportContent, tile_images, path: str) -> None:
     pdf.setPageLayout(QPageLayout(size, QPageLayout.Orientation.Portrait, QMarginsF(0, 0, 0, 0)))
     pdf.setTitle(content.metadata.get("Title", "mamview figure"))
     pdf.setCreator(content.metadata.get("Software", "mamview"))
+    if content.deidentified:
+        # Qt's own XMP packet carries the creation, modification and metadata dates
+        pdf.setDocumentXmpMetadata(_xmp_without_dates(content).encode("utf-8"))
     p = QPainter(pdf)
     try:
         page = pdf.pageLayout().paintRectPixels(pdf.resolution())
@@ -321,6 +327,40 @@ def _write_pdf(content: ExportContent, tile_images, path: str) -> None:
         paint_figure(p, content, tile_images)
     finally:
         p.end()
+    if content.deidentified:
+        _blank_info_dates(path)
+
+
+# the Info dictionary's dates, as QPdfWriter writes them: '/CreationDate (D:20261201164804Z)'
+_PDF_DATE = re.compile(rb"/(?:CreationDate|ModDate)\s*\((?:[^()\\]|\\.)*\)")
+
+
+def _blank_info_dates(path: str) -> None:
+    """Overwrite the PDF Info dictionary's /CreationDate and /ModDate with spaces of the same
+    length (a de-identified file carries no date of its making; same length: the xref table's
+    byte offsets stay right). QPdfWriter has no switch for them."""
+    with open(path, "r+b") as f:
+        data = f.read()
+        blanked = _PDF_DATE.sub(lambda m: b" " * len(m.group(0)), data)
+        if blanked != data:
+            f.seek(0)
+            f.write(blanked)
+
+
+def _xmp_without_dates(content: ExportContent) -> str:
+    """A minimal XMP packet: title and creator tool, no dates, no document UUID."""
+    from xml.sax.saxutils import escape
+
+    title = escape(content.metadata.get("Title", "mamview figure"))
+    tool = escape(content.metadata.get("Software", "mamview"))
+    return ("<?xpacket begin='' id='W5M0MpCehiHzreSzNTczkc9d'?>"
+            '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+            'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" '
+            'xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:xmp="http://ns.adobe.com/xap/1.0/">'
+            '<rdf:Description rdf:about="">'
+            f'<dc:title><rdf:Alt><rdf:li xml:lang="x-default">{title}</rdf:li></rdf:Alt></dc:title>'
+            f'</rdf:Description><rdf:Description rdf:about="" xmp:CreatorTool="{tool}"/>'
+            "</rdf:RDF></x:xmpmeta><?xpacket end='w'?>")
 
 
 def export_figure(content, tile_images=None, path=None, fmt: str | None = None, *,
@@ -389,7 +429,7 @@ def copy_to_clipboard(content, tile_images=(), *, deidentify: bool = True) -> QI
 _WARN = "#ffb454"
 
 
-def _style_checkbox(box: QCheckBox) -> None:
+def style_checkbox(box: QCheckBox) -> None:
     """A check box that reads on the dark theme in both states: a light square with a dark
     tick (the theme's dark square with a dark rim all but vanished when unchecked)."""
     pal = box.palette()
@@ -435,7 +475,7 @@ class ExportDialog(QDialog):
         self.deidentify_box = QCheckBox("De-identify (pseudonym, age instead of birth date, "
                                         "years relative to the latest exam)")
         self.deidentify_box.setChecked(True)  # the safe default for a tumour board
-        _style_checkbox(self.deidentify_box)
+        style_checkbox(self.deidentify_box)
         lay.addWidget(self.deidentify_box)
         # says what unchecking means, in words that cannot be missed on the dark theme
         self.identified_warning = QLabel("⚠ Not de-identified: the figure will show her name, "
@@ -524,12 +564,23 @@ def content_for_window(window, deidentify: bool, pseudonym: str | None = None) -
 
 
 def window_tile_images(window) -> list[tuple[str, QImage]]:
-    """The hanging's displayed images keyed '<exam_key>|<view label>' (see the module doc)."""
+    """The hanging's displayed images keyed '<exam_key>|<view label>', with '|<SOP UID>' for a
+    cell that hangs an additional view (see the module doc): what the screen shows, so an
+    additional view or the implant hanging is exported as hung."""
+    grid = window.grid
+    tiles = list(getattr(grid, "tiles", []))
+    plan = grid.plan() if hasattr(grid, "plan") else None
+    cells = list(plan.cells) if plan is not None and len(plan.cells) == len(tiles) else []
     out = []
-    for tile in getattr(window.grid, "tiles", []):
+    for i, tile in enumerate(tiles):
         img = tile.tile_image()
-        if img is not None and not img.isNull():
-            out.append((f"{tile.exam_key}|{tile.label}", img))
+        if img is None or img.isNull():
+            continue
+        cell = cells[i] if cells else None
+        # the UID only when the tile shows the cell's additional view (not in flicker)
+        uid = cell.image_uid if cell is not None and cell.image_uid and \
+            cell.image_uid == tile.sop_uid else None
+        out.append((tile_key(tile.exam_key, tile.label, uid), img))
     return out
 
 

@@ -46,6 +46,8 @@ SHORTCUTS = (
                      "window (press again to return)"),
     ("next_extra", "E", "Next additional view of the current exam (spot, magnification, ML, "
                         "repeat …) in its view's cell; after the last, the standard views"),
+    ("implant", "Shift+I", "Implant hanging: the implant-displaced (ID) views in their views' "
+                           "cells, when the exam has them (press again to return)"),
     ("layout_4up", "1", "Layout: current exam 4-up (CC over MLO)"),
     ("layout_8up", "2", "Layout: current vs prior 8-up"),
     ("layout_timeline", "3", "Layout: one view across all exams (timeline)"),
@@ -307,6 +309,8 @@ class MainWindow(QMainWindow):
                                  ("flicker", "Flicker current / prior", self.toggle_flicker),
                                  ("next_extra", "Next additional view",
                                   lambda: self.status_text.setText(self.grid.cycle_extra())),
+                                 ("implant", "Implant hanging (ID views)",
+                                  lambda: self.status_text.setText(self.grid.toggle_implant())),
                                  ("next_patient", "Next patient", lambda: self.patient_list.step(1)),
                                  ("prev_patient", "Previous patient",
                                   lambda: self.patient_list.step(-1))):
@@ -750,9 +754,15 @@ class MainWindow(QMainWindow):
     def _size_panes(self) -> None:
         """Worklist, hanging and chart widths from the window's; the hanging gets the most."""
         w = max(800, self.width())
-        side = min(560, int(w * 0.3))
-        if self.right_panel.parent() is self.splitter:
-            right = min(440, int(w * 0.23))
+        docked = self.right_panel.parent() is self.splitter
+        right = min(440, int(w * 0.23)) if docked else 0
+        # what the chart column really takes: the splitter keeps its minimum width
+        taken = max(right, self.right_panel.minimumSizeHint().width()) if docked else 0
+        # the worklist widens to show its names in full while the hanging keeps 46 %
+        side = max(min(560, int(w * 0.3)),
+                   min(self.patient_list.preferred_width(), int(w * 0.33), 640,
+                       w - taken - int(w * 0.46)))
+        if docked:
             self.splitter.setSizes([side, w - side - right, right])
         else:  # the chart is on its own screen
             self.splitter.setSizes([side, w - side])
@@ -937,6 +947,7 @@ class MainWindow(QMainWindow):
         node_fields = ("node_enabled", "node_ae_title", "node_port", "node_allowed_aes",
                        "node_allowed_hosts", "node_allow_any", "pacs_nodes")
         node_changed = any(getattr(new, f) != getattr(self.settings, f) for f in node_fields)
+        screens_changed = bool(new.second_screen) != bool(self.settings.second_screen)
         # every request made before a restart is superseded: the bridge drops its results
         restarted = self.session.set_settings(new)
         if node_changed:
@@ -945,6 +956,12 @@ class MainWindow(QMainWindow):
         if restarted:
             self.model_text.setText(self.session.model_status())
             self.score_library()
+        act = self.actions_by_name["second_screen"]  # the View menu shows the same setting
+        act.blockSignals(True)
+        act.setChecked(bool(new.second_screen))
+        act.blockSignals(False)
+        if screens_changed:
+            self.apply_screens()
         self.refresh_patients()
         if self.patient_key:
             self.show_patient(self.patient_key)

@@ -18,6 +18,10 @@ from mamview.core.worklist import PatientRow
 # the risk and read mark before the dates: on a narrow screen the last columns scroll away
 COLUMNS = ("", "Patient ID", "Name", "Age", "#", "5-yr", "✓", "Latest", "Accession")
 NAME_COLUMN = 2
+# the columns before these are kept in view (the name is elided first); these may scroll
+SCROLLABLE_FROM = COLUMNS.index("Latest")
+NAME_MIN, NAME_MAX = 100, 320  # px: a longer name is elided in the middle (tooltip: in full)
+NAME_COMFORT = 140  # px: 'FAMILY, GIVEN' of usual length in the list's bold font
 # short headers keep the list narrow; the tooltips say them in full
 HEADER_TIPS = {"#": "Number of exams", "Latest": "Date of her newest exam",
                "Accession": "Accession number of her newest exam",
@@ -69,6 +73,8 @@ class PatientList(QWidget):
         self.table.setShowGrid(False)
         self.table.setAlternatingRowColors(True)
         self.table.setWordWrap(False)
+        # a cut name keeps its start and its end ('VAN DER BE…ANNA-MARIA'), never only the family
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         hdr = self.table.horizontalHeader()
         # widths from the contents (_fit_columns), not from the header's sort-indicator room
         hdr.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
@@ -168,7 +174,9 @@ class PatientList(QWidget):
         read = _Item(READ_MARK if r.read else "", 0 if r.read else 1)
         read.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
         read.setToolTip("Read (at her newest exam)" if r.read else "Not read yet")
-        items = (flag, pid, _Item(r.display_name), age, exams, latest, read, last, acc)
+        name = _Item(r.display_name)
+        name.setToolTip(r.display_name)  # in full, whatever the column's width
+        items = (flag, pid, name, age, exams, latest, read, last, acc)
         font = QFont(self.table.font())
         font.setBold(not r.read)  # unread women stand out, as in a mail reader
         for col, item in enumerate(items):
@@ -185,10 +193,31 @@ class PatientList(QWidget):
                                                    fm.horizontalAdvance(name) + 14))
         self._fit_name()
 
+    def _name_needed(self) -> int:
+        """The name column's width for the longest name (at most NAME_MAX)."""
+        return max(NAME_MIN, min(NAME_MAX, self.table.sizeHintForColumn(NAME_COLUMN) + 8))
+
     def _fit_name(self) -> None:
-        others = sum(self.table.columnWidth(c) for c in range(len(COLUMNS)) if c != NAME_COLUMN)
-        room = self.table.viewport().width() - others
-        self.table.setColumnWidth(NAME_COLUMN, max(100, room))
+        """The name takes the room left when that holds a usual name (NAME_COMFORT): every
+        column stays in view and a longer name is elided in the middle. In a narrower list the
+        name keeps up to its longest width while the columns up to the read mark stay in view,
+        and the dates and accession scroll."""
+        widths = [self.table.columnWidth(c) for c in range(len(COLUMNS))]
+        view = self.table.viewport().width()
+        others = sum(w for c, w in enumerate(widths) if c != NAME_COLUMN)
+        kept = sum(w for c, w in enumerate(widths[:SCROLLABLE_FROM]) if c != NAME_COLUMN)
+        needed, room = self._name_needed(), view - others
+        if room >= min(needed, NAME_COMFORT):
+            width = room
+        else:
+            width = min(needed, max(NAME_MIN, view - kept))
+        self.table.setColumnWidth(NAME_COLUMN, max(NAME_MIN, width))
+
+    def preferred_width(self) -> int:
+        """The width that shows every column, the longest name in full (up to NAME_MAX)."""
+        widths = sum(self.table.columnWidth(c) for c in range(len(COLUMNS)) if c != NAME_COLUMN)
+        frame = 2 * self.table.frameWidth() + self.table.verticalScrollBar().sizeHint().width()
+        return widths + self._name_needed() + frame + 2
 
     def resizeEvent(self, ev):
         super().resizeEvent(ev)

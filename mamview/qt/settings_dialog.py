@@ -1,5 +1,5 @@
-"""Settings: library location (shown; chosen with --home or MAMVIEW_HOME), model, device and
-the risk thresholds; saved with core.settings."""
+"""Settings: library location (shown; chosen with --home or MAMVIEW_HOME), model, device, the
+risk thresholds, the chart on a second screen and the DICOM node; saved with core.settings."""
 
 from __future__ import annotations
 
@@ -59,6 +59,11 @@ class SettingsDialog(QDialog):
         form.addRow("Threshold (increased risk)", self.low)
         form.addRow("Threshold (high)", self.high)
         form.addRow("", QLabel(f"<small>{reference.defaults_note()}</small>"))
+        # the same setting as View → Chart on the second screen (Ctrl+Shift+S)
+        self.second_screen = QCheckBox("Show the risk chart and metrics on a second screen "
+                                       "when one is connected (images stay on this one)")
+        self.second_screen.setChecked(bool(current.second_screen))
+        form.addRow("Screens", self.second_screen)
         self.node_enabled = QCheckBox("Receive images from modalities and PACS")
         self.node_enabled.setChecked(bool(current.node_enabled))
         form.addRow("DICOM node", self.node_enabled)
@@ -87,6 +92,10 @@ class SettingsDialog(QDialog):
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         form.addRow(buttons)
+        from mamview.qt.export import style_checkbox
+
+        for box in (self.second_screen, self.node_enabled, self.node_any):
+            style_checkbox(box)  # an unticked box must read on the dark theme
 
     @staticmethod
     def _select(combo: QComboBox, value: str) -> None:
@@ -104,6 +113,7 @@ class SettingsDialog(QDialog):
         s.node_allowed_aes = _items(self.node_aes.text(), upper=True)
         s.node_allowed_hosts = _items(self.node_hosts.text())
         s.node_allow_any = self.node_any.isChecked()
+        s.second_screen = self.second_screen.isChecked()
         s.thresholds_percent = sorted({round(self.low.value(), 2), round(self.high.value(), 2)})
         return s
 

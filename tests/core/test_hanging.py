@@ -75,3 +75,55 @@ def test_empty_cell_messages_are_the_screens():
               {"label": "LCC", "is_standard": True, "missing": False},
               {"label": "RMLO", "is_standard": False, "missing": False}]
     assert hanging.present_views(images) == {"LCC"}
+
+
+def _row(uid, side, view, mods=(), standard=None):
+    label = side + view
+    return {"sop_instance_uid": uid, "laterality": side, "view": view, "label": label,
+            "is_standard": (not mods) if standard is None else standard,
+            "view_modifiers": list(mods), "missing": False}
+
+
+ID = ("implant displaced",)
+
+
+def test_the_implant_hanging_puts_each_id_view_in_its_views_cell():
+    """RCC ID in the RCC's cell etc.; a view without an ID view keeps the standard image and its
+    cell says so; the prior's own ID views in its row (8-up); the timeline stays standard."""
+    current = [_row("rcc", "R", "CC"), _row("lcc", "L", "CC"), _row("rmlo", "R", "MLO"),
+               _row("lmlo", "L", "MLO"), _row("rcc-id", "R", "CC", ID),
+               _row("lcc-id", "L", "CC", ID), _row("rmlo-id", "R", "MLO", ID),
+               _row("spot", "R", "CC", ("spot compression",))]
+    prior = [_row("p-lcc", "L", "CC"), _row("p-lcc-id", "L", "CC", ID)]
+    std = {"rcc", "lcc", "rmlo", "lmlo", "p-lcc"}
+    extras = {"k1": hanging.additional_views(current, std),
+              "k0": hanging.additional_views(prior, std)}
+    assert sorted(hanging.implant_views(extras["k1"])) == ["LCC", "RCC", "RMLO"]
+    four = hanging.place_views(hanging.plan("4up", ["k0", "k1"]), extras, implant=True)
+    assert four.implant and [(c.view, c.image_uid, c.implant_displaced, c.note)
+                             for c in four.cells] == [
+        ("RCC", "rcc-id", True, ""), ("LCC", "lcc-id", True, ""), ("RMLO", "rmlo-id", True, ""),
+        ("LMLO", None, False, "no LMLO ID view: standard shown")]
+    assert four.cells[0].shows == "RCC implant displaced"
+    eight = hanging.place_views(hanging.plan("8up", ["k0", "k1"], "k1", "k0"), extras, implant=True)
+    assert [c.image_uid for c in eight.cells[:4]] == [None, "p-lcc-id", None, None]
+    assert [c.image_uid for c in eight.cells[4:]] == ["rcc-id", "lcc-id", "rmlo-id", None]
+    # a chosen additional view takes its own cell on top; the prior row never gets it
+    spot = hanging.place_views(hanging.plan("8up", ["k0", "k1"], "k1", "k0"), extras, "spot", True)
+    assert spot.cells[4].image_uid == "spot" and not spot.cells[4].implant_displaced
+    assert spot.cells[0].image_uid is None
+    only_spot = hanging.place_views(hanging.plan("4up", ["k0", "k1"]), extras, "spot")
+    assert [c.image_uid for c in only_spot.cells] == ["spot", None, None, None]
+    assert not only_spot.implant
+    # off, or in the timeline: the plain plan (equal to the one without extras)
+    plain = hanging.plan("4up", ["k0", "k1"])
+    assert hanging.place_views(plain, extras) == plain
+    timeline = hanging.plan("timeline:RCC", ["k0", "k1"])
+    assert hanging.place_views(timeline, extras, "spot", True) == timeline
+
+
+def test_an_exam_without_id_views_has_no_implant_hanging():
+    rows = [_row("rcc", "R", "CC"), _row("spot", "R", "CC", ("spot compression",))]
+    extras = hanging.additional_views(rows, {"rcc"})
+    assert hanging.implant_views(extras) == {}
+    assert [e.modifiers for e in extras] == [("spot compression",)]

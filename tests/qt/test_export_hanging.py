@@ -185,3 +185,172 @@ def test_screen_gives_every_column_of_a_long_timeline_the_same_width(qtbot):
         assert grid.plan().columns == columns
         qtbot.waitUntil(lambda: spread_evenly(columns), timeout=3000)
     assert grid.tiles[3]._message.text() == "no LMLO in this exam"
+
+
+# ---------------------------------------------------------------- additional views, as hung
+
+EXTRA_DATES = ("20200110", "20210112")
+EXTRA_NAME, EXTRA_ID = "QUIXOTERA^ZELDAMINA", "PX7781234"
+SPOT_SHAPE, XCCL_SHAPE = (200, 200), (240, 150)
+
+
+@pytest.fixture(scope="module")
+def extras_library(tmp_path_factory) -> Library:
+    """One woman, two yearly exams; the newer one also has an RCC spot compression and an LXCCL
+    whose header says text is burned into its pixels."""
+    base = tmp_path_factory.mktemp("extras")
+    for d in EXTRA_DATES:
+        for side, view in VIEWS:
+            write_mammogram(base / "files" / d / f"{side}{view}.dcm", patient_id=EXTRA_ID,
+                            patient_name=EXTRA_NAME, study_date=d, laterality=side, view=view,
+                            shape=(320, 256))
+    newest = base / "files" / EXTRA_DATES[-1]
+    write_mammogram(newest / "RCC_spot.dcm", patient_id=EXTRA_ID, patient_name=EXTRA_NAME,
+                    study_date=EXTRA_DATES[-1], laterality="R", view="CC",
+                    modifiers=("spot compression",), shape=SPOT_SHAPE)
+    write_mammogram(newest / "LXCCL.dcm", patient_id=EXTRA_ID, patient_name=EXTRA_NAME,
+                    study_date=EXTRA_DATES[-1], laterality="L", view="XCCL", shape=XCCL_SHAPE,
+                    extra={"BurnedInAnnotation": "YES"})
+    lib = Library(base / "home")
+    drain(run_import(lib, [base / "files"]))
+    return lib
+
+
+@pytest.fixture
+def extras_window(extras_library, open_window, qtbot):
+    win = open_window(extras_library)
+    key = next(iter(win.patient_list.rows))
+    win.patient_list.select(key)
+    qtbot.waitUntil(lambda: win.patient_key == key and len(win.grid.tiles) == 4, timeout=5000)
+    _wait_drawn(win, qtbot)
+    return win
+
+
+def _extra(grid, text: str):
+    return next(e for e in grid.extras() if text in e.text)
+
+
+def test_an_additional_view_hung_on_screen_is_the_one_exported(extras_window, qtbot, tmp_path):
+    win, grid = extras_window, extras_window.grid
+    spot = _extra(grid, "spot")
+    standard_rcc = grid.tiles[0].sop_uid
+    grid.hang_extra(spot.sop_instance_uid)
+    _wait_drawn(win, qtbot)
+    assert grid.tiles[0].sop_uid == spot.sop_instance_uid
+    plan = grid.plan()
+    assert plan.cells[0].image_uid == spot.sop_instance_uid
+    content = export.content_for_window(win, True)
+    assert content.hanging == plan
+    rcc = content.tiles[0]
+    assert rcc.caption.startswith("RCC spot compression · additional view")
+    tiles = export.window_tile_images(win)
+    matched = export._match_images(content, tiles)
+    assert all(img is not None for img in matched)
+    # the figure's RCC is the screen's spot image, not the standard RCC
+    assert matched[0].size() == grid.tiles[0].tile_image().size()
+    assert (matched[0].height(), matched[0].width()) == grid.tiles[0].array.shape
+    assert grid.tiles[0].array.shape[0] == grid.tiles[0].array.shape[1]  # the square spot
+    out = win.export_figure(str(tmp_path / "spot.png"), deidentify=True)
+    gray, s = _gray(QImage(str(out))), export.SCALE
+    cell = figure_cells(content, tiles)[0]
+    cols = _tissue_columns(gray, cell, s)
+    block, _ = _block(gray, cell, s)
+    rows = np.flatnonzero((block > TISSUE).sum(axis=1) > 0)
+    # drawn square (the spot's shape), against the chest wall as on screen
+    assert abs((cols.max() - cols.min()) - (rows.max() - rows.min())) < 0.2 * len(rows)
+    assert cell.right() * s - cols.max() <= SLACK
+    # back to the standard view: the export follows
+    grid.hang_extra(spot.sop_instance_uid)
+    _wait_drawn(win, qtbot)
+    assert grid.tiles[0].sop_uid == standard_rcc
+    back = export.content_for_window(win, True)
+    assert back.tiles[0].cell.image_uid is None and back.tiles[0].caption.startswith("RCC · ")
+
+
+def test_a_burned_in_additional_view_is_withheld_from_a_deidentified_figure(extras_window,
+                                                                           qtbot):
+    """The LXCCL hangs in the LCC's cell: its own header (burned-in text) decides, not the
+    standard LCC's."""
+    win, grid = extras_window, extras_window.grid
+    xccl = _extra(grid, "LXCCL")
+    grid.hang_extra(xccl.sop_instance_uid)
+    _wait_drawn(win, qtbot)
+    assert grid.tiles[1].sop_uid == xccl.sop_instance_uid
+    deid = export.content_for_window(win, True)
+    assert [t.withheld for t in deid.tiles] == [False, True, False, False]
+    named = export.content_for_window(win, False)
+    assert not any(t.withheld for t in named.tiles)
+    assert named.tiles[1].caption.startswith("LXCCL · additional view")
+    grid.hang_extra(None)
+    _wait_drawn(win, qtbot)
+    assert not any(t.withheld for t in export.content_for_window(win, True).tiles)
+
+
+def test_a_plan_with_another_exams_image_is_refused(extras_window):
+    from dataclasses import replace
+
+    win = extras_window
+    plan = win.grid.plan()
+    older = win.grid.exams[0].images[0]["sop_instance_uid"]  # not the current exam's
+    bad = replace(plan, cells=(replace(plan.cells[0], image_uid=older, shows="RCC"),)
+                  + plan.cells[1:])
+    with pytest.raises(ValueError):
+        report.build_export_content(win.db, win.patient_key, plan.current_key, plan.prior_key,
+                                    bad, True)
+
+
+# ---------------------------------------------------------------- de-identified files
+
+
+def _forbidden(win) -> list[str]:
+    """What a de-identified file must not hold anywhere: exam dates (ISO and DICOM), today's
+    date (the export's), the name and its parts, the PatientID, the accession numbers."""
+    import datetime
+
+    today = datetime.datetime.now(datetime.timezone.utc).date()
+    dates = [today.isoformat(), today.strftime("%Y%m%d"), "D:" + today.strftime("%Y%m%d")]
+    for d in EXTRA_DATES:
+        dates += [d, f"{d[:4]}-{d[4:6]}-{d[6:]}"]
+    accessions = ["A" + d for d in EXTRA_DATES]
+    return dates + accessions + [EXTRA_ID, "QUIXOTERA", "ZELDAMINA"]
+
+
+def _pdf_objects_intact(data: bytes) -> None:
+    """Every offset of the xref table still points at its object (the dates were blanked in
+    place, not cut out)."""
+    import re
+
+    start = int(re.findall(rb"startxref\s+(\d+)", data)[-1])
+    table = data[start:].split(b"trailer")[0].split(b"\n")
+    first, count = map(int, table[1].split()[:2])
+    entries = [e for e in table[2:2 + count]]
+    for i, entry in enumerate(entries, start=first):
+        offset, _gen, kind = entry.split()[:3]
+        if kind == b"n":
+            assert data[int(offset):].startswith(f"{i} 0 obj".encode()), i
+
+
+def test_deidentified_pdf_and_png_hold_no_date_or_identifier(extras_window, tmp_path):
+    from tests.qt.test_export import pdf_streams_text, png_non_pixel_bytes, png_text_chunks
+
+    win = extras_window
+    forbidden = _forbidden(win)
+    pdf = win.export_figure(str(tmp_path / "board.pdf"), deidentify=True).read_bytes()
+    assert pdf.startswith(b"%PDF") and b"%%EOF" in pdf[-32:]
+    text = pdf_streams_text(pdf)
+    for s in forbidden:
+        assert s.lower() not in text.lower(), s
+    assert "/CreationDate" not in text and "/ModDate" not in text
+    assert "CreateDate" not in text and "ModifyDate" not in text and "MetadataDate" not in text
+    assert "Case " in text  # the title and XMP name the pseudonym
+    _pdf_objects_intact(pdf)
+    png = win.export_figure(str(tmp_path / "board.png"), deidentify=True).read_bytes()
+    chunks = png_text_chunks(png)
+    meta = "\n".join(f"{k}={v}" for k, v in chunks.items()) + png_non_pixel_bytes(png)
+    for s in forbidden:
+        assert s.lower() not in meta.lower(), s
+    assert chunks["Deidentified"] == "yes"
+    # an identified PDF keeps the dates Qt writes (only de-identified files lose them)
+    named = pdf_streams_text(win.export_figure(str(tmp_path / "named.pdf"),
+                                               deidentify=False).read_bytes())
+    assert "/CreationDate" in named

@@ -71,7 +71,7 @@ class TileCaption:
     """One tile of the hanging: `tile_key` ('<exam_key>|RCC') matches the tile image handed in by
     the window and is never drawn or written; `caption` is what the figure shows."""
 
-    tile_key: str  # '' for a cell with no exam (8-up without a prior)
+    tile_key: str  # '' for a cell with no exam (8-up without a prior); see `tile_key()`
     caption: str
     exam_index: int  # index into ExportContent.chart_points
     withheld: bool = False  # pixels must not be drawn: burned-in annotation (de-identified only)
@@ -379,6 +379,21 @@ def hanging_of(layout: str | Hanging, exam_keys: list[str], current_key: str | N
     return hanging.plan(layout, exam_keys, current_key, prior_key)
 
 
+def tile_key(exam_key: str, view: str, image_uid: str | None = None) -> str:
+    """The key that pairs a content tile with the window's image of it: '<exam_key>|RCC', and
+    '|<SOP UID>' after it when the cell hangs an additional view (so a tile image of another
+    view can never be drawn under this tile's caption)."""
+    return f"{exam_key}|{view}" + (f"|{image_uid}" if image_uid else "")
+
+
+def _placed_row(images: list[dict], cell: Cell) -> dict:
+    """The image row of a cell's additional view; ValueError when it is not the exam's."""
+    row = next((im for im in images if im.get("sop_instance_uid") == cell.image_uid), None)
+    if row is None or row.get("missing"):
+        raise ValueError("the hanging shows an image that is not this exam's")
+    return row
+
+
 def tile_captions(hang: Hanging, images_of: dict[str, list[dict]], index_of: dict[str, int],
                   when_text, risk_text, deidentify: bool) -> tuple[TileCaption, ...]:
     """One TileCaption per cell of the hanging, in its order: caption, chart index, withheld
@@ -391,12 +406,23 @@ def tile_captions(hang: Hanging, images_of: dict[str, list[dict]], index_of: dic
             out.append(TileCaption("", f"{view} · {message}", -1, cell=cell, message=message))
             continue
         images = images_of.get(ek, [])
-        domain = tile_domain(images, view)
+        if cell.image_uid:  # an additional view hangs here, as on screen: caption that image
+            from mamview.core.cache import reads
+
+            row = _placed_row(images, cell)
+            domain = reads.image_domain(row)
+            what = (f"{view} ID · implant displaced" if cell.implant_displaced
+                    else f"{cell.shows} · additional view")
+            withheld, message = deidentify and image_withheld(row), ""
+        else:
+            domain = tile_domain(images, view)
+            what = f"{view} ({cell.note})" if cell.note else view
+            withheld = deidentify and tile_withheld(images, view)
+            message = hanging.empty_message(cell, hanging.present_views(images))
         label = f" · {domain_label(domain)}" if domain else ""
         out.append(TileCaption(
-            f"{ek}|{view}", f"{view} · {when_text(ek)} · {risk_text(ek)}{label}",
-            index_of.get(ek, -1), withheld=deidentify and tile_withheld(images, view), cell=cell,
-            message=hanging.empty_message(cell, hanging.present_views(images)), domain=domain))
+            tile_key(ek, view, cell.image_uid), f"{what} · {when_text(ek)} · {risk_text(ek)}{label}",
+            index_of.get(ek, -1), withheld=withheld, cell=cell, message=message, domain=domain))
     return tuple(out)
 
 
