@@ -1,5 +1,6 @@
 """One mammogram on screen: a pyqtgraph ViewBox with the image, chest wall justified to the
-inner edge, text overlays in the outer corners (away from the chest wall, where there is air),
+inner edge, text overlays in the outer corners (away from the chest wall, where there is air;
+fitted to narrow tiles and moved off tissue when zoomed, see `_place_labels`),
 and the reading tools (zoom/pan, window/level by right-drag, invert, magnifier, fit, 1:1,
 distance and arrow marks by left-drag in a tool mode, a key-image badge).
 
@@ -37,14 +38,23 @@ BACKGROUND = "#000000"
 DOMAIN_STYLE = ("color: #ffcf66; background: rgba(90, 60, 0, 200); font-size: 11px; "
                 "font-weight: bold; padding: 1px 4px; border-radius: 2px;")
 # a faint dark backing: invisible on air, keeps the text readable where zoom puts it on tissue
+# (the font is set per label: a narrow tile steps it down, see `fit_overlay`)
 LABEL_STYLE = ("color: rgba(210, 210, 210, 210); background: rgba(0, 0, 0, 140); "
-               "font-size: 11px; font-family: sans-serif; padding: 0px 3px; border-radius: 2px;")
+               "padding: 0px 3px; border-radius: 2px;")
+# the text overlays' font sizes (px), first choice first: a narrow tile wraps the text at its
+# separators, then steps down, and elides only at the smallest
+OVERLAY_SIZES = (11, 10, 9)
+# where an overlay's text may break, strongest first: 'RMLO   prior · 2024-05-17'
+OVERLAY_BREAKS = ("   ", " · ", " ")
+# a preview grey above this is tissue, not air (previews are hung with air dark)
+TISSUE_LEVEL = 40
 KEY_STYLE = ("color: #111; background: #ffd24a; font-size: 11px; font-weight: bold; "
              "padding: 1px 4px; border-radius: 2px;")
 MARK_COLOR = QColor("#4fd6ff")
 ARROW_COLOR = QColor("#ffd24a")
 # the text key under which `tile_image()` hands the marks (JSON, in that image's pixels) over
 MARKS_TEXT_KEY = "mamview-marks"
+_DRAG_BUTTONS = Qt.MouseButton.LeftButton | Qt.MouseButton.MiddleButton | Qt.MouseButton.RightButton
 LOUPE_SIZE = 240
 LOUPE_ZOOM = 3.0
 # zoomed in past this many screen pixels per preview pixel, the preview is too coarse
@@ -56,6 +66,99 @@ def gray_image(array: np.ndarray) -> QImage:
     a = np.ascontiguousarray(array, dtype=np.uint8)
     h, w = a.shape
     return QImage(a.data, w, h, a.strides[0], QImage.Format.Format_Grayscale8).copy()
+
+
+_FONTS: dict[int, tuple[QFont, QFontMetricsF]] = {}
+
+
+def overlay_font(px: int) -> tuple[QFont, QFontMetricsF]:
+    """The overlays' font at `px` pixels and its metrics (made once per size)."""
+    if px not in _FONTS:
+        font = QFont()
+        font.setFamilies(["sans-serif"])
+        font.setPixelSize(px)
+        _FONTS[px] = font, QFontMetricsF(font)
+    return _FONTS[px]
+
+
+def wrap_text(text: str, fits: Callable[[str], bool], breaks=OVERLAY_BREAKS) -> list[str]:
+    """`text` as lines that each pass `fits`, broken at the strongest separator first (the
+    separator itself is dropped at a break); a line that cannot be broken further stays."""
+    if fits(text) or not breaks:
+        return [text]
+    sep, weaker = breaks[0], breaks[1:]
+    if sep not in text:
+        return wrap_text(text, fits, weaker)
+    lines: list[str] = []
+    for part in text.split(sep):
+        if lines and fits(lines[-1] + sep + part):
+            lines[-1] += sep + part
+        else:
+            lines.append(part)
+    return [w for line in lines for w in wrap_text(line, fits, weaker)]
+
+
+def fit_overlay(text: str, room: float, max_lines: int) -> tuple[int, list[str]]:
+    """The font size and lines that show `text` within `room` px: the largest size at which it
+    wraps into two whole lines, else into `max_lines`, else the smallest size with the lines
+    elided (each keeps its start, which says what it is)."""
+    for limit in sorted({min(2, max_lines), max_lines}):
+        for px in OVERLAY_SIZES:
+            fm = overlay_font(px)[1]
+            lines = wrap_text(text, lambda t: fm.horizontalAdvance(t) <= room)
+            if len(lines) <= limit and all(fm.horizontalAdvance(t) <= room for t in lines):
+                return px, lines
+    px = OVERLAY_SIZES[-1]
+    fm = overlay_font(px)[1]
+    lines = wrap_text(text, lambda t: fm.horizontalAdvance(t) <= room)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines - 1] + [" ".join(lines[max_lines - 1:])]
+    return px, [fm.elidedText(t, Qt.TextElideMode.ElideRight, max(1.0, room)) for t in lines]
+
+
+class _Overlay(QLabel):
+    """A text overlay on a tile. `text()` is what it says in full; what it shows is fitted to
+    the room it is given (`fit`): wrapped at its separators, a smaller font, elided last."""
+
+    PAD = 8  # the style's horizontal padding and a pixel of slack
+
+    def __init__(self, parent, max_lines: int):
+        super().__init__(parent)
+        self.max_lines = max_lines
+        self._full = ""
+        self._fitted: tuple | None = None
+        self.setStyleSheet(LABEL_STYLE)
+        self.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+
+    def setText(self, text: str) -> None:  # noqa: N802 (Qt's name)
+        self._full = text or ""
+        self._fitted = None
+        super().setText(self._full)
+
+    def text(self) -> str:
+        return self._full
+
+    def shown_text(self) -> str:
+        """What the tile shows (lines joined by newlines)."""
+        return super().text()
+
+    def fit(self, room: int) -> None:
+        """Show the text within `room` px of width (label padding included)."""
+        if self._fitted == (self._full, room):
+            return
+        self._fitted = (self._full, room)
+        px, lines = fit_overlay(self._full, room - self.PAD, self.max_lines)
+        font = overlay_font(px)[0]
+        if self.font() != font:
+            self.setFont(font)
+        super().setText("\n".join(lines))
+        self.adjustSize()
+
+    def set_right(self, right: bool) -> None:
+        """Align the lines with the corner the label sits in."""
+        align = Qt.AlignmentFlag.AlignRight if right else Qt.AlignmentFlag.AlignLeft
+        if not self.alignment() & align:
+            self.setAlignment(align | Qt.AlignmentFlag.AlignVCenter)
 
 
 class _ReadingViewBox(pg.ViewBox):
@@ -139,9 +242,12 @@ class ImageTile(pg.GraphicsView):
         self.key_image = False
         self.hovered = False
         self._draft: dict | None = None  # the mark being dragged
-        self._caption = QLabel(self)
-        self._score = QLabel(self)
-        self._readout = QLabel(self)  # 'WC 2048 WW 4096 · 0.42×'
+        self._caption = _Overlay(self, 3)  # 'RMLO   prior · 2024-05-17'
+        self._score = _Overlay(self, 2)  # '5-yr risk 2.3% · demo model'
+        self._readout = _Overlay(self, 2)  # 'WC 2048 WW 4096 · 0.42×'
+        self._corner_of: dict[str, str] = {}  # 'top'/'bottom' group → where it stands now
+        self._placed: tuple | None = None  # what the labels were last placed for
+        self._to_array: tuple[float, float, float, float] | None = None  # tile → array px
         self._key = QLabel("★ KEY IMAGE", self)
         self._key.setStyleSheet(KEY_STYLE)
         self._key.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
@@ -151,9 +257,6 @@ class ImageTile(pg.GraphicsView):
         self._domain.setStyleSheet(DOMAIN_STYLE)
         self._domain.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
         self._domain.hide()
-        for lab in (self._caption, self._score, self._readout):
-            lab.setStyleSheet(LABEL_STYLE)
-            lab.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
         self._message.setStyleSheet("color: #777; background: transparent; font-size: 13px;")
         self._message.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self._message.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
@@ -167,7 +270,7 @@ class ImageTile(pg.GraphicsView):
         self.setMouseTracking(True)
         self.vb.sigRangeChangedManually.connect(self._on_user_range)
         self.vb.sigRangeChanged.connect(self._check_resolution)
-        self.vb.sigRangeChanged.connect(self._update_readout)
+        self.vb.sigRangeChanged.connect(self._on_range)
 
     # ---------------------------------------------------------------- content
 
@@ -396,6 +499,13 @@ class ImageTile(pg.GraphicsView):
             self._readout.setText(text)
             self._place_labels()
 
+    def _on_range(self, *_):
+        """After a zoom or pan: the readout, and the labels' corners (tissue moved under them)."""
+        text = self.readout_text()
+        if text != self._readout.text():
+            self._readout.setText(text)
+        self._place_labels()
+
     def set_window(self, center: float, width: float) -> None:
         """Window in display units (0..255 of the rendered image)."""
         self.window_center, self.window_width = float(center), float(max(1.0, width))
@@ -521,40 +631,132 @@ class ImageTile(pg.GraphicsView):
     def _place_labels(self) -> None:
         """Text in the two outer corners (away from the chest wall, where there is air): view
         and date, the domain warning and the key-image badge on top; the risk caption (on the
-        tile that carries it) and the live readout at the bottom."""
+        tile that carries it) and the live readout at the bottom. Each fits the tile's width
+        (`fit_overlay`). A group whose outer corner lies on tissue (zoomed in) moves where
+        there is clearly less: the inner corner of its edge, or for the bottom group under
+        the top one. Without the height for both groups the readout goes first."""
         if not hasattr(self, "_key"):
             return
         m = 6
         w, h = self.width(), self.height()
+        state = (w, h, self.overlays_visible, self.show_score, self.key_image, self.domain_text,
+                 self._caption.text(), self._score.text(), self._readout.text(),
+                 id(self.array), self.laterality,
+                 tuple(map(tuple, self.vb.viewRange())) if self.array is not None else None)
+        if state == self._placed:
+            return  # called after every change of any kind: most calls change nothing
+        self._placed = state
+        self._to_array = self._array_map()
+        # at most 4/5 of the width: neighbouring tiles' captions must not read as one line;
+        # in steps of 8 px, so that tiles a pixel apart in width show their text alike
+        room = max(40, min(w - 2 * m, int(w * 0.8)) // 8 * 8)
         shown = self.overlays_visible
         if self.domain_text:  # a narrow tile keeps the category, the rest is elided
             self._domain.ensurePolished()
             self._domain.setText(self._domain.fontMetrics().elidedText(
                 self.domain_text, Qt.TextElideMode.ElideRight, max(40, w - 2 * m - 10)))
+            self._domain.adjustSize()
         self._caption.setVisible(shown and bool(self._caption.text()))
         self._domain.setVisible(shown and bool(self.domain_text))
         self._score.setVisible(shown and self.show_score and bool(self._score.text()))
         self._readout.setVisible(shown and bool(self._readout.text()))
         self._key.setVisible(self.key_image and self.array is not None)  # a mark, not text
+        if self._key.isVisibleTo(self):
+            self._key.adjustSize()
+        for lab in (self._caption, self._score, self._readout):
+            if lab.isVisibleTo(self):
+                lab.fit(room)
+        top = [lab for lab in (self._caption, self._domain, self._key) if lab.isVisibleTo(self)]
+        # the risk caption lowest, the readout above it
+        bottom = [lab for lab in (self._readout, self._score) if lab.isVisibleTo(self)]
+
+        def height(labels) -> int:
+            return sum(lab.height() + 2 for lab in labels)
+
+        if self._readout in bottom and height(top) + height(bottom) + 2 * m > h:
+            self._readout.hide()  # the least needed: the window and zoom are set, not read
+            bottom.remove(self._readout)
         outer_left = self.chest_wall_right or not self.laterality
-
-        def put(lab: QLabel, y: int) -> None:
-            lab.adjustSize()
-            lab.move(m if outer_left else w - lab.width() - m, y)
-
-        y = m
-        for lab in (self._caption, self._domain, self._key):
-            if lab.isVisibleTo(self):
-                put(lab, y)
-                y += lab.height() + 2
-        y = h - m
-        for lab in (self._score, self._readout):
-            if lab.isVisibleTo(self):
-                lab.adjustSize()
-                y -= lab.height()
-                put(lab, y)
-                y -= 2
+        top_left, top_h = outer_left, height(top)
+        if top:
+            gw, gh = max(lab.width() for lab in top), top_h - 2
+            at = {"outer": (outer_left, m), "inner": (not outer_left, m)}
+            top_left = at[self._corner("top", at, gw, gh)][0]
+            self._stack(top, top_left, m)
+        if bottom:
+            gw, gh = max(lab.width() for lab in bottom), height(bottom) - 2
+            at = {"outer": (outer_left, h - m - gh), "inner": (not outer_left, h - m - gh)}
+            if top and m + top_h + gh <= h - m:  # room under the top group
+                at["under top"] = (top_left, m + top_h)
+            self._stack(bottom, at[self._corner("bottom", at, gw, gh)][0],
+                        at[self._corner_of["bottom"]][1])
         self._message.setGeometry(0, 0, w, h)
+
+    def _stack(self, labels, left: bool, y: int) -> None:
+        m, w = 6, self.width()
+        for lab in labels:
+            lab.move(m if left else w - lab.width() - m, y)
+            if isinstance(lab, _Overlay):
+                lab.set_right(not left)
+            y += lab.height() + 2
+
+    def _corner(self, group: str, at: dict, gw: int, gh: int) -> str:
+        """Where a group of labels (gw × gh) goes among `at` (name → (left, y), the first one
+        its usual corner): elsewhere only when tissue lies under the usual one and the other
+        is clearly freer; a smaller margin to stay, so that the text does not hop at every
+        step of a pan."""
+        m, w = 6, self.width()
+
+        def tissue(name: str) -> float:
+            left, y = at[name]
+            return self.tissue_under(QRectF(m if left else w - gw - m, y, gw, gh))
+
+        usual = next(iter(at))
+        on_usual = tissue(usual)
+        if on_usual <= 0.1:
+            self._corner_of[group] = usual
+            return usual  # the usual case: air there (the other corners are not looked at)
+        now = self._corner_of.get(group, usual)
+        now = now if now in at else usual
+        cost = {name: on_usual if name == usual else tissue(name) for name in at}
+        best = min(cost, key=cost.get)  # the first of equals: the usual corner first
+        if best != now and cost[best] < cost[now] - (0.25 if now == usual else 0.05):
+            now = best
+        self._corner_of[group] = now
+        return now
+
+    def _array_map(self) -> tuple[float, float, float, float] | None:
+        """(ax, bx, ay, by): tile pixel (x, y) → pixel (ax·x + bx, ay·y + by) of the array
+        shown, as zoomed and panned now (the view is never rotated)."""
+        h, w = self.preview_shape
+        if self.array is None or not h or not w:
+            return None
+        p0 = self.vb.mapSceneToView(self.mapToScene(0, 0))
+        p1 = self.vb.mapSceneToView(self.mapToScene(100, 100))
+        sy, sx = self.array.shape[0] / h, self.array.shape[1] / w  # preview → array pixels
+        ax, ay = (p1.x() - p0.x()) / 100 * sx, (p1.y() - p0.y()) / 100 * sy
+        return ax, p0.x() * sx, ay, p0.y() * sy
+
+    def tissue_under(self, rect: QRectF) -> float:
+        """The fraction of `rect` (tile pixels) that shows tissue of the image as it is zoomed
+        and panned now (0 on air, outside the image or without one)."""
+        if self._placed is None or self._to_array is None:
+            self._to_array = self._array_map()
+        if self._to_array is None or rect.isEmpty():
+            return 0.0
+        ax, bx, ay, by = self._to_array
+        x0, x1 = sorted((ax * rect.left() + bx, ax * rect.right() + bx))
+        y0, y1 = sorted((ay * rect.top() + by, ay * rect.bottom() + by))
+        area = max(1e-6, (x1 - x0) * (y1 - y0))
+        rows, cols = self.array.shape[:2]
+        cx0, cx1 = int(max(0, x0)), int(min(cols, math.ceil(x1)))
+        cy0, cy1 = int(max(0, y0)), int(min(rows, math.ceil(y1)))
+        if cx1 <= cx0 or cy1 <= cy0:
+            return 0.0
+        step = max(1, int(max(cx1 - cx0, cy1 - cy0) / 48))  # a few thousand samples at most
+        sample = self.array[cy0:cy1:step, cx0:cx1:step]
+        inside = (cx1 - cx0) * (cy1 - cy0) / area
+        return float(np.count_nonzero(sample > TISSUE_LEVEL)) / sample.size * min(1.0, inside)
 
     def paintEvent(self, ev):
         super().paintEvent(ev)
@@ -574,7 +776,20 @@ class ImageTile(pg.GraphicsView):
             self._loupe.hide()
 
     def mouseMoveEvent(self, ev):
-        super().mouseMoveEvent(ev)
+        if ev.buttons() & _DRAG_BUTTONS:
+            # pyqtgraph's scene drops a move that comes within 1/mouseRateLimit s (10 ms) of
+            # the last one it took, even while a button is held: a drag whose moves all come
+            # that fast (a quick flick, moves queued while the GUI was busy, or the one right
+            # after a tool drag) never starts and ends as a click, so it does not pan, and a
+            # drag that pauses leaves its line or pan short of the cursor. Drags get every move.
+            limit = pg.getConfigOption("mouseRateLimit")
+            pg.setConfigOption("mouseRateLimit", 0)
+            try:
+                super().mouseMoveEvent(ev)
+            finally:
+                pg.setConfigOption("mouseRateLimit", limit)
+        else:  # hovering keeps the limit
+            super().mouseMoveEvent(ev)
         if self.magnifier and self.array is not None:
             self._show_loupe(ev.position())
 
