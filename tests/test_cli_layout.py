@@ -19,7 +19,7 @@ COMMANDS = {
     "trajectory": "analytics", "cohort": "analytics", "sr": "analytics", "listen": "net",
     "echo": "net", "fetch-priors": "net", "gui": "gui", "demo": "gui",
 }
-BENCHMARKS = ("import", "infer", "net", "gui")
+BENCHMARKS = ("import", "infer", "net", "gui", "score", "cohort")
 
 
 def _choices(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -79,7 +79,7 @@ def test_no_cli_module_loads_modules_by_name():
 def test_every_benchmark_module_has_the_same_shape():
     # source-level, so the test needs neither torch nor Qt: measure() and rows(fig)
     bench_dir = CLI_DIR.parent / "bench"
-    for name in ("imports", "infer", "net", "gui"):
+    for name in ("imports", "infer", "net", "gui", "score", "cohort"):
         tree = ast.parse((bench_dir / f"{name}.py").read_text())
         functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
         assert {"measure", "rows"} <= functions.keys(), name

@@ -21,6 +21,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="inference device (default auto: a GPU when there is one, else the CPU)")
     s.add_argument("--batch-size", type=int, default=4, metavar="N",
                    help="exams per forward pass; scores are saved after each batch (default 4)")
+    s.add_argument("--decode-workers", type=int, default=None, metavar="N",
+                   help="processes that decode and preprocess images while the model runs "
+                        "(default: sized to this machine's cores; 0: decode in the scoring "
+                        "thread)")
+    s.add_argument("--cluster", metavar="ADDRESS",
+                   help="score on a Dask cluster (e.g. tcp://10.0.0.5:8786, or 'local' for one "
+                        "started on this machine): workers read the DICOM files and score; this "
+                        "process writes the cache (needs the 'cluster' extra)")
     s.add_argument("--include-out-of-domain", action="store_true",
                    help="also score exams whose images are outside the model's validated domain "
                    "(digitised film, CR, lossy, For Processing, synthetic 2D); their scores are "
@@ -92,7 +100,8 @@ def cmd_score(args, lib: Library) -> int:
     finally:
         db.close()
     run = score_exams(lib, entry, keys, device=args.device, batch_size=args.batch_size,
-                      include_out_of_domain=include)
+                      include_out_of_domain=include, decode_workers=args.decode_workers,
+                      cluster=args.cluster)
     if not run.exams:
         print("No exams to score. Import files first.")
         return 0

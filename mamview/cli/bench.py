@@ -62,6 +62,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     _json_option(b)
     b.set_defaults(func=cmd_bench_gui)
 
+    b = bench.add_parser("score", help="exams/s of the scoring pipeline end to end (decode, "
+                                       "preprocess, model, write) and model-only; CPU with 1 "
+                                       "and 2 decode workers, CUDA batches and precisions "
+                                       "where present")
+    b.add_argument("--model", choices=("mirai", "demo", "both"), default="both",
+                   help="which network: full Mirai at 2048x1664 (random weights), the bundled "
+                        "demo model, or both (default both)")
+    b.add_argument("--exams", type=int, default=None, metavar="N",
+                   help="exams in the generated archive (default: a size that runs in minutes "
+                        "on this machine)")
+    b.add_argument("--size", choices=("small", "full"), default="full",
+                   help="image size of the generated archive (default full: real mammogram "
+                        "sizes, as a clinic's archive has)")
+    b.add_argument("--work", metavar="DIR", help="folder for the generated archive (kept and "
+                                                 "reused by later runs)")
+    _json_option(b)
+    b.set_defaults(func=cmd_bench_score)
+
+    b = bench.add_parser("cohort", help="cohort analysis at the seed study's scale: a "
+                                        "synthetic score table written straight into a cache")
+    b.add_argument("--women", type=int, default=54000, metavar="N",
+                   help="women in the synthetic cohort (default 54000, the seed study's)")
+    b.add_argument("--exams", type=int, default=160000, metavar="N",
+                   help="scored exams in all (default 160000)")
+    b.add_argument("--check-women", type=int, default=1000, metavar="N",
+                   help="women of the subset refitted with statsmodels to check agreement "
+                        "(default 1000; 0: no check)")
+    b.add_argument("--work", metavar="DIR", help="folder for the synthetic library (kept)")
+    _json_option(b)
+    b.set_defaults(func=cmd_bench_cohort)
+
 
 def _json_option(b: argparse.ArgumentParser) -> None:
     b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
@@ -112,3 +143,19 @@ def cmd_bench_gui(args, lib: Library) -> int:
 
     fig = gui.measure(args.size, args.repeats, args.stall_seconds, work=args.work)
     return _publish(args, fig, gui.rows(fig))
+
+
+def cmd_bench_score(args, lib: Library) -> int:
+    """Exams/s of the scoring pipeline on a generated archive (not the user's library)."""
+    from mamview.bench import score
+
+    fig = score.measure(args.model, args.exams, work=args.work, size=args.size)
+    return _publish(args, fig, score.rows(fig))
+
+
+def cmd_bench_cohort(args, lib: Library) -> int:
+    """`mamview cohort` on a synthetic cache of the seed study's size."""
+    from mamview.bench import cohort
+
+    fig = cohort.measure(args.women, args.exams, args.check_women, work=args.work)
+    return _publish(args, fig, cohort.rows(fig))

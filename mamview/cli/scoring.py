@@ -30,14 +30,20 @@ class ScoreRun:
     device_label: str = ""
     seconds: float = 0.0
     interrupted: bool = False
+    timings: dict | None = None  # seconds per pipeline stage, where the service counts them
 
 
 def score_exams(lib: Library, entry, patient_keys: list[str] | None = None, *,
                 device: str = "auto", batch_size: int = 4,
-                include_out_of_domain: bool = False) -> ScoreRun:
+                include_out_of_domain: bool = False, decode_workers: int | None = None,
+                cluster: str | None = None) -> ScoreRun:
     """Score every exam of `patient_keys` (None: the whole library) with the registry `entry`,
     showing a progress bar on stderr. Ctrl-C ends the run early (`interrupted`); what was
-    finished stays in the cache. `CliError` when the service cannot score at all."""
+    finished stays in the cache. `CliError` when the service cannot score at all.
+
+    `decode_workers`: decode processes of the pipelined scorer (None: sized to the machine).
+    `cluster`: a Dask scheduler address ('local': a cluster on this machine); the workers score,
+    this process writes the cache; the same events as the in-process service."""
     from tqdm import tqdm
 
     from mamview.core.cache import reads
@@ -59,8 +65,19 @@ def score_exams(lib: Library, entry, patient_keys: list[str] | None = None, *,
         return run
     # the service's default CPU threads (one core left free): on a busy 2-core machine two
     # threads scored the demo cohort 2-3× slower than one
-    svc = InferenceService(lib.database, lambda dev: registry.load(entry, dev), device=device,
-                           batch_size=batch_size, include_out_of_domain=include_out_of_domain)
+    if cluster:
+        from mamview.core.services.cluster import ClusterError, ClusterService
+
+        try:
+            svc = ClusterService(lib, entry, cluster, device=device, batch_size=batch_size,
+                                 include_out_of_domain=include_out_of_domain)
+        except ClusterError as exc:
+            raise CliError(str(exc)) from exc
+    else:
+        svc = InferenceService(lib.database, lambda dev: registry.load(entry, dev),
+                               device=device, batch_size=batch_size,
+                               include_out_of_domain=include_out_of_domain,
+                               decode_workers=decode_workers)
     t0 = time.perf_counter()
     gen = svc.submit(exams)
     try:
@@ -90,6 +107,7 @@ def score_exams(lib: Library, entry, patient_keys: list[str] | None = None, *,
     finally:
         svc.shutdown()
         run.device_label = svc.device_label
+        run.timings = svc.timings() if hasattr(svc, "timings") else None
         run.seconds = time.perf_counter() - t0
     return run
 

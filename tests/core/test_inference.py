@@ -335,3 +335,26 @@ def test_a_dead_inference_process_is_reported_to_later_callers(library):
     assert isinstance(events.get(timeout=5), ServiceError)
     assert not proc.alive()
     proc.shutdown()
+
+
+def test_reduced_precision_is_for_cuda_only_and_timings_add_up(library):
+    keys = exam_keys(library)
+    with pytest.raises(ValueError, match="precision"):
+        InferenceService(library.database, tiny_model, precision="fp8")
+    svc = InferenceService(library.database, tiny_model, device="cpu", precision="bf16")
+    try:
+        scored = [e for e in drain(svc, svc.submit(keys)) if isinstance(e, ExamScored)]
+        assert svc.model.autocast_dtype is None and "autocast" not in svc.device_label
+        spent = svc.timings()
+    finally:
+        svc.shutdown()
+    assert len(scored) == 2 and not any(e.cached for e in scored)
+    assert spent["exams"] == 2 and spent["decode"] > 0 and spent["model"] > 0
+    assert spent["write"] > 0 and spent["plan"] > 0
+    # on the CPU it was an fp32 run: an fp32 service finds its scores current
+    svc = InferenceService(library.database, tiny_model, device="cpu")
+    try:
+        again = [e for e in drain(svc, svc.submit(keys)) if isinstance(e, ExamScored)]
+    finally:
+        svc.shutdown()
+    assert [e.risk for e in again] == [e.risk for e in scored] and all(e.cached for e in again)

@@ -16,7 +16,7 @@ from mamview.core.domain import ScoreState
 from mamview.core.ingest import drain, run_import
 from mamview.core.paths import Library
 from mamview.core.reports import figure
-from mamview.core.services.inference import _score_row, exam_inputs, inputs_domain, score_key
+from mamview.core.services.inference import score_row, exam_inputs, inputs_domain, score_key
 from mamview.core.worklist import patient_exams
 from tests.core.test_ingest import write_exam
 from tests.scoring import demo_ref
@@ -41,7 +41,7 @@ def film_library(tmp_path):
     # the film exam scored on request, stored as the service stores it
     ref = demo_ref()
     rows = exam_inputs(db, film, include_out_of_domain=True)
-    writes.save_scores(db, [_score_row(ref, score_key(ref, rows), film, "cpu",
+    writes.save_scores(db, [score_row(ref, score_key(ref, rows), film, "cpu",
                                        [r["sop_instance_uid"] for r in rows], "ok", "",
                                        [0.01, 0.02, 0.03, 0.04, 0.05], inputs_domain(rows))])
     yield lib, db, film, digital

@@ -39,7 +39,7 @@ from torch import nn
 from .base import YEARS, ExamTensors, ModelInputError, RiskModel
 from .errors import ModelUnavailable
 from .identity import ModelIdentity
-from .preprocess import PREPROCESSING_VERSION, preprocess_exam
+from .preprocess import PREPROCESSING_VERSION, PreprocessSpec, preprocess_exam
 
 #: The 34 predicted risk factors in the reference order with their class counts (spec §4.4).
 #: n_k = 1 → sigmoid, otherwise softmax. Total 100. (`p_grantmother` is the reference spelling.)
@@ -556,6 +556,12 @@ class MiraiRiskModel(RiskModel):
     def config(self) -> MiraiConfig:
         """The network's configuration."""
         return self.net.config
+
+    @property
+    def preprocess_spec(self) -> PreprocessSpec:
+        """The numbers of `preprocess`, for decode processes (`preprocess.grey_exam`)."""
+        c = self.config
+        return PreprocessSpec(c.input_height, c.input_width, c.img_mean, c.img_std, c.num_chan)
 
     def preprocess(self, images: Sequence[Any]) -> ExamTensors:
         c = self.config

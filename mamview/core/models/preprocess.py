@@ -13,6 +13,7 @@ grey level on simple images; see the spec §2.2).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -157,12 +158,18 @@ def normalize(img: torch.Tensor, mean: float, std: float, num_chan: int = 3) -> 
     return x.unsqueeze(0).expand(num_chan, *x.shape)
 
 
+def aligned_grey(view: ViewImage, height: int, width: int) -> tuple[torch.Tensor, bool]:
+    """The stages before normalisation: window, resize, align → (float64 [height, width] of
+    integers in 0..65535, mirrored?)."""
+    grey = to_grey16(view)
+    resized = resize_like_pil(grey, height, width)
+    return align_to_left(resized)
+
+
 def preprocess_view(view: ViewImage, height: int, width: int, mean: float, std: float,
                     num_chan: int = 3) -> tuple[torch.Tensor, bool]:
     """One view → (float32 [num_chan, height, width], mirrored?)."""
-    grey = to_grey16(view)
-    resized = resize_like_pil(grey, height, width)
-    aligned, flipped = align_to_left(resized)
+    aligned, flipped = aligned_grey(view, height, width)
     return normalize(aligned, mean, std, num_chan), flipped
 
 
@@ -200,6 +207,60 @@ def preprocess_exam(images: Sequence[ViewImage | tuple], height: int = 2048, wid
         time_seq=torch.zeros(1, 4, dtype=torch.int64),
         flipped=[flipped],
     )
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """The numbers of `preprocess_exam`, picklable, so that another process can run the
+    stages before normalisation (`grey_exam`) and this one finish them (`normalize_grey`)
+    with the same result, bit for bit: the aligned image is integers in 0..65535, so it
+    travels as uint16 (a quarter of float32 × 3 channels) and loses nothing."""
+
+    height: int = 2048
+    width: int = 1664
+    mean: float = 7047.99
+    std: float = 12005.5
+    num_chan: int = 3
+
+
+@dataclass
+class GreyExam:
+    """One exam after `grey_exam`: uint16 [4, H, W] aligned grey levels, codes and flips."""
+
+    grey: np.ndarray
+    view_seq: list[int]
+    side_seq: list[int]
+    flipped: list[bool]
+
+
+def grey_exam(images: Sequence[ViewImage | tuple], spec: PreprocessSpec) -> GreyExam:
+    """Four views → their aligned grey levels (the stages of `preprocess_exam` before
+    normalisation), in the order given."""
+    views = as_view_images(images)
+    view_seq, side_seq = exam_codes(views)
+    grey = np.empty((len(views), spec.height, spec.width), np.uint16)
+    flipped = []
+    for i, v in enumerate(views):
+        aligned, f = aligned_grey(v, spec.height, spec.width)
+        arr = aligned.numpy()
+        if arr.min() < 0 or arr.max() > UINT16_MAX:  # cannot happen (a convex filter): be sure
+            raise ModelInputError("resized grey levels outside 0..65535")
+        grey[i] = arr
+        flipped.append(f)
+    return GreyExam(grey, view_seq, side_seq, flipped)
+
+
+def normalize_grey(grey: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    """Grey levels [..., H, W] (uint16 values, any integer dtype; int16 is read as its uint16
+    bits) → float32 [..., num_chan, H, W], on grey's device: `normalize` of every image."""
+    x = grey.to(torch.int32)
+    if grey.dtype == torch.int16:
+        x = x.bitwise_and_(UINT16_MAX)  # int16 carries uint16 bits (every device has int16)
+    x = x.to(torch.float32)
+    mean = torch.tensor(spec.mean, dtype=torch.float32, device=x.device)
+    std = torch.tensor(spec.std, dtype=torch.float32, device=x.device)
+    x = (x - mean) / std
+    return x.unsqueeze(-3).expand(*x.shape[:-2], spec.num_chan, *x.shape[-2:])
 
 
 def q_columns(width: int) -> int:

@@ -1,6 +1,6 @@
-"""Background workers with no Qt: the inference service (inference), its child process
-(inference_process), the full-resolution decode child (decode), and the process-wide generation
-ids they hand out (generations)."""
+"""Background workers with no Qt: the inference service (inference), its decode processes
+(pipeline), its child process (inference_process), the full-resolution decode child (decode),
+and the process-wide generation ids they hand out (generations)."""
 
 import os as _os
 

@@ -17,6 +17,13 @@ If the worker thread ends anyway, a ServiceError
 event says so (after a ScoreFailed for each exam it was scoring), `next_event` never waits on
 a dead worker, and the next `submit` starts a new worker (a few times at most; then every
 later request is told with a ServiceError, as after a model that cannot be loaded).
+
+`decode_workers` (0 by default: decoding in the worker thread) hands decoding and the model's
+preprocessing up to normalisation to spawned processes (`pipeline`: None sizes them to the
+machine), so that the next batches decode while the model computes this one; the answers,
+the stored rows and every guarantee above are the same. `precision` ('bf16', 'fp16': autocast
+on CUDA only; fp32 elsewhere) is for benchmarks: such scores are labelled and keyed apart.
+`timings()` says where the time went.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import itertools
 import os
 import queue
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +61,19 @@ OUT_OF_DOMAIN_KEY = ":outside-domain"
 DOMAIN_KEY_MARK = ":domain="
 # Exceptions that stop the worker instead of being reported per exam.
 _PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit)
+# Autocast precisions on CUDA (fp32: none; on other devices always fp32), and the mark of the
+# cache key of a score computed in reduced precision.
+PRECISIONS = {"fp32": lambda: None, "bf16": lambda: _torch_dtype("bfloat16"),
+              "fp16": lambda: _torch_dtype("float16")}
+PRECISION_KEY_MARK = ":autocast="
+# What InferenceService.timings() adds up (seconds; `exams`: exams computed).
+TIMINGS = ("plan", "decode", "wait", "collate", "model", "write", "exams")
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
 
 
 # ---------------------------------------------------------------- events
@@ -213,7 +234,7 @@ def input_signature(rows: Sequence[dict]) -> list[tuple[str, int, int]]:
     return [(r["sop_instance_uid"], r["size"], r["mtime_ns"]) for r in rows]
 
 
-def _score_row(ident, key: str, exam_key: str, device: str, uids: list[str], status: str,
+def score_row(ident, key: str, exam_key: str, device: str, uids: list[str], status: str,
                reason: str, risk: list[float], domain: str = "", mapping: str = "") -> dict:
     """A scores-table row with the model's full provenance, the domain of its inputs and the
     views used for others."""
@@ -229,6 +250,38 @@ def _score_row(ident, key: str, exam_key: str, device: str, uids: list[str], sta
 
 class OutsideDomain(Unscorable):
     """The exam's inputs are outside the model's validated domain and were not asked for."""
+
+
+def plan_exam(db, ident, exam_key: str, include_out_of_domain: bool, key_mark: str = ""
+              ) -> tuple[dict | None, list[dict], str]:
+    """What scoring one exam takes: (its stored current 'ok' score or None, its input rows,
+    its cache key). `key_mark` is appended to the key (a reduced-precision run's own mark).
+
+    Raises OutsideDomain when its inputs are outside the domain and not included, Unscorable
+    when it cannot be scored (the reason is the message).
+    """
+    rows = exam_inputs(db, exam_key, include_out_of_domain=True)
+    domain = inputs_domain(rows)
+    if domain and not include_out_of_domain:
+        raise OutsideDomain(domain_reason(domain))
+    key = score_key(ident, rows) + key_mark
+    hit = reads.score_by_key(db, key)
+    return (hit if hit and hit["status"] == "ok" else None), rows, key
+
+
+def unscorable_reason(exc: Exception) -> str:
+    """The reason stored and shown for an Unscorable or a PixelDecodeError."""
+    return exc.message if isinstance(exc, PixelDecodeError) else str(exc)
+
+
+def save_unscorable(db, ident, exam_key: str, reason: str, outside_domain: bool = False) -> None:
+    """Store that an exam cannot be scored (a refusal for the domain under its own key)."""
+    images = reads.exam_images(db, exam_key)
+    uids = sorted(r["sop_instance_uid"] for r in images)
+    key = keys.unscorable_key(
+        ident, [(r["sop_instance_uid"], r["size"], r["mtime_ns"]) for r in images])
+    key += OUT_OF_DOMAIN_KEY if outside_domain else ""
+    writes.save_scores(db, [score_row(ident, key, exam_key, "", uids, "unscorable", reason, [])])
 
 
 # ---------------------------------------------------------------- the service
@@ -260,8 +313,18 @@ class InferenceService:
         cpu_threads: int | None = None,
         on_event: Callable[[Event], None] | None = None,
         include_out_of_domain: bool = False,
+        decode_workers: int | None = 0,
+        precision: str = "fp32",
     ):
         self.database = Path(database)
+        # decode processes of the pipelined scorer (None: sized to the machine; 0: in-thread)
+        self.decode_workers = decode_workers
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+        self.precision = precision
+        self._key_mark = ""  # a reduced-precision run's scores have keys of their own
+        self._timing_lock = threading.Lock()
+        self._timings = dict.fromkeys(TIMINGS, 0.0)
         self.include_out_of_domain = bool(include_out_of_domain)
         self._include: dict[int, bool] = {}  # generation → its own include_out_of_domain
         self._loader = model_loader
@@ -289,6 +352,7 @@ class InferenceService:
         self._ended = False  # the worker's _run has returned or raised
         self._failure = ""  # why the service cannot score at all, once it knows
         self._answered: set[int] = set()  # worker only: indices of the batch answered so far
+        self._pipeline = None  # the pipelined scorer while it runs (decode_workers != 0)
         self._death = ""  # how the last worker thread ended, when it died
 
     # -- public API (any thread)
@@ -390,6 +454,17 @@ class InferenceService:
         if self._started:
             self._thread.join(timeout)
 
+    def pipeline_state(self) -> dict:
+        """The pipelined scorer now: decode process pid → exams it holds (`workers`),
+        `max_in_flight`, and `peak_in_flight` (the most exams taken from the queue and not
+        yet answered at once); {} when it is not running (decode_workers=0, or not started)."""
+        pipe = self._pipeline
+        if pipe is None:
+            return {}
+        pool = pipe.pool
+        return {"workers": pool.pids() if pool is not None else {},
+                "max_in_flight": pipe.max_in_flight, "peak_in_flight": pipe.peak_in_flight}
+
     def idle(self) -> bool:
         """True when nothing is queued or running."""
         with self._cv:
@@ -417,6 +492,28 @@ class InferenceService:
                 if gen not in self._cancelled:
                     batch.append((gen, ek))
             return batch
+
+    def _take(self) -> tuple[int, int, int, str] | None:
+        """The next queued exam (priority, order, generation, exam key), or None (pipeline)."""
+        with self._cv:
+            while self._heap and not self._stop:
+                item = heapq.heappop(self._heap)
+                if item[2] not in self._cancelled:
+                    return item
+            return None
+
+    def _put_back(self, item: tuple[int, int, int, str]) -> None:
+        """Queue an exam again in its old place (its decode process died before it began)."""
+        with self._cv:
+            if not self._stop and item[2] in self._pending:
+                heapq.heappush(self._heap, item)
+
+    def _wait_for_work(self) -> bool:
+        """Wait until an exam is queued; False once the service stops (pipeline)."""
+        with self._cv:
+            while not self._heap and not self._stop:
+                self._cv.wait()
+            return not self._stop
 
     def _run_reported(self) -> None:
         """The worker: `_run`, and a ServiceError if it ends for any reason but a shutdown."""
@@ -451,7 +548,14 @@ class InferenceService:
             if self.device.type == "cpu":
                 torch.set_num_threads(self.cpu_threads)
             self.device_label = describe_device(self.device)
-            self.model = self._loader(self.device)
+            model = self._loader(self.device)
+            if self.precision != "fp32" and self.device.type == "cuda":
+                # opt-in (bench): bf16 moves some risks in the 4th decimal, so such scores are
+                # labelled and keyed apart and never pass for fp32 ones
+                model.autocast_dtype = PRECISIONS[self.precision]()
+                self.device_label += f", {self.precision} autocast"
+                self._key_mark = f"{PRECISION_KEY_MARK}{self.precision}"
+            self.model = model
         except Exception as exc:  # noqa: BLE001 - reported as an event, never lost in the thread
             self._fail(f"the model could not be loaded: {exc}")
             return
@@ -464,6 +568,14 @@ class InferenceService:
             self._fail(f"the library cannot be opened: {_describe(exc)}")
             return
         try:
+            workers = self.decode_workers
+            # the model's class must say how it preprocesses (a wrapper that changes
+            # `preprocess` and forwards the rest is decoded here, through its own)
+            if workers != 0 and getattr(type(self.model), "preprocess_spec", None) is not None:
+                from mamview.core.services.pipeline import Pipeline
+
+                Pipeline(self, db, workers).run()
+                return
             while True:
                 batch = self._next_batch()
                 if not batch:
@@ -493,6 +605,10 @@ class InferenceService:
     def _answer(self, index: int, gen: int, ev: Event) -> None:
         """Deliver the result for exam `index` of the batch and count it for its request."""
         self._answered.add(index)
+        self._reply(gen, ev)
+
+    def _reply(self, gen: int, ev: Event) -> None:
+        """Deliver the result for one exam and count it for its request."""
         self._deliver(ev)
         self._advance(gen)
 
@@ -514,54 +630,86 @@ class InferenceService:
         from mamview.core.models.base import ExamTensors, round_risks
 
         model = self.model
-        ident = model.identity
         todo = []  # (index, gen, exam_key, cache_key, rows, tensors)
         for i, (gen, ek) in enumerate(batch):
             if gen in self._cancelled:
                 self._answered.add(i)  # nobody waits for it
                 continue
             try:
-                include = self._include.get(gen, self.include_out_of_domain)
-                rows = exam_inputs(db, ek, include_out_of_domain=True)
-                domain = inputs_domain(rows)
-                if domain and not include:
-                    raise OutsideDomain(domain_reason(domain))
-                key = score_key(ident, rows)
-                hit = reads.score_by_key(db, key)
-                if hit and hit["status"] == "ok":
-                    self._answer(i, gen, ExamScored(gen, ek, tuple(hit["risk"]), ident.model_id,
-                                                    ident.label, True, hit.get("domain") or "",
-                                                    hit.get("view_mapping") or ""))
+                t0 = time.perf_counter()
+                plan = self._plan(db, gen, ek, lambda ev, i=i: self._answer(i, ev.generation, ev))
+                self._time("plan", t0)
+                if plan is None:
                     continue
+                key, rows = plan
+                t0 = time.perf_counter()
                 views = [load_view(r, getattr(model, "decode_min_height", None)) for r in rows]
                 todo.append((i, gen, ek, key, rows, model.preprocess(views)))
+                self._time("decode", t0)
             except (Unscorable, PixelDecodeError) as exc:
-                reason = exc.message if isinstance(exc, PixelDecodeError) else str(exc)
-                self._save_unscorable(db, ident, ek, reason,
-                                      OUT_OF_DOMAIN_KEY if isinstance(exc, OutsideDomain) else "")
-                self._answer(i, gen, ExamUnscorable(gen, ek, reason))
+                self._unscorable(db, gen, ek, exc, lambda ev, i=i: self._answer(i, gen, ev))
             except _PASS_THROUGH:
                 raise
             except BaseException as exc:  # noqa: BLE001 - one bad exam never stops the others
                 self._answer(i, gen, ScoreFailed(gen, ek, _describe(exc)))
         if not todo:
             return
+        t0 = time.perf_counter()
         risks = model.predict(ExamTensors.collate([t[5] for t in todo]).to(self.device))
         risks = round_risks(risks)
-        writes.save_scores(db, [
-            _score_row(ident, key, ek, self.device_label,
-                       [r["sop_instance_uid"] for r in rows], "ok", "", list(risk),
-                       inputs_domain(rows), view_mapping(rows))
-            for (_, gen, ek, key, rows, _), risk in zip(todo, risks)
-        ])
-        for (i, gen, ek, _, rows, _), risk in zip(todo, risks):
-            self._answer(i, gen, ExamScored(gen, ek, tuple(float(x) for x in risk),
-                                            ident.model_id, ident.label, False,
-                                            inputs_domain(rows), view_mapping(rows)))
+        self._time("model", t0)
+        done = self.save_computed(db, [(gen, ek, key, rows) for _, gen, ek, key, rows, _ in todo],
+                                  risks)
+        for (i, gen, _, _, _, _), ev in zip(todo, done):
+            self._answer(i, gen, ev)
 
-    def _save_unscorable(self, db, ident, exam_key: str, reason: str, suffix: str = "") -> None:
-        images = reads.exam_images(db, exam_key)
-        uids = sorted(r["sop_instance_uid"] for r in images)
-        key = keys.unscorable_key(
-            ident, [(r["sop_instance_uid"], r["size"], r["mtime_ns"]) for r in images]) + suffix
-        writes.save_scores(db, [_score_row(ident, key, exam_key, "", uids, "unscorable", reason, [])])
+    # -- shared by the in-thread and the pipelined scorer (worker thread only)
+
+    def _plan(self, db, gen: int, ek: str, answer) -> tuple[str, list[dict]] | None:
+        """(cache key, input rows) of an exam to compute, or None when it was answered here
+        (a cache hit, or unscorable: stored). Raises what `plan_exam` raises but Unscorable."""
+        ident = self.model.identity
+        include = self._include.get(gen, self.include_out_of_domain)
+        try:
+            hit, rows, key = plan_exam(db, ident, ek, include, self._key_mark)
+        except Unscorable as exc:
+            self._unscorable(db, gen, ek, exc, answer)
+            return None
+        if hit is not None:
+            answer(ExamScored(gen, ek, tuple(hit["risk"]), ident.model_id, ident.label, True,
+                              hit.get("domain") or "", hit.get("view_mapping") or ""))
+            return None
+        return key, rows
+
+    def _unscorable(self, db, gen: int, ek: str, exc: Exception, answer) -> None:
+        reason = unscorable_reason(exc)
+        save_unscorable(db, self.model.identity, ek, reason, isinstance(exc, OutsideDomain))
+        answer(ExamUnscorable(gen, ek, reason))
+
+    def save_computed(self, db, exams: Sequence[tuple[int, str, str, list[dict]]],
+                      risks) -> list[ExamScored]:
+        """Store the rounded risks of (generation, exam key, cache key, input rows) in one
+        transaction; the ExamScored events to deliver, in the same order."""
+        ident = self.model.identity
+        t0 = time.perf_counter()
+        writes.save_scores(db, [
+            score_row(ident, key, ek, self.device_label,
+                      [r["sop_instance_uid"] for r in rows], "ok", "", list(risk),
+                      inputs_domain(rows), view_mapping(rows))
+            for (_, ek, key, rows), risk in zip(exams, risks)
+        ])
+        self._time("write", t0)
+        with self._timing_lock:
+            self._timings["exams"] += len(exams)
+        return [ExamScored(gen, ek, tuple(float(x) for x in risk), ident.model_id, ident.label,
+                           False, inputs_domain(rows), view_mapping(rows))
+                for (gen, ek, _, rows), risk in zip(exams, risks)]
+
+    def _time(self, what: str, since: float) -> None:
+        with self._timing_lock:
+            self._timings[what] += time.perf_counter() - since
+
+    def timings(self) -> dict[str, float]:
+        """Seconds spent so far (see the module docstring), and `exams` computed."""
+        with self._timing_lock:
+            return dict(self._timings)

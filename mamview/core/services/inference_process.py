@@ -11,6 +11,8 @@ Generation ids are this (the parent) process's (`generations.next_generation`), 
 unique when the window replaces the process; the child's own service numbers its requests
 itself and the child maps them back before an event leaves it. A dead child is noticed by the
 relay (a ServiceError); no wait on it is unbounded, and nothing it left unread holds up exit.
+The child decodes in processes of its own when the machine has cores to spare
+(`gui_decode_workers`).
 """
 
 from __future__ import annotations
@@ -28,8 +30,21 @@ from mamview.core.services.generations import next_generation
 _READY = "ready"
 
 
+def gui_decode_workers(cores: int | None = None) -> int:
+    """Decode processes for the window's scoring child: none on a machine of two cores or
+    fewer, one above. With two cores the window keeps one and the child's other does decode
+    then model in turn, as before: a decode process would make three busy processes share two
+    cores (the window's included) and start 2–3 s late (spawn + torch import), delaying the
+    first on-screen score for little gain, since one worker only overlaps one decode with the
+    (small) forward. With more cores it takes decoding, the slow half, off the scoring thread."""
+    from mamview.core.services.pipeline import available_cores
+
+    return 0 if (cores if cores is not None else available_cores()) <= 2 else 1
+
+
 def _child(database: str, home: str, model_id: str, device: str, cpu_threads: int | None,
-           commands, events, include_out_of_domain: bool = False) -> None:
+           commands, events, include_out_of_domain: bool = False,
+           decode_workers: int = 0) -> None:
     """Child process: run an InferenceService and translate generation ids both ways."""
     from pathlib import Path
 
@@ -60,7 +75,8 @@ def _child(database: str, home: str, model_id: str, device: str, cpu_threads: in
         return model
 
     svc = InferenceService(database, loader, device=device, cpu_threads=cpu_threads,
-                           on_event=on_event, include_out_of_domain=include_out_of_domain).start()
+                           on_event=on_event, include_out_of_domain=include_out_of_domain,
+                           decode_workers=decode_workers).start()
 
     def announce() -> None:  # tell the parent the device once the model is in memory
         while svc.model is None and not svc._stop and svc.alive():
@@ -103,15 +119,18 @@ class InferenceProcess:
 
     def __init__(self, database, home, model_id: str, *, device: str = "auto",
                  cpu_threads: int | None = None, on_event: Callable[[object], None],
-                 include_out_of_domain: bool = False):
+                 include_out_of_domain: bool = False, decode_workers: int | None = None):
         ctx = multiprocessing.get_context("spawn")  # never fork a process that runs Qt
         self._commands = ctx.Queue()
         self._events = ctx.Queue()
         self.cpu_threads = cpu_threads or max(1, (os.cpu_count() or 2) - 1)
+        # the child's decode processes (None: `gui_decode_workers` for this machine)
+        self.decode_workers = (gui_decode_workers() if decode_workers is None
+                               else max(0, decode_workers))
         self._proc = ctx.Process(
             target=_child, name="mamview-inference",
             args=(str(database), str(home), model_id, device, self.cpu_threads, self._commands,
-                  self._events, bool(include_out_of_domain)), daemon=True)
+                  self._events, bool(include_out_of_domain), self.decode_workers), daemon=True)
         self.include_out_of_domain = bool(include_out_of_domain)
         self._emit = on_event
         self._open: set[int] = set()
