@@ -31,6 +31,7 @@ class ScoreRun:
     seconds: float = 0.0
     interrupted: bool = False
     timings: dict | None = None  # seconds per pipeline stage, where the service counts them
+    first_result_s: float | None = None  # when the first computed score came (start-up ends)
 
 
 def score_exams(lib: Library, entry, patient_keys: list[str] | None = None, *,
@@ -90,6 +91,8 @@ def score_exams(lib: Library, entry, patient_keys: list[str] | None = None, *,
                 if isinstance(ev, ExamScored):
                     run.cached += ev.cached
                     run.computed += not ev.cached
+                    if not ev.cached and run.first_result_s is None:
+                        run.first_result_s = time.perf_counter() - t0
                     run.outside += bool(ev.domain)
                     bar.update(1)
                 elif isinstance(ev, ExamUnscorable):

@@ -44,12 +44,14 @@ def test_bench_score_command_reports_cpu_rates_and_the_j2k_comparison(tmp_path):
     assert fig["archive"]["exams"] == 3 and set(fig["models"]) == {"demo"}
     demo = fig["models"]["demo"]
     runs = demo["cpu"]["runs"]
-    assert [r["decode_workers"] for r in runs] == [1, 2]
+    assert [r["decode_workers"] for r in runs] == [0, 1, 2]  # the old path, then the pipeline
+    assert demo["cpu"]["identical_risks"] is True
     for r in runs:  # every exam computed (fresh library each), none refused
         assert r["computed"] == 3 and r["cached"] == 0 and not r["unscorable"]
         assert r["exams_per_s"] > 0 and r["device"].startswith("CPU")
-    assert demo["cpu"]["ratio"] == pytest.approx(runs[1]["exams_per_s"] / runs[0]["exams_per_s"],
+    assert demo["cpu"]["ratio"] == pytest.approx(runs[2]["exams_per_s"] / runs[1]["exams_per_s"],
                                                  rel=0.01)
+    assert all(r["first_result_s"] > 0 and r["steady_exams_per_s"] > 0 for r in runs)
     assert demo["model_only"]["exams"] == 3 and demo["model_only"]["exams_per_s"] > 0
     assert demo["serial"]["reduced_decode_min_height"] == 512  # the demo model's own decode
     assert demo["serial"]["decode_s_per_exam"] > 0
@@ -92,7 +94,8 @@ def test_one_device_configuration_runs_on_the_cpu():
 def test_random_mirai_scores_end_to_end_from_the_scratch_home(tmp_path):
     fig = score.measure("mirai", 2, work=str(tmp_path), size="small", cuda=False)
     mirai = fig["models"]["mirai"]
-    assert [r["computed"] for r in mirai["cpu"]["runs"]] == [2, 2]
+    assert [r["computed"] for r in mirai["cpu"]["runs"]] == [2, 2, 2]
+    assert mirai["cpu"]["identical_risks"] is True
     assert mirai["serial"]["reduced_decode_min_height"] is None  # Mirai decodes in full
     assert (tmp_path / "home" / "models" / "mirai-random-small" / "weights.pt").is_file()
     labels = [label for label, _ in score.rows(fig)]
