@@ -59,9 +59,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--scores", metavar="FILE.csv",
                    help="use this per-exam table (patient_id, exam_date, risk_percent or "
                    "risk_5y_percent) instead of the library's cached scores")
-    s.add_argument("--max-women-mixed", type=int, default=2000,
-                   help="above this, the mixed model uses all cases and a random sample of "
-                   "controls")
+    s.add_argument("--max-women-mixed", type=int, default=0, metavar="N",
+                   help="above N women, the mixed model uses all cases and a random sample of "
+                   "controls (default 0: every woman)")
+    s.add_argument("--mixed-engine", choices=("reml", "statsmodels"), default="reml",
+                   help="how the mixed model is fitted: 'reml' (default) from per-woman "
+                   "sufficient statistics, seconds for 50,000 women; 'statsmodels' with "
+                   "statsmodels' MixedLM, the reference it is checked against (slow: a "
+                   "minute or more per 1000 women)")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.set_defaults(func=cmd_cohort)
 
@@ -245,9 +250,6 @@ def print_trajectory_tables(lib: Library, model_id: str, label: str = "",
 
 # ---------------------------------------------------------------- cohort
 
-CONFLICT_EXCLUDED = "women whose patient ID is shared by two people (identity conflict)"
-
-
 def cmd_cohort(args, lib: Library) -> int:
     """Cases vs controls before the index exam, from cached scores or a --scores table."""
     from tqdm import tqdm
@@ -270,14 +272,7 @@ def cmd_cohort(args, lib: Library) -> int:
                 scores = None
                 if model_id:
                     with tqdm(desc="Reading scores", unit="exam", file=sys.stderr) as bar:
-                        scores = _current_score_table(db, chosen, bar.update)
-                    # two women under one patient ID are not one trajectory: left out, counted
-                    conflicts = reads.identity_conflicts(db)
-                    conflicted = {r["patient_id"] for r in reads.list_patients(db)
-                                  if r["patient_key"] in conflicts}
-                    if conflicted:
-                        excluded_before[CONFLICT_EXCLUDED] = len(conflicted)
-                        scores = scores[~scores["patient_id"].isin(conflicted)]
+                        scores, excluded_before = _current_score_table(db, chosen, bar.update)
                 if scores is None or scores.empty:
                     raise CliError("no scores in the library: run `mamview score` first, "
                                        "or pass a table with --scores")
@@ -294,7 +289,8 @@ def cmd_cohort(args, lib: Library) -> int:
                     bar.update(1)
 
             report = cohort.run_cohort(scores, outcomes, args.out, model=model,
-                                       max_women_mixed=args.max_women_mixed, progress=step,
+                                       max_women_mixed=args.max_women_mixed,
+                                       mixed_engine=args.mixed_engine, progress=step,
                                        excluded_before=excluded_before)
             bar.update(bar.total - bar.n)
     except cohort.CohortError as exc:
@@ -307,24 +303,11 @@ def cmd_cohort(args, lib: Library) -> int:
 
 
 def _current_score_table(db, model, progress=None):
-    """patient_id, exam_date, risk_percent of every dated exam with a *current* score of
-    `model` (stale ones are left out: they would be computed differently today)."""
-    import pandas as pd
+    """(table, women left out) of every dated exam with a *current* score of `model`: see
+    `cohort.cached_scores` (stale scores and identity conflicts are left out)."""
+    from mamview.core.analytics import cohort
 
-    from mamview.core.cache import reads
-
-    pid = {r["patient_key"]: r["patient_id"] for r in reads.list_patients(db)}
-    exams = [e for e in reads.exam_dates(db) if e[2]]
-    rows = []
-    for i in range(0, len(exams), 500):
-        chunk = exams[i:i + 500]
-        states = reads.current_scores(db, [ek for ek, _, _ in chunk], model)
-        rows += [(pid.get(pk, ""), d, states[ek].five_year_percent) for ek, pk, d in chunk
-                 if states[ek].five_year_percent is not None]
-        if progress:
-            progress(len(chunk))
-    df = pd.DataFrame(rows, columns=["patient_id", "exam_date", "risk_percent"])
-    return df.drop_duplicates(["patient_id", "exam_date"], keep="last")
+    return cohort.cached_scores(db, model, progress)
 
 
 def _print_cohort(report) -> None:

@@ -263,9 +263,14 @@ _IMAGE_COLUMNS = (
 
 def exam_images(db: sqlite_utils.Database, exam_key: str) -> list[dict]:
     """The images of one exam, standard views first in RCC, LCC, RMLO, LMLO order."""
-    rows = list(
-        db.query(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE exam_key = ?", [exam_key])
-    )
+    return image_rows(db.query(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE exam_key = ?",
+                               [exam_key]))
+
+
+def image_rows(raw: Iterable[dict]) -> list[dict]:
+    """Raw `images` rows of one exam as `exam_images` gives them (view label, decoded lists,
+    standard views first in RCC, LCC, RMLO, LMLO order); the rows are copied."""
+    rows = [dict(r) for r in raw]
     order = {view_label(s.value, v.value): i for i, (s, v) in enumerate(STANDARD_VIEWS)}
     for r in rows:
         r["label"] = view_label(r["laterality"], r["view"])
@@ -358,6 +363,25 @@ def exam_status(images: list[dict], include_out_of_domain: bool = False) -> tupl
     parts = (["missing " + ", ".join(absent)] if absent else []) + [
         f"{lab} cannot be decoded" for lab in undecodable]
     return False, "; ".join(parts)
+
+
+def choose_inputs(images: list[dict], include_out_of_domain: bool = False
+                  ) -> tuple[list[dict] | None, str]:
+    """The four of an exam's images (`exam_images` rows) a model reads, in RCC, LCC, RMLO, LMLO
+    order, each a copy with `slot` naming the view it fills (an ML may fill an MLO's), and '';
+    or (None, the reason) when a view is missing or unusable, or, unless
+    `include_out_of_domain`, outside the model's validated domain."""
+    ok, reason = exam_status(images, include_out_of_domain)
+    if not ok:
+        return None, reason
+    chosen = []
+    for side, view in STANDARD_VIEWS:
+        cands, _ = slot_candidates(images, side.value, view.value, include_out_of_domain)
+        # several images of one view (a repeat): the last one acquired is the one read
+        row = dict(max(cands, key=acquisition_order))
+        row["slot"] = view_label(side.value, view.value)
+        chosen.append(row)
+    return chosen, ""
 
 
 def list_exams(db: sqlite_utils.Database, patient_keys: list[str] | None = None) -> list[dict]:

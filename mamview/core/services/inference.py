@@ -45,7 +45,7 @@ from mamview.core.cache import keys, reads, writes
 from mamview.core.services import default_cpu_threads
 from mamview.core.cache.db import connect
 from mamview.core.dicom.pixels import PixelDecodeError, describe as _describe
-from mamview.core.domain import STANDARD_VIEWS, domain_reason, join_domain, view_label
+from mamview.core.domain import domain_reason, join_domain
 from mamview.core.services.generations import next_generation
 
 PRIORITY_ON_SCREEN = 0
@@ -136,22 +136,15 @@ class Unscorable(Exception):
 
 def exam_inputs(db, exam_key: str, include_out_of_domain: bool = False) -> list[dict]:
     """The four images a model reads, in RCC, LCC, RMLO, LMLO order (`slot` names the one each
-    fills; an ML may fill an MLO's, see `reads.slot_candidates`).
+    fills; an ML may fill an MLO's, see `reads.slot_candidates`): `reads.choose_inputs` of the
+    exam's images.
 
     Raises Unscorable with the reason when a view is missing or unusable, or, unless
     `include_out_of_domain`, outside the model's validated domain.
     """
-    images = reads.exam_images(db, exam_key)
-    ok, reason = reads.exam_status(images, include_out_of_domain)
-    if not ok:
+    chosen, reason = reads.choose_inputs(reads.exam_images(db, exam_key), include_out_of_domain)
+    if chosen is None:
         raise Unscorable(reason)
-    chosen = []
-    for side, view in STANDARD_VIEWS:
-        cands, _ = reads.slot_candidates(images, side.value, view.value, include_out_of_domain)
-        # several images of one view (a repeat): the last one acquired is the one read
-        row = dict(max(cands, key=reads.acquisition_order))
-        row["slot"] = view_label(side.value, view.value)
-        chosen.append(row)
     return chosen
 
 
