@@ -267,9 +267,10 @@ def end_to_end(libs: Path, entry, folders: list[Path], workers: tuple = (0, 1, 2
             # the model is loaded and the decode processes have started
             "first_result_s": (round(run.first_result_s, 3)
                                if run.first_result_s is not None else None),
+            # (only with more exams than one batch: a batch's scores arrive together)
             "steady_exams_per_s": (_rate(run.computed - 1, run.seconds - run.first_result_s)
-                                   if run.first_result_s is not None and run.computed > 1
-                                   else None),
+                                   if run.first_result_s is not None
+                                   and run.computed > batch_size else None),
             "timings": dict(timings) if timings else None,
         })
         risks.append(_stored_risks(lib, entry))
