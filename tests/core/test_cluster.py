@@ -228,13 +228,15 @@ def test_a_killed_worker_s_exams_are_retried_and_all_scored(lib, reference, tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(180)
-def test_an_exam_that_kills_every_worker_fails_alone(lib, reference):
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("send_bytes", [False, True])  # resent tasks carry their bytes again
+def test_an_exam_that_kills_every_worker_fails_alone(lib, reference, send_bytes):
     keys, want, _ = reference
     entry = registry.resolve(lib, "demo")
     poison = next(k for k, o in want.items() if o[0] == "ExamScored")
     # no second chance for a task whose worker died: KilledWorker at the first death
-    svc = ClusterService(lib, entry, "local", device="cpu", batch_size=2, allowed_failures=0)
+    svc = ClusterService(lib, entry, "local", device="cpu", batch_size=2, allowed_failures=0,
+                         send_bytes=send_bytes)
     try:
         svc.client.register_plugin(KillOnExam(poison))
         events = _run(svc, keys)

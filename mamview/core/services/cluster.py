@@ -19,7 +19,9 @@ device aside) and a killed run resumes.
 Every wait is bounded: the scheduler must answer within `connect_timeout`; a run with no worker
 for `worker_wait` seconds, or no finished task for `stall_timeout`, ends with a ServiceError.
 A task of several exams whose workers died `allowed_failures + 1` times (Dask's KilledWorker) is
-split into one task per exam; an exam whose own task does the same ends as ScoreFailed.
+split into one task per exam, sent again one at a time as the only task on the cluster (a task
+queued on a worker that another exam killed dies with it); an exam whose workers die while it
+runs alone ends as ScoreFailed.
 
 The model folder must be at the same path on every worker (shared storage or the same install);
 a worker whose weights differ refuses to score. A Dask scheduler runs whatever its clients send:
@@ -208,6 +210,7 @@ class _Item:
     key: str = ""  # the score's cache key
     rows: list | None = None  # its inputs, from exam_inputs
     blobs: list | None = None  # the files' bytes (send_bytes)
+    alone: bool = False  # sent as the only task on the cluster, after its task's workers died
 
 
 def _read_bytes(path: str) -> bytes:
@@ -529,8 +532,16 @@ class ClusterService:
 
     def _plan(self, db) -> None:
         """Answer what the cache knows, and send tasks while there is room."""
-        while self._retry and len(self._inflight) < self._max_in_flight():
-            self._send(self._retry.pop(0))
+        if self._retry:
+            # exams whose task's workers died go again one at a time, each the only task on
+            # the cluster, so that a death is the exam's own (a task queued on a worker that
+            # another exam killed dies with it); new work waits, workers dying is rare
+            if not self._inflight:
+                task = self._retry.pop(0)
+                for it in task:
+                    it.alone = True
+                self._send(task)
+            return
         planned = 0
         while len(self._inflight) < self._max_in_flight() and planned < _PLAN_CHUNK:
             with self._cv:
@@ -586,6 +597,16 @@ class ClusterService:
         self._answer(item, ExamUnscorable(item.gen, item.exam_key, reason))
 
     def _send(self, items: list[_Item]) -> None:
+        if self.send_bytes:  # a task sent again: its bytes were let go after the first send
+            for it in items:
+                if it.blobs is None:
+                    try:
+                        it.blobs = [self._file_bytes(r) for r in it.rows]
+                    except PixelDecodeError as exc:
+                        self._answer(it, ScoreFailed(it.gen, it.exam_key, exc.message))
+            items = [it for it in items if it.blobs is not None]
+            if not items:
+                return
         payload = [(it.exam_key, it.rows, it.blobs) for it in items]
         priority = -min(it.priority for it in items)  # Dask runs higher numbers first
         try:
@@ -626,8 +647,9 @@ class ClusterService:
         else:
             exc = self._exception(future)
             if self._is_killed_worker(exc):
-                if len(items) > 1:
-                    for it in items:  # find the one that kills workers: each alone
+                # find the exam that kills workers: each again, alone on the cluster
+                if len(items) > 1 or not items[0].alone:
+                    for it in items:
                         self._retry.append([it])
                     return
                 n = exc.allowed_failures + 1
