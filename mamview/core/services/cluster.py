@@ -31,7 +31,6 @@ it belongs on a private network (or `tls://`), like the workers.
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
 import os
 import queue
@@ -50,6 +49,7 @@ from mamview.core.cache import writes
 from mamview.core.cache.db import connect
 from mamview.core.dicom.pixels import PixelDecodeError, describe as _describe, one_line
 from mamview.core.services.generations import next_generation
+from mamview.core.services.requests import ScoringRequests
 from mamview.core.services.inference import (
     PRIORITY_BACKGROUND,
     Event,
@@ -58,7 +58,6 @@ from mamview.core.services.inference import (
     GenerationDone,
     OutsideDomain,
     ScoreFailed,
-    ScoreProgress,
     ServiceError,
     Unscorable,
     inputs_domain,
@@ -227,7 +226,7 @@ def _read_bytes(path: str) -> bytes:
         return f.read(cap + 1)
 
 
-class ClusterService:
+class ClusterService(ScoringRequests):
     """Scores exams on a Dask cluster; the events of `InferenceService`.
 
     `address`: a scheduler ('tcp://host:8786') or 'local' (a cluster of `n_workers` processes
@@ -254,7 +253,7 @@ class ClusterService:
         self.resources = dict(resources) if resources else None
         self.worker_wait = float(worker_wait)
         self.stall_timeout = float(stall_timeout)
-        self.events: queue.Queue[Event] = queue.Queue()
+        self._init_requests()  # heap entries: (priority, seq, generation, _Item)
         self.cluster = None
         self.client = None
         try:
@@ -272,19 +271,8 @@ class ClusterService:
         self._devices: dict[str, str] = {}  # worker address → its device, from its results
         self.device_label = self._label()
         self._token = uuid.uuid4().hex[:8]  # task keys unique across clients and runs
-        self._cv = threading.Condition()
-        self._heap: list[tuple[int, int, _Item]] = []
-        self._seq = itertools.count()
-        self._pending: dict[int, list[int]] = {}  # generation → [done, total]
-        self._include: dict[int, bool] = {}
-        self._cancelled: set[int] = set()
-        self._emit_lock = threading.RLock()
-        self._stop = False
-        self._failure = ""
         self._thread = threading.Thread(target=self._run_reported, name="mamview-cluster",
                                         daemon=True)
-        self._started = False
-        self._ended = False
         # dispatcher thread only
         self._inflight: dict = {}  # future → [_Item]
         self._forming: list[_Item] = []  # planned, not yet sent
@@ -355,10 +343,6 @@ class ClusterService:
                 self._thread.start()
         return self
 
-    def alive(self) -> bool:
-        """True while the dispatcher runs (or has not been started yet)."""
-        return not self._started or (self._thread.is_alive() and not self._ended)
-
     def submit(self, exam_keys: Sequence[str], priority: int = PRIORITY_BACKGROUND,
                include_out_of_domain: bool | None = None) -> int:
         """Queue exams for scoring; returns the request's generation id (as the service)."""
@@ -371,8 +355,7 @@ class ClusterService:
                 if exam_keys:
                     self._pending[gen] = [0, len(exam_keys)]
                 for ek in exam_keys:
-                    heapq.heappush(self._heap, (priority, next(self._seq),
-                                                _Item(gen, ek, priority)))
+                    self._push(priority, gen, _Item(gen, ek, priority))
                 self._cv.notify()
         if stopped:
             self._deliver(ServiceError(failure or "the cluster service was shut down"))
@@ -382,39 +365,14 @@ class ClusterService:
         self.start()
         return gen
 
-    def cancel(self, generation: int) -> None:
-        """Drop a request's queued exams; once this returns, no event carries its id (tasks
-        already sent still finish and are saved)."""
-        with self._emit_lock, self._cv:
-            self._cancelled.add(generation)
-            self._pending.pop(generation, None)
-            self._include.pop(generation, None)
-            self._heap = [e for e in self._heap if e[2].gen != generation]
-            heapq.heapify(self._heap)
+    STOPPED = "the cluster service stopped"
 
-    def next_event(self, timeout: float | None = None, poll: float = 0.5) -> Event:
-        """The next event, waiting at most `timeout` seconds (None: as long as the dispatcher
-        lives); a ServiceError once it has ended and nothing is left. queue.Empty after
-        `timeout`."""
-        waited = 0.0
-        while True:
-            step = poll if timeout is None else max(0.0, min(poll, timeout - waited))
-            try:
-                return self.events.get(timeout=step)
-            except queue.Empty:
-                waited += poll
-                if not self.alive() and self.events.empty():
-                    return ServiceError(self._failure or "the cluster service stopped")
-                if timeout is not None and waited >= timeout:
-                    raise
+    def _stopped_message(self) -> str:
+        return self._failure or self.STOPPED
 
     def shutdown(self, timeout: float | None = 30) -> None:
         """Stop: queued exams are dropped, tasks out are cancelled, a local cluster closed."""
-        with self._cv:
-            self._stop = True
-            self._heap.clear()
-            self._pending.clear()
-            self._cv.notify()
+        self._stop_requests()
         if self._started:
             self._thread.join(timeout)
         self._close()
@@ -441,28 +399,10 @@ class ClusterService:
 
     # -- events
 
-    def _deliver(self, ev: Event) -> None:
-        gen = getattr(ev, "generation", None)
-        with self._emit_lock:
-            if gen is not None and gen in self._cancelled:
-                return
-            self.events.put(ev)
-
     def _answer(self, item: _Item, ev: Event) -> None:
         """Deliver one exam's outcome and count it for its request."""
         self._deliver(ev)
-        with self._cv:
-            counts = self._pending.get(item.gen)
-            if counts is None:
-                return
-            counts[0] += 1
-            done, total = counts
-            if done >= total:
-                del self._pending[item.gen]
-                self._include.pop(item.gen, None)
-        self._deliver(ScoreProgress(item.gen, done, total))
-        if done >= total:
-            self._deliver(GenerationDone(item.gen))
+        self._advance(item.gen)
 
     def _scored(self, item: _Item, risk, cached: bool, domain: str, mapping: str) -> None:
         ident = self.identity
@@ -545,7 +485,7 @@ class ClusterService:
         planned = 0
         while len(self._inflight) < self._max_in_flight() and planned < _PLAN_CHUNK:
             with self._cv:
-                item = heapq.heappop(self._heap)[2] if self._heap and not self._stop else None
+                item = heapq.heappop(self._heap)[3] if self._heap and not self._stop else None
                 include = self._include.get(item.gen, self.include_out_of_domain) if item else 0
             if item is None:
                 break

@@ -29,13 +29,10 @@ on CUDA only; fp32 elsewhere) is for benchmarks: such scores are labelled and ke
 from __future__ import annotations
 
 import heapq
-import itertools
 import os
-import queue
 import threading
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -46,7 +43,11 @@ from mamview.core.services import default_cpu_threads
 from mamview.core.cache.db import connect
 from mamview.core.dicom.pixels import PixelDecodeError, describe as _describe
 from mamview.core.domain import domain_reason, join_domain
+# the events live in `events`; callers have always imported them from here too
+from mamview.core.services.events import (  # noqa: F401
+    Event, ExamScored, ExamUnscorable, GenerationDone, ScoreFailed, ScoreProgress, ServiceError)
 from mamview.core.services.generations import next_generation
+from mamview.core.services.requests import ScoringRequests
 
 PRIORITY_ON_SCREEN = 0
 PRIORITY_BACKGROUND = 10
@@ -74,57 +75,6 @@ def _torch_dtype(name: str):
     import torch
 
     return getattr(torch, name)
-
-
-# ---------------------------------------------------------------- events
-
-
-@dataclass(frozen=True)
-class ExamScored:
-    generation: int
-    exam_key: str
-    risk: tuple[float, ...]  # cumulative risk fractions, years 1..5
-    model_id: str
-    model_label: str
-    cached: bool
-    domain: str = ""  # inputs outside the model's validated domain (scored on request)
-    view_mapping: str = ""  # e.g. 'RML→RMLO'
-
-
-@dataclass(frozen=True)
-class ExamUnscorable:
-    generation: int
-    exam_key: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class ScoreFailed:
-    generation: int
-    exam_key: str
-    message: str
-
-
-@dataclass(frozen=True)
-class ScoreProgress:
-    generation: int
-    done: int
-    total: int
-
-
-@dataclass(frozen=True)
-class ServiceError:
-    """The service cannot score at all (e.g. the model could not be loaded)."""
-
-    message: str
-
-
-@dataclass(frozen=True)
-class GenerationDone:
-    generation: int
-
-
-Event = ExamScored | ExamUnscorable | ScoreFailed | ScoreProgress | ServiceError | GenerationDone
 
 
 # ---------------------------------------------------------------- loading one exam
@@ -280,7 +230,7 @@ def save_unscorable(db, ident, exam_key: str, reason: str, outside_domain: bool 
 # ---------------------------------------------------------------- the service
 
 
-class InferenceService:
+class InferenceService(ScoringRequests):
     """One background worker that scores exams with one model.
 
     `model_loader(device)` builds the RiskModel on the worker thread (so a slow load never
@@ -319,31 +269,17 @@ class InferenceService:
         self._timing_lock = threading.Lock()
         self._timings = dict.fromkeys(TIMINGS, 0.0)
         self.include_out_of_domain = bool(include_out_of_domain)
-        self._include: dict[int, bool] = {}  # generation → its own include_out_of_domain
         self._loader = model_loader
         self._device_pref = device
         self.batch_size = max(1, batch_size)
         # leave a core to the GUI thread when running on the CPU
         self.cpu_threads = cpu_threads or default_cpu_threads()
-        self.events: queue.Queue[Event] = queue.Queue()
-        self._emit = on_event or self.events.put
-        self._heap: list[tuple[int, int, int, str]] = []
-        self._cv = threading.Condition()
-        self._seq = itertools.count()
-        # held while an event is delivered and by cancel(): an event of a generation is either
-        # delivered before cancel returns or not at all. Never taken while holding _cv.
-        self._emit_lock = threading.RLock()
-        self._cancelled: set[int] = set()
-        self._pending: dict[int, list[int]] = {}  # generation → [done, total]
-        self._stop = False
+        self._init_requests(on_event)  # heap entries: (priority, seq, generation, exam key)
         self.model = None
         self.device = None
         self.device_label = ""
         self._thread = self._new_thread()
-        self._started = False
         self._restarts = 0
-        self._ended = False  # the worker's _run has returned or raised
-        self._failure = ""  # why the service cannot score at all, once it knows
         self._answered: set[int] = set()  # worker only: indices of the batch answered so far
         self._pipeline = None  # the pipelined scorer while it runs (decode_workers != 0)
         self._death = ""  # how the last worker thread ended, when it died
@@ -371,27 +307,7 @@ class InferenceService:
         """Whether an ended worker may be replaced (with _cv held)."""
         return not self._stop and self.model is not None and self._restarts < MAX_RESTARTS
 
-    def alive(self) -> bool:
-        """True while the worker thread runs (or has not been started yet); False as soon as
-        it has ended, before the thread is quite gone."""
-        return not self._started or (self._thread.is_alive() and not self._ended)
-
-    def next_event(self, timeout: float | None = None, poll: float = 0.5) -> Event:
-        """The next event from the `events` queue, waiting at most `timeout` seconds (None:
-        as long as the worker lives). Never waits on a dead worker: once it has ended and the
-        queue is empty, a ServiceError. queue.Empty after `timeout`.
-        """
-        waited = 0.0
-        while True:
-            step = poll if timeout is None else max(0.0, min(poll, timeout - waited))
-            try:
-                return self.events.get(timeout=step)
-            except queue.Empty:
-                waited += poll
-                if not self.alive() and self.events.empty():
-                    return ServiceError("the inference worker stopped")
-                if timeout is not None and waited >= timeout:
-                    raise
+    STOPPED = "the inference worker stopped"
 
     def submit(self, exam_keys: Sequence[str], priority: int = PRIORITY_BACKGROUND,
                include_out_of_domain: bool | None = None) -> int:
@@ -407,7 +323,7 @@ class InferenceService:
                 if exam_keys:
                     self._pending[gen] = [0, len(exam_keys)]
                 for ek in exam_keys:
-                    heapq.heappush(self._heap, (priority, next(self._seq), gen, ek))
+                    self._push(priority, gen, ek)
                 self._cv.notify()
         if stopped:
             if failure:  # say so again rather than leave the caller waiting
@@ -423,27 +339,9 @@ class InferenceService:
             self._deliver(ServiceError(failure or "the inference worker stopped"))
         return gen
 
-    def cancel(self, generation: int) -> None:
-        """Drop the not-yet-scored exams of a request (e.g. the user switched patients);
-        once this returns, no event carries `generation`."""
-        with self._emit_lock, self._cv:
-            self._cancelled.add(generation)
-            self._drop(generation)
-
-    def _drop(self, generation: int) -> None:
-        """Forget a request's queued exams (with _cv held)."""
-        self._pending.pop(generation, None)
-        self._include.pop(generation, None)
-        self._heap = [item for item in self._heap if item[2] != generation]
-        heapq.heapify(self._heap)
-
     def shutdown(self, timeout: float | None = 30) -> None:
         """Stop after the batch in progress; queued work is dropped."""
-        with self._cv:
-            self._stop = True
-            self._heap.clear()
-            self._pending.clear()
-            self._cv.notify()
+        self._stop_requests()
         if self._started:
             self._thread.join(timeout)
 
@@ -464,14 +362,6 @@ class InferenceService:
             return not self._heap and not any(d < t for d, t in self._pending.values())
 
     # -- worker thread
-
-    def _deliver(self, ev: Event) -> None:
-        """Hand one event to the callback or queue, unless its generation was cancelled."""
-        gen = getattr(ev, "generation", None)
-        with self._emit_lock:
-            if gen is not None and gen in self._cancelled:
-                return
-            self._emit(ev)
 
     def _next_batch(self) -> list[tuple[int, str]]:
         with self._cv:
@@ -604,20 +494,6 @@ class InferenceService:
         """Deliver the result for one exam and count it for its request."""
         self._deliver(ev)
         self._advance(gen)
-
-    def _advance(self, gen: int) -> None:
-        with self._cv:
-            counts = self._pending.get(gen)
-            if counts is None:
-                return
-            counts[0] += 1
-            done, total = counts
-            if done >= total:
-                del self._pending[gen]
-                self._include.pop(gen, None)
-        self._deliver(ScoreProgress(gen, done, total))
-        if done >= total:
-            self._deliver(GenerationDone(gen))
 
     def _score_batch(self, db, batch: list[tuple[int, str]]) -> None:
         from mamview.core.models.base import ExamTensors, round_risks
