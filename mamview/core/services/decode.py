@@ -70,17 +70,23 @@ class DecodeTimedOut(Exception):
     """The decode child did not answer in time (not an OSError, unlike TimeoutError)."""
 
 
-def _child_main(conn) -> None:
-    """The decode child: capped memory, then one (path, preset) request at a time."""
-    limit_memory()
+def pipe_requests(conn):
+    """The requests a child process reads from its parent's pipe, one at a time, until the
+    parent sends None or goes away (the pipe closes)."""
     while True:
         try:
             request = conn.recv()
         except (EOFError, OSError):
-            return  # the window has gone
+            return  # the parent has gone
         if request is None:
             return
-        path, preset_index = request
+        yield request
+
+
+def _child_main(conn) -> None:
+    """The decode child: capped memory, then one (path, preset) request at a time."""
+    limit_memory()
+    for path, preset_index in pipe_requests(conn):
         try:
             answer = ("ok", render_full(path, preset_index))
         except Exception as exc:  # noqa: BLE001 - PixelDecodeError (or anything) goes back as a value

@@ -114,21 +114,14 @@ def _worker_main(conn) -> None:
     """A decode process: one exam at a time from the pipe, its outcome and seconds back."""
     import signal
 
-    from mamview.core.services.decode import limit_memory
+    from mamview.core.services.decode import limit_memory, pipe_requests
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     limit_memory()  # a decoder that allocates without bound fails its exam, not the machine
     import torch
 
     torch.set_num_threads(1)  # one core per process: the pool is the parallelism
-    while True:
-        try:
-            job = conn.recv()
-        except (EOFError, OSError):
-            return  # the scorer has gone
-        if job is None:
-            return
-        job_id, rows, min_height, spec = job
+    for job_id, rows, min_height, spec in pipe_requests(conn):  # until the scorer has gone
         t0 = time.perf_counter()
         outcome = decode_exam(rows, min_height, spec)
         try:
