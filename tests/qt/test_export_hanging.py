@@ -39,7 +39,11 @@ def hanging_library(tmp_path_factory) -> Library:
 
 @pytest.fixture
 def window(hanging_library, open_window, qtbot):
-    win = open_window(hanging_library)
+    return _first_woman_drawn(open_window(hanging_library), qtbot)
+
+
+def _first_woman_drawn(win, qtbot):
+    """The window with its first woman selected and her four tiles drawn."""
     key = next(iter(win.patient_list.rows))
     win.patient_list.select(key)
     qtbot.waitUntil(lambda: win.patient_key == key and len(win.grid.tiles) == 4, timeout=5000)
@@ -218,12 +222,7 @@ def extras_library(tmp_path_factory) -> Library:
 
 @pytest.fixture
 def extras_window(extras_library, open_window, qtbot):
-    win = open_window(extras_library)
-    key = next(iter(win.patient_list.rows))
-    win.patient_list.select(key)
-    qtbot.waitUntil(lambda: win.patient_key == key and len(win.grid.tiles) == 4, timeout=5000)
-    _wait_drawn(win, qtbot)
-    return win
+    return _first_woman_drawn(open_window(extras_library), qtbot)
 
 
 def _extra(grid, text: str):
